@@ -1,0 +1,194 @@
+"""Command line. Parses flags into typed configs, validates once, and turns every AutofitError into
+one line on stderr and exit code 2. Heavy imports (torch, optuna, pandas) happen inside commands.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from autofit.errors import AutofitError, UsageError
+
+EXIT_USAGE = 2
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"autofit: error: {msg}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def handles_errors(fn):
+    """AutofitError -> one line + exit 2 (a traceback only with --debug); Ctrl-C -> exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except AutofitError as exc:
+            if debug:
+                raise
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("autofit: interrupted; everything measured so far is saved", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="autofit")
+def cli(debug: bool) -> None:
+    """autofit: find the fastest fine-tuning config that fits in GPU memory, by measuring it."""
+
+
+# -- shared option groups ------------------------------------------------------------------------
+def model_options(fn):
+    for opt in reversed([
+        click.option("--model", "model", required=True, help="Hub id (e.g. THUDM/glm-4-9b-chat), local directory, or built-in table name."),
+        click.option("--weights", type=click.Choice(["random", "real"]), default="random", show_default=True,
+                     help="random: build on the GPU with random weights (same memory/speed, seconds). real: load local weights."),
+        click.option("--trust-remote-code", is_flag=True, help="Allow the model directory's own modelling code."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def hardware_options(fn):
+    for opt in reversed([
+        click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+                     help="auto: the GPU if there is one, else the CPU."),
+        click.option("--gpus", default=None, help="GPU indices to use, e.g. 0 or 0,1,2,3 (default: 0)."),
+        click.option("--gpu-memory", default=None, help="Memory a probe may use per GPU, e.g. 24GiB: emulates a smaller card."),
+        click.option("--global-batch", type=int, default=16, show_default=True, help="Samples per optimizer step (sets gradient accumulation)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _context(model: str, weights: str, trust_remote_code: bool, device: str, gpus: str | None,
+             gpu_memory: str | None, global_batch: int, **extra):
+    from autofit.hardware import parse_gpus
+    from autofit.spec import Context
+    from autofit.units import parse_memory
+
+    if global_batch < 1:
+        raise UsageError(f"--global-batch must be at least 1, got {global_batch}")
+    dev, ids = parse_gpus(gpus, device)
+    return Context(model=model, weights=weights, trust_remote_code=trust_remote_code, device=dev, gpus=ids,
+                   gpu_memory=parse_memory(gpu_memory) if gpu_memory else None, global_batch=global_batch, **extra)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected integers like 1,2,4") from None
+    if not vals or any(v < 1 for v in vals):
+        raise UsageError(f"{flag} {text!r}: expected positive integers")
+    return vals
+
+
+# -- probe -----------------------------------------------------------------------------------------
+@cli.command()
+@model_options
+@hardware_options
+@click.option("--max-token", type=int, default=1024, show_default=True, help="Sequence length of every sample.")
+@click.option("--micro-batch", default="1,2,4,8,16,32,64", show_default=True, help="Micro-batch sizes to escalate through, stopping at the first OOM.")
+@click.option("--method", type=click.Choice(["lora", "full", "freeze"]), default="lora", show_default=True)
+@click.option("--lora-r", type=int, default=8, show_default=True)
+@click.option("--lora-alpha", type=int, default=32, show_default=True)
+@click.option("--freeze-trainable-layers", type=int, default=2, show_default=True, help="freeze: train only the last N blocks and the head.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "bf16-pure"]), default="bf16-pure", show_default=True,
+              help="bf16/fp16: mixed precision over fp32 weights; bf16-pure: weights in bf16 (how GLM-4's finetune loads them).")
+@click.option("--grad-ckpt/--no-grad-ckpt", default=False, show_default=True, help="Gradient checkpointing.")
+@click.option("--zero", "zero_stage", type=click.IntRange(0, 3), default=0, show_default=True, help="DeepSpeed ZeRO stage.")
+@click.option("--offload-optimizer", is_flag=True, help="ZeRO: optimizer state on the CPU.")
+@click.option("--offload-params", is_flag=True, help="ZeRO-3: parameters on the CPU.")
+@click.option("--warmup-steps", type=int, default=1, show_default=True)
+@click.option("--measure-steps", type=int, default=2, show_default=True)
+@click.option("--timeout", "timeout", default="5m", show_default=True, help="Per-probe time limit (model build gets its own 10m).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Append the results to this probes.csv.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per probe on stdout.")
+@handles_errors
+def probe(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, max_token, micro_batch, method,
+          lora_r, lora_alpha, freeze_trainable_layers, precision, grad_ckpt, zero_stage, offload_optimizer,
+          offload_params, warmup_steps, measure_steps, timeout, out, as_json):
+    """Run real training probes for one strategy, escalating micro-batch until the first OOM."""
+    import tempfile
+
+    from autofit.models import resolve_model
+    from autofit.probe.runner import WorkerSession, escalate
+    from autofit.results import append_probe
+    from autofit.spec import Method, Shape, Strategy
+    from autofit.units import parse_duration
+
+    if max_token < 1:
+        raise UsageError(f"--max-token must be positive, got {max_token}")
+    if offload_params and zero_stage != 3:
+        raise UsageError("--offload-params needs --zero 3 (DeepSpeed offloads parameters only under ZeRO-3)")
+    if offload_optimizer and zero_stage == 0:
+        raise UsageError("--offload-optimizer needs --zero 1, 2 or 3")
+    ctx = _context(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch,
+                   warmup_steps=warmup_steps, measure_steps=measure_steps, probe_timeout_s=parse_duration(timeout),
+                   max_positions=max_token)
+    source = resolve_model(model, trust_remote_code=trust_remote_code)
+    if weights == "real" and not source.has_weights:
+        raise UsageError(f"--weights real: {model} has no local weights ({source.origin}); use --weights random")
+    strategy = Strategy(method=Method(kind=method, lora_r=lora_r, lora_alpha=lora_alpha,
+                                      freeze_trainable_layers=freeze_trainable_layers),
+                        precision=precision, grad_ckpt=grad_ckpt, zero_stage=zero_stage,
+                        offload_optimizer=offload_optimizer, offload_params=offload_params)
+    shapes = [Shape(mb, max_token) for mb in _int_list(micro_batch, "--micro-batch")]
+    if not as_json:
+        click.echo(f"probing {source.name} ({source.origin}, {weights} weights) on {_where(ctx)}: {strategy.key()}", err=True)
+    with tempfile.TemporaryDirectory(prefix="autofit-probe-") as tmp, \
+            WorkerSession(ctx, strategy, source, Path(tmp)) as session:
+        for r in escalate(session, shapes):
+            if out:
+                append_probe(out, r, strategy)
+            click.echo(json.dumps(r.to_dict()) if as_json else _probe_line(r))
+            if r.status.value in ("error", "crash") and not as_json:
+                click.echo(session.log_tail(2000), err=True)
+
+
+def _where(ctx) -> str:
+    from autofit.units import fmt_gib
+
+    where = "CPU" if ctx.device == "cpu" else f"GPU {','.join(map(str, ctx.gpus))}"
+    return where + (f" capped at {fmt_gib(ctx.gpu_memory)} GiB" if ctx.gpu_memory else "")
+
+
+def _probe_line(r) -> str:
+    from autofit.units import fmt_gib
+
+    if r.ok:
+        return (f"{r.status.value:7s} mb={r.micro_batch:<4d} T={r.max_token:<6d} accum={r.grad_accum:<3d} "
+                f"{r.tokens_per_s:>10.1f} tok/s  micro {r.micro_step_s * 1000:8.1f} ms  opt {r.optimizer_step_s * 1000:7.1f} ms  "
+                f"alloc {fmt_gib(r.peak_allocated)} GiB  reserved {fmt_gib(r.peak_reserved)} GiB  "
+                f"nvml {fmt_gib(r.nvml_peak)} GiB  host {fmt_gib(r.host_peak)} GiB  [{r.device_name}]")
+    return f"{r.status.value:7s} mb={r.micro_batch:<4d} T={r.max_token:<6d} {r.error}"
+
+
+# -- models ----------------------------------------------------------------------------------------
+@cli.command()
+@handles_errors
+def models():
+    """List the built-in architecture table (usable with no download)."""
+    from autofit.models import list_table
+
+    for row in list_table():
+        click.echo("  ".join(str(x) for x in row))
+
+
+def main() -> None:
+    cli(prog_name="autofit")
+
+
+if __name__ == "__main__":
+    main()

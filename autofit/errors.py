@@ -1,0 +1,36 @@
+"""One error hierarchy. The CLI turns any AutofitError into one line and exit code 2.
+
+Anything else that escapes is a bug and keeps its traceback.
+"""
+
+
+class AutofitError(Exception):
+    """Base class for every error autofit expects and explains to the user."""
+
+
+class UsageError(AutofitError):
+    """A command-line value is malformed (``--gpu-memory 24XB``, ``--budget soon``)."""
+
+
+class ModelSourceError(AutofitError):
+    """``--model`` cannot be resolved to an architecture we can build."""
+
+
+class SearchSpaceError(AutofitError):
+    """A search-space YAML is malformed; the message names file, key and value."""
+
+
+class RunDirError(AutofitError):
+    """A run directory is missing, locked, corrupted, or belongs to another search."""
+
+
+class StorageError(AutofitError):
+    """The Optuna storage URL cannot be used."""
+
+
+class ProbeError(AutofitError):
+    """The probe machinery itself failed (not a probe that ran and OOMed: that is a result)."""
+
+
+class NoGPUError(AutofitError):
+    """A GPU was required (``--device cuda``, several GPUs, DeepSpeed) and none is visible."""

@@ -1,0 +1,213 @@
+"""Parent side of probing: start a worker for one strategy, send it shapes, classify what comes back.
+
+No torch here. A worker that hangs is killed at its deadline (timeout); one that dies on a signal
+(segfault, the host OOM killer under CPU offload) is a crash; neither takes the caller down.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import autofit
+from autofit.errors import ProbeError
+from autofit.models import ModelSource
+from autofit.probe import protocol
+from autofit.probe.oom import is_oom_text
+from autofit.spec import Context, ProbeResult, Shape, Status, Strategy, to_jsonable
+
+_PROJECT_ROOT = str(Path(autofit.__file__).resolve().parent.parent)
+POLL_S = 0.05
+GRACE_S = 10.0  # after a failure: time for the ranks to exit on their own before being killed
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphaned worker
+    except OSError:
+        pass
+
+
+class WorkerSession:
+    """One warm worker (one process, or N ranks under torchrun) serving one strategy."""
+
+    def __init__(self, ctx: Context, strategy: Strategy, source: ModelSource, io_dir: Path,
+                 env: dict[str, str] | None = None):
+        self.ctx, self.strategy, self.source = ctx, strategy, source
+        self.io_dir = Path(io_dir)
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.k = 0
+        self.dead = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _command(self) -> list[str]:
+        worker = ["-m", "autofit.probe.worker", str(self.io_dir)]
+        if self.ctx.device == "cuda" and self.ctx.num_gpus > 1:
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={self.ctx.num_gpus}", *worker]
+        return [sys.executable, *worker]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["AUTOFIT_T0"] = repr(time.time())
+        env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # A probe never touches a GPU it was not given.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.ctx.gpus)) if self.ctx.device == "cuda" else ""
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> None:
+        self.io_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.io_dir.glob("*.json"):
+            stale.unlink()
+        protocol.write_json(self.io_dir / "plan.json", {
+            "context": to_jsonable(self.ctx), "strategy": to_jsonable(self.strategy), "source": self.source.to_dict()})
+        log = open(self.io_dir / "worker.log", "ab")
+        try:
+            self.proc = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=self._env(), start_new_session=True, preexec_fn=_die_with_parent)
+        except OSError as exc:
+            raise ProbeError(f"cannot start the probe worker: {exc}") from exc
+        finally:
+            log.close()
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the whole group: torchrun and its ranks
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not get ignored
+            pass
+        self.dead = True
+
+    def close(self) -> None:
+        """Ask a healthy worker to exit; kill it if it does not within a few seconds."""
+        if self.proc is not None and not self.dead and self.proc.poll() is None:
+            protocol.write_json(protocol.req_path(self.io_dir, self.k), {"stop": True})
+            try:
+                self.proc.wait(timeout=GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def __enter__(self) -> "WorkerSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def phase(self) -> dict | None:
+        return protocol.read_json(self.io_dir / "phase.json")
+
+    # -- probing --------------------------------------------------------------------------------
+    def probe(self, shape: Shape) -> ProbeResult:
+        """Run one shape. Never raises for what the probe did; returns its classified result."""
+        if self.dead:
+            raise ProbeError("this worker already stopped; start a new session for the next strategy")
+        first = self.proc is None
+        if first:
+            self.start()
+        protocol.write_json(protocol.req_path(self.io_dir, self.k), {"shape": to_jsonable(shape)})
+        limit = self.ctx.probe_timeout_s + (self.ctx.build_timeout_s if first else 0.0)
+        result = self._await(shape, time.time() + limit, limit)
+        self.k += 1
+        if not result.ok:
+            self._finish_after_failure()
+        return result
+
+    def _await(self, shape: Shape, deadline: float, limit: float) -> ProbeResult:
+        base = dict(strategy=self.strategy.key(), micro_batch=shape.micro_batch, max_token=shape.max_token,
+                    grad_accum=self.ctx.grad_accum(shape.micro_batch), num_gpus=self.ctx.num_gpus,
+                    weights=self.ctx.weights, worker_pid=self.proc.pid if self.proc else None)
+        while True:
+            answers = [protocol.read_json(p) for p in sorted(self.io_dir.glob(f"res-{self.k}.r*.json"))]
+            answers = [a for a in answers if a]
+            failed = [a for a in answers if a["status"] != Status.OK.value]
+            if failed:  # any rank's failure decides (other ranks may hang in a collective)
+                return ProbeResult.from_dict(failed[0])
+            if answers:
+                return ProbeResult.from_dict(answers[0])
+            fatal = [protocol.read_json(p) for p in self.io_dir.glob("fatal.r*.json")]
+            fatal = [f for f in fatal if f]
+            if fatal:
+                return ProbeResult(**base, status=Status(fatal[0]["status"]), error="during setup: " + fatal[0]["error"])
+            if self.proc.poll() is not None:
+                time.sleep(0.2)  # a result written just before exit
+                if any(self.io_dir.glob(f"res-{self.k}.r*.json")) or any(self.io_dir.glob("fatal.r*.json")):
+                    continue
+                return self._classify_exit(base)
+            if time.time() > deadline:
+                self.kill()
+                return ProbeResult(**base, status=Status.TIMEOUT, error=f"no result within {limit:.0f}s; worker killed")
+            time.sleep(POLL_S)
+
+    def _classify_exit(self, base: dict) -> ProbeResult:
+        rc = self.proc.returncode
+        tail = self.log_tail()
+        self.dead = True
+        sig = -rc if rc < 0 else _signal_in_log(tail)
+        if sig:
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+            hint = " (host out of memory? the kernel's OOM killer sends SIGKILL)" if sig == signal.SIGKILL else ""
+            return ProbeResult(**base, status=Status.CRASH, error=f"worker killed by {name}{hint}")
+        if is_oom_text(tail):
+            return ProbeResult(**base, status=Status.OOM, error=_last_error_line(tail))
+        return ProbeResult(**base, status=Status.ERROR, error=f"worker exited with code {rc}: {_last_error_line(tail)}")
+
+    def _finish_after_failure(self) -> None:
+        try:
+            self.proc.wait(timeout=GRACE_S)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+    def log_tail(self, nbytes: int = 8000) -> str:
+        try:
+            with open(self.io_dir / "worker.log", "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - nbytes))
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def _signal_in_log(tail: str) -> int | None:
+    """torchrun reports a rank killed by a signal as 'exitcode: -11' / 'Signal 11 (SIGSEGV)'."""
+    import re
+
+    m = re.search(r"exitcode\s*:\s*-(\d+)", tail) or re.search(r"Signal (\d+) \(SIG", tail)
+    return int(m.group(1)) if m else None
+
+
+def _last_error_line(tail: str) -> str:
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "Exception" in ln:
+            return ln[:500]
+    return (lines[-1] if lines else "no output")[:500]
+
+
+def escalate(session: WorkerSession, shapes: Iterable[Shape],
+             on_result: Callable[[ProbeResult], None] | None = None) -> Iterator[ProbeResult]:
+    """Probe shapes in order until the first one that does not succeed (the wall)."""
+    for shape in shapes:
+        result = session.probe(shape)
+        if on_result:
+            on_result(result)
+        yield result
+        if not result.ok:
+            return

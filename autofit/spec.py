@@ -1,0 +1,170 @@
+"""Typed contracts between the search, the probe runner and the probe worker.
+
+A *strategy* is everything about how we train except the tensor shape; a *shape* is
+(micro_batch, max_token). One warm worker process serves one strategy and many shapes, so the
+model is built once per strategy. Everything here is plain data that round-trips through JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+PRECISIONS = ("fp32", "fp16", "bf16", "bf16-pure")
+METHODS = ("lora", "full", "freeze")
+
+
+class Status(str, enum.Enum):
+    OK = "ok"
+    OOM = "oom"          # the GPU (or a library on it) ran out of memory: a wall, not a failure
+    ERROR = "error"      # an exception that is not OOM; its last line is kept
+    TIMEOUT = "timeout"  # no answer within the probe's time limit; the worker was killed
+    CRASH = "crash"      # the worker died on a signal (segfault, host OOM killer) or vanished
+
+
+@dataclass(frozen=True)
+class Method:
+    kind: str = "lora"
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] | None = None  # None: the architecture's default targets
+    freeze_trainable_layers: int = 2             # freeze: train only the last N blocks and the head
+
+    def label(self) -> str:
+        if self.kind == "lora":
+            return f"lora-r{self.lora_r}"
+        if self.kind == "freeze":
+            return f"freeze-last{self.freeze_trainable_layers}"
+        return "full"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    method: Method = field(default_factory=Method)
+    precision: str = "bf16-pure"
+    grad_ckpt: bool = False
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+    def key(self) -> str:
+        """A short, stable name used in tables, CSVs and worker logs."""
+        parts = [self.method.label(), self.precision, "ckpt" if self.grad_ckpt else "nockpt", f"z{self.zero_stage}"]
+        if self.offload_optimizer:
+            parts.append("offopt")
+        if self.offload_params:
+            parts.append("offparam")
+        return "/".join(parts)
+
+    def uses_deepspeed(self, num_gpus: int) -> bool:
+        # Same rule as HF Trainer: DeepSpeed only when asked for (a ZeRO stage or offload);
+        # several GPUs without ZeRO still go through the DeepSpeed engine at stage 0 (DDP-like),
+        # never torch DataParallel, which copies the whole model to every card.
+        return self.zero_stage > 0 or self.offload_optimizer or self.offload_params or num_gpus > 1
+
+
+@dataclass(frozen=True, order=True)
+class Shape:
+    micro_batch: int
+    max_token: int
+
+
+@dataclass(frozen=True)
+class Context:
+    """What stays fixed for a whole search: model, hardware, global batch, measurement lengths."""
+
+    model: str
+    weights: str = "random"            # random | real
+    trust_remote_code: bool = False
+    device: str = "cuda"               # cuda | cpu
+    gpus: tuple[int, ...] = (0,)
+    gpu_memory: int | None = None      # bytes the probe may use per GPU (emulates a smaller card)
+    global_batch: int = 16             # samples per optimizer step; sets gradient accumulation
+    warmup_steps: int = 1              # optimizer steps not measured
+    measure_steps: int = 2             # optimizer steps measured
+    max_micro_per_step: int = 2        # micro-steps actually run per measured optimizer step
+    max_positions: int | None = None   # longest max_token probed: caps the RoPE cache transformers precomputes
+    probe_timeout_s: float = 300.0
+    build_timeout_s: float = 600.0
+
+    @property
+    def num_gpus(self) -> int:
+        return len(self.gpus) if self.device == "cuda" else 1
+
+    def grad_accum(self, micro_batch: int) -> int:
+        """Gradient accumulation that makes micro_batch x GPUs x accum reach the global batch."""
+        per_step = micro_batch * self.num_gpus
+        return max(1, -(-self.global_batch // per_step))
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    context: Context
+    strategy: Strategy
+    shape: Shape
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    strategy: str
+    micro_batch: int
+    max_token: int
+    status: Status
+    grad_accum: int = 0
+    micro_step_s: float | None = None      # median forward+backward of one micro-batch
+    optimizer_step_s: float | None = None  # median optimizer step (incl. ZeRO gather/offload)
+    step_s: float | None = None            # one global-batch optimizer step: accum x micro + optimizer
+    tokens_per_s: float | None = None      # global batch x max_token / step_s
+    peak_allocated: int | None = None      # bytes, max over ranks
+    peak_reserved: int | None = None       # bytes, max over ranks
+    nvml_peak: int | None = None           # bytes, device-level (CUDA context, NCCL buffers too)
+    host_peak: int | None = None           # bytes of host RSS (matters with CPU offload)
+    error: str = ""
+    device_name: str = ""
+    num_gpus: int = 1
+    weights: str = "random"
+    time_import_s: float | None = None
+    time_build_s: float | None = None
+    time_steps_s: float | None = None
+    worker_pid: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["status"] = self.status.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ProbeResult":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["status"] = Status(kw["status"])
+        return cls(**kw)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses (nested) to plain dicts; tuples to lists."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(x) for x in obj]
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    return obj
+
+
+def strategy_from_dict(d: dict[str, Any]) -> Strategy:
+    m = dict(d["method"])
+    if m.get("lora_targets") is not None:
+        m["lora_targets"] = tuple(m["lora_targets"])
+    return Strategy(**{**d, "method": Method(**m)})
+
+
+def context_from_dict(d: dict[str, Any]) -> Context:
+    return Context(**{**d, "gpus": tuple(d["gpus"])})

@@ -1,0 +1,116 @@
+"""The one place that turns a (strategy, shape) into trainer settings.
+
+The probe worker trains with exactly these values and best.yaml exports exactly these values:
+what is probed is what is exported. No torch import here (report/export use it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autofit.spec import Context, Shape, Strategy
+
+LEARNING_RATE = 1e-4  # value is irrelevant to memory and speed; exported so the config is complete
+
+
+def model_dtype(strategy: Strategy, num_gpus: int) -> str:
+    """dtype the weights are built/loaded in (what users pass as torch_dtype)."""
+    if strategy.precision == "bf16-pure":
+        return "bfloat16"
+    if strategy.uses_deepspeed(num_gpus) and strategy.precision in ("fp16", "bf16"):
+        # DeepSpeed keeps the module in half precision and the fp32 master copy in its optimizer;
+        # loading in that dtype avoids a transient fp32 copy on the GPU.
+        return "float16" if strategy.precision == "fp16" else "bfloat16"
+    return "float32"
+
+
+def autocast_dtype(strategy: Strategy) -> str | None:
+    """dtype of torch.autocast in the torch path (HF Trainer's fp16=/bf16= without DeepSpeed)."""
+    return {"fp32": None, "fp16": "float16", "bf16": "bfloat16", "bf16-pure": "bfloat16"}[strategy.precision]
+
+
+def deepspeed_config(strategy: Strategy, ctx: Context, shape: Shape, hf_auto: bool = False) -> dict[str, Any] | None:
+    """DeepSpeed config for this strategy, or None when training runs on a plain torch optimizer.
+
+    hf_auto=True gives the file for HF Trainer, with "auto" wherever Trainer fills values in from
+    TrainingArguments; otherwise the concrete numbers the probe passes to deepspeed.initialize.
+    """
+    if not strategy.uses_deepspeed(ctx.num_gpus):
+        return None
+    accum = ctx.grad_accum(shape.micro_batch)
+
+    def v(concrete: Any) -> Any:
+        return "auto" if hf_auto else concrete
+
+    zero: dict[str, Any] = {"stage": strategy.zero_stage}
+    if strategy.zero_stage >= 1:
+        zero.update(overlap_comm=True, contiguous_gradients=True,
+                    reduce_bucket_size=v(int(5e8)), allgather_bucket_size=int(5e8) if strategy.zero_stage < 3 else None)
+        zero = {k: x for k, x in zero.items() if x is not None}
+    if strategy.zero_stage == 3:
+        zero.update(stage3_prefetch_bucket_size=v(int(5e7)), stage3_param_persistence_threshold=v(int(1e5)),
+                    stage3_gather_16bit_weights_on_model_save=True)
+    if strategy.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if strategy.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": v(shape.micro_batch),
+        "gradient_accumulation_steps": v(accum),
+        "train_batch_size": v(shape.micro_batch * accum * ctx.num_gpus),
+        "gradient_clipping": v(1.0),
+        "zero_optimization": zero,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if strategy.precision == "fp16":
+        cfg["fp16"] = {"enabled": v(True), "loss_scale": 0, "initial_scale_power": 16}
+    elif strategy.precision in ("bf16", "bf16-pure"):
+        cfg["bf16"] = {"enabled": v(True)}
+    if strategy.offload_optimizer or strategy.offload_params:
+        # Offload needs DeepSpeed's CPU Adam (a torch optimizer is refused under offload), so the
+        # optimizer is declared here; without offload HF Trainer's own AdamW is passed in instead.
+        cfg["optimizer"] = {"type": "AdamW", "params": {"lr": v(LEARNING_RATE), "weight_decay": v(0.0)}}
+    else:
+        cfg["zero_allow_untested_optimizer"] = True
+    return cfg
+
+
+def training_args(strategy: Strategy, ctx: Context, shape: Shape, ds_config_path: str | None = "ds_config.json") -> dict[str, Any]:
+    """Keyword arguments for transformers.TrainingArguments (4.40.2) that reproduce the probe."""
+    uses_ds = strategy.uses_deepspeed(ctx.num_gpus)
+    args: dict[str, Any] = {
+        "output_dir": "output",
+        "per_device_train_batch_size": shape.micro_batch,
+        "gradient_accumulation_steps": ctx.grad_accum(shape.micro_batch),
+        "gradient_checkpointing": strategy.grad_ckpt,
+        "learning_rate": LEARNING_RATE,
+        "optim": "adamw_torch",
+        "bf16": strategy.precision in ("bf16", "bf16-pure"),
+        "fp16": strategy.precision == "fp16",
+        "max_grad_norm": 1.0,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": "none",
+        "remove_unused_columns": False,
+    }
+    if strategy.grad_ckpt:
+        args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    if uses_ds and ds_config_path:
+        args["deepspeed"] = ds_config_path
+    return args
+
+
+def peft_config(strategy: Strategy, default_targets: tuple[str, ...]) -> dict[str, Any] | None:
+    """Keyword arguments for peft.LoraConfig, or None for full / freeze."""
+    m = strategy.method
+    if m.kind != "lora":
+        return None
+    return {
+        "task_type": "CAUSAL_LM",
+        "r": m.lora_r,
+        "lora_alpha": m.lora_alpha,
+        "lora_dropout": m.lora_dropout,
+        "target_modules": list(m.lora_targets or default_targets),
+    }

@@ -1,0 +1,115 @@
+"""Real probes on the CPU: a tiny Qwen2 the test builds, trained by real worker processes.
+
+Also the failure paths with workers that really hang, really segfault, really get SIGKILLed, really
+raise and really fail to allocate. These are not fakes: each test starts `python -m autofit.probe.worker`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+import pytest
+
+from autofit.models import resolve_model
+from autofit.probe.runner import WorkerSession, escalate
+from autofit.spec import Context, Method, Shape, Status, Strategy
+
+pytestmark = pytest.mark.slow
+
+
+def _ctx(tiny_model_dir: Path, **kw) -> Context:
+    base = dict(model=str(tiny_model_dir), device="cpu", gpus=(), global_batch=8, warmup_steps=1, measure_steps=2,
+                probe_timeout_s=120, build_timeout_s=120)
+    base.update(kw)
+    return Context(**base)
+
+
+def _session(tmp_path, tiny_model_dir, strategy=Strategy(precision="fp32"), env=None, **ctx_kw) -> WorkerSession:
+    ctx = _ctx(tiny_model_dir, **ctx_kw)
+    return WorkerSession(ctx, strategy, resolve_model(str(tiny_model_dir)), tmp_path / "io", env=env)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        p = psutil.Process(pid)
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_ok_path_fills_every_field_and_reuses_the_worker(tmp_path, tiny_model_dir):
+    with _session(tmp_path, tiny_model_dir, strategy=Strategy(precision="fp32", grad_ckpt=True)) as s:
+        results = list(escalate(s, [Shape(1, 64), Shape(2, 64), Shape(4, 64)]))
+    assert [r.status for r in results] == [Status.OK] * 3
+    for r in results:
+        assert r.strategy == "lora-r8/fp32/ckpt/z0"
+        assert r.grad_accum == 8 // r.micro_batch
+        assert 0 < r.micro_step_s < 10 and r.optimizer_step_s >= 0
+        assert r.step_s == pytest.approx(r.grad_accum * r.micro_step_s + r.optimizer_step_s, rel=1e-3)
+        assert r.tokens_per_s == pytest.approx(8 * 64 / r.step_s, rel=1e-3)
+        assert 50 * 2**20 < r.host_peak < 8 * 2**30  # a python process with torch, not a fantasy
+        assert r.peak_allocated is None and r.nvml_peak is None  # CPU run: no device memory to report
+        assert r.device_name.startswith("cpu")
+        assert r.time_import_s > 0.1 and r.time_build_s > 0 and r.time_steps_s > 0
+        assert r.weights == "random"
+    # one warm worker served all three shapes: imports and build were paid once
+    assert len({r.worker_pid for r in results}) == 1
+    assert _gone(results[0].worker_pid)
+
+
+@pytest.mark.parametrize("strategy", [
+    Strategy(method=Method(kind="full"), precision="bf16"),
+    Strategy(method=Method(kind="freeze", freeze_trainable_layers=1), precision="bf16-pure"),
+    Strategy(method=Method(kind="lora", lora_r=4, lora_targets=("q_proj", "v_proj")), precision="bf16-pure", grad_ckpt=True),
+], ids=lambda s: s.key())
+def test_methods_and_precisions_train(tmp_path, tiny_model_dir, strategy):
+    with _session(tmp_path, tiny_model_dir, strategy=strategy) as s:
+        r = s.probe(Shape(2, 32))
+    assert r.status is Status.OK, r.error
+    assert r.tokens_per_s > 0
+
+
+def test_deepspeed_strategy_on_cpu_is_a_clear_error(tmp_path, tiny_model_dir):
+    with _session(tmp_path, tiny_model_dir, strategy=Strategy(zero_stage=2)) as s:
+        r = s.probe(Shape(1, 32))
+    assert r.status is Status.ERROR
+    assert "needs DeepSpeed, which needs a GPU" in r.error
+
+
+def test_hang_is_a_timeout_and_leaves_no_process(tmp_path, tiny_model_dir):
+    with _session(tmp_path, tiny_model_dir, env={"AUTOFIT_TEST_FAULT": "hang@probe"}, probe_timeout_s=3) as s:
+        r = s.probe(Shape(1, 32))
+        pid = s.proc.pid
+    assert r.status is Status.TIMEOUT and "3s" in r.error
+    assert _gone(pid)
+
+
+def test_hang_while_building_is_a_timeout(tmp_path, tiny_model_dir):
+    with _session(tmp_path, tiny_model_dir, env={"AUTOFIT_TEST_FAULT": "hang@build"}, probe_timeout_s=2, build_timeout_s=8) as s:
+        r = s.probe(Shape(1, 32))
+    assert r.status is Status.TIMEOUT
+
+
+@pytest.mark.parametrize("fault,fragment", [("segv", "SIGSEGV"), ("sigkill", "SIGKILL (host out of memory?")])
+def test_worker_that_dies_on_a_signal_is_a_crash(tmp_path, tiny_model_dir, fault, fragment):
+    with _session(tmp_path, tiny_model_dir, env={"AUTOFIT_TEST_FAULT": f"{fault}@probe"}) as s:
+        r = s.probe(Shape(1, 32))
+    assert r.status is Status.CRASH
+    assert fragment in r.error
+
+
+def test_unknown_exception_is_an_error_with_its_last_line(tmp_path, tiny_model_dir):
+    with _session(tmp_path, tiny_model_dir, env={"AUTOFIT_TEST_FAULT": "raise@probe"}) as s:
+        r = s.probe(Shape(1, 32))
+    assert r.status is Status.ERROR
+    assert r.error == "ValueError: injected test failure"
+
+
+def test_real_allocation_failure_is_an_oom_and_ends_the_escalation(tmp_path, tiny_model_dir):
+    # Address space capped 300 MB above the built model: small shapes fit, a big one cannot.
+    with _session(tmp_path, tiny_model_dir, env={"AUTOFIT_TEST_HOST_LIMIT": str(300 * 2**20)}) as s:
+        results = list(escalate(s, [Shape(1, 32), Shape(64, 512), Shape(128, 512)]))
+    assert [r.status for r in results] == [Status.OK, Status.OOM]
+    assert "memory" in results[1].error.lower()
