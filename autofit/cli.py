@@ -175,6 +175,125 @@ def _probe_line(r) -> str:
     return f"{r.status.value:7s} mb={r.micro_batch:<4d} T={r.max_token:<6d} {r.error}"
 
 
+# -- search ----------------------------------------------------------------------------------------
+@cli.command()
+@model_options
+@hardware_options
+@click.option("--max-token", type=int, required=True, help="Sequence length to optimise for (every sample at full length).")
+@click.option("--space", default="default", show_default=True, help="Search space: a YAML file or a shipped name (search_spaces/).")
+@click.option("--method", type=click.Choice(["lora", "full", "freeze"]), default=None, help="Override the space's method.")
+@click.option("--budget", default="15m", show_default=True, help="Wall-clock budget for probing, e.g. 8m, 1h.")
+@click.option("--headroom", type=float, default=0.08, show_default=True, help="Fraction of memory kept free by the winner.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Default: results/<model>-T<max_token>-<time>.")
+@click.option("--resume", is_flag=True, help="Continue the search in --run-dir; finished probes are not re-run.")
+@click.option("--storage", default=None, help="Optuna storage URL (default: sqlite in the run dir; postgresql://... for many workers).")
+@click.option("--explore", type=int, default=2, show_default=True, help="Probes the TPE sampler may add after the escalation.")
+@click.option("--probe-timeout", default="5m", show_default=True, help="Per-probe time limit.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@handles_errors
+def search(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, max_token, space, method, budget,
+           headroom, run_dir, resume, storage, explore, probe_timeout, quiet):
+    """Search for the fastest configuration that fits, writing results/<run>/best.yaml."""
+    result = _run_search(model=model, weights=weights, trust_remote_code=trust_remote_code, device=device, gpus=gpus,
+                         gpu_memory=gpu_memory, global_batch=global_batch, max_token=max_token, space=space,
+                         method=method, budget=budget, headroom=headroom, run_dir=run_dir, resume=resume,
+                         storage=storage, explore=explore, probe_timeout=probe_timeout, quiet=quiet)
+    _print_result(result)
+
+
+def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, max_token, space, method,
+                budget, headroom, run_dir, resume, storage, explore, probe_timeout, quiet):
+    import time
+
+    from autofit.models import resolve_model
+    from autofit.search.driver import SearchRequest, run_search
+    from autofit.search.planner import Limits
+    from autofit.search.progress import Progress
+    from autofit.search.space import load_space
+    from autofit.units import parse_duration
+
+    if max_token < 1:
+        raise UsageError(f"--max-token must be positive, got {max_token}")
+    if not 0 <= headroom < 1:
+        raise UsageError(f"--headroom must be in [0, 1), got {headroom}")
+    if explore < 0:
+        raise UsageError(f"--explore must be >= 0, got {explore}")
+    if resume and run_dir is None:
+        raise UsageError("--resume needs --run-dir (the search to continue)")
+    budget_s = parse_duration(budget)
+    ctx = _context(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch,
+                   probe_timeout_s=parse_duration(probe_timeout))
+    sp = load_space(space)
+    if method:
+        sp = sp.with_method(method)
+    source = resolve_model(model, trust_remote_code=trust_remote_code)
+    if weights == "real" and not source.has_weights:
+        raise UsageError(f"--weights real: {model} has no local weights ({source.origin}); use --weights random")
+    if run_dir is None:
+        run_dir = Path("results") / f"{source.name.replace('/', '_')}-T{max_token}-{time.strftime('%Y%m%d-%H%M%S')}"
+    limits = Limits(budget=_memory_budget(ctx), headroom=headroom)
+    req = SearchRequest(ctx=ctx, source=source, space=sp, max_token=max_token, limits=limits, run_dir=run_dir,
+                        budget_s=budget_s, resume=resume, storage=storage, explore=explore)
+    progress = Progress(quiet=quiet)
+    progress.log(f"searching {source.name} ({source.origin}, {weights} weights) on {_where(ctx)}; "
+                 f"T={max_token}, global batch {global_batch}, budget {limits.budget / 2**30:.1f} GiB, "
+                 f"headroom {headroom:.0%}; space {sp.name}; run dir {run_dir}")
+    return run_search(req, progress=progress)
+
+
+def _memory_budget(ctx) -> int:
+    """Bytes a configuration may use per GPU: --gpu-memory, else the card's size; host RAM on CPU."""
+    if ctx.gpu_memory:
+        return ctx.gpu_memory
+    if ctx.device == "cpu":
+        import psutil
+
+        return psutil.virtual_memory().total
+    from autofit.hardware import detect_gpus
+
+    return min(g.total_memory for g in detect_gpus() if g.index in ctx.gpus)
+
+
+def _print_result(result) -> None:
+    out = result.outcome
+    click.echo("")
+    click.echo(result.summary)
+    click.echo("")
+    if out.note:
+        click.echo(f"note: {out.note}")
+    if result.best:
+        c, m = result.best["config"], result.best["measured"]
+        click.echo(f"best: {c['strategy']} micro_batch={c['micro_batch']} x accum {c['gradient_accumulation']} "
+                   f"at max_token {c['max_token']}: {m['tokens_per_s']} tokens/s, peak {m['peak_gib']} GiB "
+                   f"(limit {result.best['hardware']['limit_gib']} GiB)")
+        click.echo(f"wrote {result.run.best}" + (f" and {result.run.ds_config}" if result.best.get("deepspeed") else ""))
+    else:
+        click.echo("no configuration fits; see boundaries.csv for the walls")
+    click.echo(f"{result.probes_run} probe(s) run, {result.probes_reused} reused, {result.wall_time_s:.0f}s; "
+               f"probes.csv, boundaries.csv, study.db, run.json in {result.run.path}")
+
+
+@cli.command()
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@handles_errors
+def demo(run_dir):
+    """The main job, end to end: GLM-4-9B LoRA on the GPU if there is one, else a tiny model on the CPU."""
+    import time
+
+    from autofit.hardware import detect_gpus
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if detect_gpus():
+        kw = dict(model="THUDM/glm-4-9b-chat", device="cuda", max_token=1024, space="default", budget="8m", global_batch=32)
+    else:
+        click.echo("no GPU found: running the CPU demo on a tiny model (a real search, real training steps)", err=True)
+        kw = dict(model="autofit/tiny-qwen2", device="cpu", max_token=128, space="cpu-tiny", budget="5m", global_batch=8)
+    result = _run_search(weights="random", trust_remote_code=False, gpus=None, gpu_memory=None, method=None,
+                         headroom=0.08, run_dir=run_dir or Path("results") / f"demo-{stamp}", resume=False,
+                         storage=None, explore=2, probe_timeout="5m", quiet=False, **kw)
+    _print_result(result)
+
+
 # -- models ----------------------------------------------------------------------------------------
 @cli.command()
 @handles_errors

@@ -34,3 +34,7 @@ class ProbeError(AutofitError):
 
 class NoGPUError(AutofitError):
     """A GPU was required (``--device cuda``, several GPUs, DeepSpeed) and none is visible."""
+
+
+class Interrupted(AutofitError):
+    """Ctrl-C or SIGTERM during a search: everything measured is saved; --resume continues."""

@@ -16,7 +16,8 @@ from autofit.spec import ProbeResult, Status, Strategy
 
 SCHEMA_VERSION = 1
 STRATEGY_COLUMNS = ["method", "lora_r", "precision", "grad_ckpt", "zero_stage", "offload_optimizer", "offload_params"]
-PROBE_COLUMNS = ["trial"] + [f.name for f in dataclasses.fields(ProbeResult)] + STRATEGY_COLUMNS + ["fits", "finished_at"]
+PROBE_COLUMNS = (["trial", "phase", "repeat"] + [f.name for f in dataclasses.fields(ProbeResult)] + STRATEGY_COLUMNS
+                 + ["peak_gib", "fits", "finished_at"])
 
 
 def strategy_columns(s: Strategy) -> dict[str, Any]:
@@ -26,9 +27,11 @@ def strategy_columns(s: Strategy) -> dict[str, Any]:
 
 
 def append_probe(path: Path, result: ProbeResult, strategy: Strategy, trial: int | None = None,
-                 fits: bool | None = None, finished_at: float | None = None) -> None:
+                 fits: bool | None = None, finished_at: float | None = None, phase: str = "probe",
+                 repeat: int = 0, peak: int | None = None) -> None:
     new = not path.exists() or path.stat().st_size == 0
     row = {**result.to_dict(), **strategy_columns(strategy), "trial": "" if trial is None else trial,
+           "phase": phase, "repeat": repeat, "peak_gib": "" if peak is None else round(peak / 2**30, 3),
            "fits": "" if fits is None else fits, "finished_at": "" if finished_at is None else round(finished_at, 3)}
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=PROBE_COLUMNS)

@@ -1,0 +1,39 @@
+"""Per-strategy memory model: peak = fixed + per_token x (micro_batch x max_token).
+
+Weights, gradients and optimizer state are the fixed part; activations and logits grow with the
+number of tokens in a micro-batch. Fitted by least squares on the measured peaks of one strategy,
+it predicts where the wall is so the escalation can jump next to it instead of doubling blindly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    fixed: float
+    per_token: float
+    points: int
+
+    def predict(self, micro_batch: int, max_token: int) -> float:
+        return self.fixed + self.per_token * micro_batch * max_token
+
+    def max_micro_batch(self, max_token: int, limit: float) -> float:
+        if self.per_token <= 0:
+            return float("inf")
+        return (limit - self.fixed) / (self.per_token * max_token)
+
+
+def fit(points: list[tuple[int, int, float]]) -> MemoryModel | None:
+    """points: (micro_batch, max_token, peak_bytes). None until two distinct token counts exist."""
+    xs = [mb * t for mb, t, _ in points]
+    ys = [p for _, _, p in points]
+    if len(set(xs)) < 2:
+        return None
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    slope = max(slope, 0.0)  # more tokens never need less memory
+    return MemoryModel(fixed=my - slope * mx, per_token=slope, points=n)

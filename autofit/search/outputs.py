@@ -1,0 +1,119 @@
+"""What a search leaves behind: boundaries.csv, best.yaml, ds_config.json and the summary table."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autofit.results import write_rows
+from autofit.search.planner import Limits, Outcome, peak_of
+from autofit.spec import Context, ProbeResult, Shape, Strategy
+from autofit.trainconfig import deepspeed_config, model_dtype, peft_config, training_args
+
+BOUNDARY_COLUMNS = ["strategy", "max_token", "largest_fit_micro_batch", "largest_fit_peak_gib",
+                    "first_fail_micro_batch", "first_fail_status", "first_fail_peak_gib", "budget_gib", "limit_gib"]
+Key = tuple[str, int, int, str, int]
+
+
+def _gib(x: float | None) -> float | str:
+    return "" if x is None else round(x / 2**30, 3)
+
+
+def boundary_rows(results: dict[Key, ProbeResult], limits: Limits) -> list[dict[str, Any]]:
+    """Per strategy and max_token: the largest micro-batch that fits and the first that does not."""
+    cells: dict[tuple[str, int], dict[int, ProbeResult]] = defaultdict(dict)
+    for (k, mb, t, _, _), r in results.items():
+        prev = cells[(k, t)].get(mb)
+        if prev is None or (prev.ok and not r.ok):  # a failure at a shape outranks an earlier success
+            cells[(k, t)][mb] = r
+    rows = []
+    for (k, t), by_mb in sorted(cells.items()):
+        fits = [mb for mb, r in by_mb.items() if limits.fits(r)]
+        fit_max = max(fits) if fits else None
+        fails = [mb for mb, r in by_mb.items() if not limits.fits(r) and (fit_max is None or mb > fit_max)]
+        fail_min = min(fails) if fails else None
+        fr = by_mb.get(fail_min) if fail_min is not None else None
+        rows.append({
+            "strategy": k, "max_token": t, "largest_fit_micro_batch": fit_max,
+            "largest_fit_peak_gib": _gib(peak_of(by_mb[fit_max])) if fit_max else "",
+            "first_fail_micro_batch": fail_min,
+            "first_fail_status": ("" if fr is None else ("over-headroom" if fr.ok else fr.status.value)),
+            "first_fail_peak_gib": _gib(peak_of(fr)) if fr is not None and fr.ok else "",
+            "budget_gib": _gib(limits.budget), "limit_gib": _gib(limits.limit),
+        })
+    return rows
+
+
+def write_boundaries(path: Path, results: dict[Key, ProbeResult], limits: Limits) -> None:
+    write_rows(path, boundary_rows(results, limits), BOUNDARY_COLUMNS)
+
+
+def best_document(out: Outcome, ctx: Context, source, limits: Limits, results: dict[Key, ProbeResult],
+                  space_name: str, wall_time_s: float, probes_run: int) -> dict[str, Any] | None:
+    if out.winner is None:
+        return None
+    s, mb = out.winner
+    shape = Shape(mb, out.max_token)
+    measured = [r for (k, m, t, _, _), r in results.items() if k == s.key() and m == mb and t == out.max_token and r.ok]
+    r0 = max(measured, key=lambda r: peak_of(r) or 0)
+    ds = deepspeed_config(s, ctx, shape, hf_auto=True)
+    doc = {
+        "autofit": "best configuration: the fastest measured config that fits with the headroom",
+        "model": {"id": source.name, "origin": source.origin, "architecture": source.architecture,
+                  "weights_probed": ctx.weights, "torch_dtype": model_dtype(s, ctx.num_gpus),
+                  "attn_implementation": "sdpa", "trust_remote_code": source.trust_remote_code},
+        "hardware": {"device": ctx.device, "gpu": r0.device_name, "num_gpus": ctx.num_gpus, "gpus": list(ctx.gpus),
+                     "memory_budget_gib": _gib(limits.budget), "headroom": limits.headroom,
+                     "limit_gib": _gib(limits.limit), "emulated_gpu_memory": ctx.gpu_memory is not None},
+        "search": {"space": space_name, "max_token_requested": out.requested_max_token, "global_batch": ctx.global_batch,
+                   "probes_run": probes_run, "wall_time_s": round(wall_time_s, 1), "note": out.note or None},
+        "config": {"method": s.method.kind, **({"lora_r": s.method.lora_r, "lora_alpha": s.method.lora_alpha} if s.method.kind == "lora" else {}),
+                   **({"freeze_trainable_layers": s.method.freeze_trainable_layers} if s.method.kind == "freeze" else {}),
+                   "precision": s.precision, "gradient_checkpointing": s.grad_ckpt, "zero_stage": s.zero_stage,
+                   "offload_optimizer": s.offload_optimizer, "offload_params": s.offload_params,
+                   "max_token": out.max_token, "micro_batch": mb, "gradient_accumulation": ctx.grad_accum(mb),
+                   "strategy": s.key()},
+        "measured": {"tokens_per_s": round(out.winner_tokens_per_s, 1), "step_s": r0.step_s,
+                     "micro_step_s": r0.micro_step_s, "optimizer_step_s": r0.optimizer_step_s,
+                     "peak_gib": _gib(out.winner_peak), "peak_allocated_gib": _gib(r0.peak_allocated),
+                     "peak_reserved_gib": _gib(r0.peak_reserved), "nvml_peak_gib": _gib(r0.nvml_peak),
+                     "host_peak_gib": _gib(r0.host_peak), "measurements": len(measured)},
+        "training_args": training_args(s, ctx, shape, "ds_config.json" if ds else None),
+        "deepspeed": ds,
+        "peft": peft_config(s, source.lora_targets),
+        "runner_up": [{"strategy": k, "micro_batch": m, "tokens_per_s": round(tps, 1), "peak_gib": _gib(p)}
+                      for k, m, tps, p in out.candidates[1:5]],
+    }
+    return doc
+
+
+def write_best(run, doc: dict[str, Any]) -> None:
+    header = ("# autofit best.yaml: paste training_args into transformers.TrainingArguments(**...),\n"
+              "# load the model with model.torch_dtype, wrap it with peft.LoraConfig(**peft) when present,\n"
+              "# and pass ds_config.json (the deepspeed block) when present. Every figure was measured.\n")
+    tmp = run.best.with_suffix(".tmp")
+    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False, width=110))
+    tmp.replace(run.best)
+    if doc.get("deepspeed"):
+        run.ds_config.write_text(json.dumps(doc["deepspeed"], indent=2))
+    elif run.ds_config.exists():
+        run.ds_config.unlink()
+
+
+def summary_table(out: Outcome, results: dict[Key, ProbeResult], limits: Limits) -> str:
+    lines = [f"{'strategy':40s} {'T':>6s} {'fits up to':>10s} {'first fail':>18s} {'best tok/s':>11s} {'peak GiB':>9s}"]
+    rows = {(r["strategy"], r["max_token"]): r for r in boundary_rows(results, limits)}
+    for (k, t), b in sorted(rows.items()):
+        ok = [(r.tokens_per_s, peak_of(r)) for (kk, mb, tt, _, _), r in results.items() if kk == k and tt == t and limits.fits(r)]
+        best = max(ok) if ok else None
+        fail = f"mb={b['first_fail_micro_batch']} {b['first_fail_status']}" if b["first_fail_micro_batch"] else "-"
+        lines.append(f"{k:40s} {t:6d} {str(b['largest_fit_micro_batch'] or '-'):>10s} {fail:>18s} "
+                     f"{(f'{best[0]:.1f}' if best else '-'):>11s} {(f'{best[1] / 2**30:.2f}' if best else '-'):>9s}")
+    for k, so in out.strategies.items():
+        if so.skipped:
+            lines.append(f"{k:40s} skipped: {so.skipped}")
+    return "\n".join(lines)

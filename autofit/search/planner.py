@@ -1,0 +1,291 @@
+"""The escalation: which probes to run, in what order, and what they mean. Pure logic, no I/O.
+
+It asks `measure(strategy, shape, phase, repeat)` for results; the driver answers from probes.csv
+when the probe already ran (resume) or by running it. Because every decision is a function of the
+results so far, a resumed search retraces the same plan and re-runs nothing.
+
+Rules, each one a saving:
+- Monotone shapes: if micro-batch m does not fit a strategy, no m' > m does. Never probed.
+- Slower-at-equal-shape strategies (checkpointing, offload, ZeRO-3 over 0-2) are only useful beyond
+  the wall of the faster one they extend, so their escalation starts there; and if the faster
+  one's throughput has already saturated, they cannot win and are skipped.
+- A per-strategy memory model fitted to measured peaks predicts the wall; the escalation jumps
+  to the largest micro-batch predicted to fit, then confirms the wall one step above.
+- Top candidates within measurement noise of each other are re-measured before a winner is named.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from autofit.search import memmodel
+from autofit.spec import ProbeResult, Shape, Status, Strategy
+
+Measure = Callable[[Strategy, Shape, str, int], ProbeResult]
+
+SATURATION_GAIN = 1.03   # doubling micro-batch gained less than 3%: the curve is flat
+NOISE = 0.05             # candidates within 5% of the best are re-measured
+PREDICT_MARGIN = 0.97    # jump only to micro-batches predicted to stay 3% under the limit
+
+
+def peak_of(r: ProbeResult) -> int | None:
+    """The memory figure compared with the budget: device-level when we have it (counts the CUDA
+    context and NCCL buffers), else the allocator's reserved peak, else host RSS (CPU probes)."""
+    device = [x for x in (r.nvml_peak, r.peak_reserved) if x]
+    if device:
+        return max(device)
+    return r.host_peak
+
+
+@dataclass(frozen=True)
+class Limits:
+    budget: int          # bytes per GPU (or host bytes for a CPU search)
+    headroom: float      # fraction of the budget kept free
+
+    @property
+    def limit(self) -> float:
+        return self.budget * (1.0 - self.headroom)
+
+    def fits(self, r: ProbeResult) -> bool:
+        p = peak_of(r)
+        return r.ok and p is not None and p <= self.limit
+
+
+def slower_or_equal(a: Strategy, b: Strategy) -> bool:
+    """a is never faster than b at the same shape (and a != b): a only adds memory-saving costs."""
+    if a == b or a.method != b.method or a.precision != b.precision:
+        return False
+    z3a, z3b = a.zero_stage == 3, b.zero_stage == 3
+    if not z3a and not z3b and a.zero_stage != b.zero_stage:
+        return False  # ZeRO 0/1/2 trade comms for a sharded optimizer step: either can be faster
+    return (a.grad_ckpt >= b.grad_ckpt and a.offload_optimizer >= b.offload_optimizer
+            and a.offload_params >= b.offload_params and z3a >= z3b)
+
+
+def speed_rank(s: Strategy) -> tuple:
+    """Fastest-expected first: no offload, no ZeRO-3, no checkpointing."""
+    return (s.offload_params, s.offload_optimizer, s.zero_stage == 3, s.grad_ckpt, s.zero_stage)
+
+
+@dataclass
+class StrategyOutcome:
+    strategy: Strategy
+    max_token: int
+    fit_max: int | None = None           # largest micro-batch measured to fit
+    fail_min: int | None = None          # smallest micro-batch measured not to fit
+    fail_status: str = ""
+    skipped: str = ""                    # why the strategy was not probed (dominated, saturated...)
+    started_at: int | None = None
+    inferred_fit: int | None = None      # fits by dominance (a faster strategy fit there)
+
+
+@dataclass
+class Outcome:
+    requested_max_token: int
+    max_token: int
+    strategies: dict[str, StrategyOutcome] = field(default_factory=dict)
+    winner: tuple[Strategy, int] | None = None
+    winner_tokens_per_s: float | None = None
+    winner_peak: int | None = None
+    candidates: list[tuple[str, int, float, int]] = field(default_factory=list)  # key, mb, tok/s, peak
+    note: str = ""
+    budget_exhausted: bool = False
+    largest_fitting_max_token: int | None = None
+
+
+class Planner:
+    def __init__(self, strategies: list[Strategy], micro_batches: tuple[int, ...], max_tokens: tuple[int, ...],
+                 target_max_token: int, micro_batch_cap: int, limits: Limits, measure: Measure,
+                 deadline: float | None = None, confirm_top: int = 3, log: Callable[[str], None] = lambda s: None):
+        if not strategies:
+            raise ValueError("no strategies to search")
+        self.order = sorted(strategies, key=speed_rank)
+        self.mbs = [m for m in micro_batches if m <= micro_batch_cap] or [min(micro_batches)]
+        self.max_tokens = tuple(sorted(max_tokens))
+        self.target = target_max_token
+        self.limits = limits
+        self._measure = measure
+        self.deadline = deadline
+        self.confirm_top = confirm_top
+        self.log = log
+        self.results: dict[tuple[str, int, int, str, int], ProbeResult] = {}
+        self.by_key = {s.key(): s for s in strategies}
+
+    # -- measuring ------------------------------------------------------------------------------
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.time() > self.deadline
+
+    def measure(self, s: Strategy, mb: int, t: int, phase: str = "escalate", repeat: int = 0) -> ProbeResult:
+        r = self._measure(s, Shape(mb, t), phase, repeat)
+        self.results[(s.key(), mb, t, phase, repeat)] = r
+        return r
+
+    def ok_points(self, s: Strategy) -> list[tuple[int, int, float]]:
+        return [(mb, t, peak_of(r)) for (k, mb, t, _, _), r in self.results.items() if k == s.key() and r.ok and peak_of(r)]
+
+    def tokens_curve(self, s: Strategy, t: int) -> list[tuple[int, float]]:
+        pts = {mb: r.tokens_per_s for (k, mb, tt, ph, _), r in self.results.items()
+               if k == s.key() and tt == t and ph == "escalate" and self.limits.fits(r)}
+        return sorted(pts.items())
+
+    # -- the search -----------------------------------------------------------------------------
+    def run(self, explore: Callable[["Planner", Outcome], None] | None = None) -> Outcome:
+        out = Outcome(requested_max_token=self.target, max_token=self.target)
+        frugal = self.order[-1]
+        self.log(f"confirming the most frugal strategy runs at all: {frugal.key()} mb={self.mbs[0]} T={self.target}")
+        first = self.measure(frugal, self.mbs[0], self.target)
+        if first.status in (Status.ERROR, Status.CRASH, Status.TIMEOUT) and not self._any_strategy_runs():
+            out.note = f"the most frugal strategy failed ({first.status.value}): {first.error}"
+            return out
+        if not self.limits.fits(first):
+            t = self._largest_fitting_max_token(frugal)
+            out.largest_fitting_max_token = t
+            if t is None:
+                out.note = (f"nothing fits: even {frugal.key()} at micro-batch {self.mbs[0]} and the shortest "
+                            f"max_token probed exceeds the memory budget")
+                return out
+            out.note = (f"nothing fits at max_token {self.target}; the largest max_token that fits is {t} "
+                        f"({frugal.key()}); the search continued at {t}")
+            out.max_token = self.target = t
+        for s in self.order:
+            if self.out_of_time():
+                out.budget_exhausted = True
+                break
+            out.strategies[s.key()] = self._escalate(s, out)
+        if explore is not None and not self.out_of_time():
+            explore(self, out)
+        self._confirm(out)
+        return out
+
+    def open_cells(self, out: Outcome) -> list[tuple[Strategy, int]]:
+        """Micro-batches the escalation jumped over that may still fit: what the sampler may explore."""
+        t, cells = self.target, []
+        for so in out.strategies.values():
+            if so.skipped:
+                continue
+            model = memmodel.fit(self.ok_points(so.strategy))
+            for mb in self.mbs:
+                if any(k == so.strategy.key() and m == mb and tt == t for (k, m, tt, _, _) in self.results):
+                    continue
+                if so.fail_min is not None and mb >= so.fail_min:
+                    continue  # monotone: it cannot fit
+                if so.started_at is not None and mb < so.started_at:
+                    continue  # a faster strategy covers it
+                if (so.fit_max and mb < so.fit_max) or (model and model.predict(mb, t) <= self.limits.limit):
+                    cells.append((so.strategy, mb))
+        return cells
+
+    def _any_strategy_runs(self) -> bool:
+        return any(r.status in (Status.OK, Status.OOM) for r in self.results.values())
+
+    def _largest_fitting_max_token(self, frugal: Strategy) -> int | None:
+        shorter = [t for t in self.max_tokens if t < self.target] or [max(16, self.target // 2)]
+        for t in sorted(shorter, reverse=True):
+            if self.out_of_time():
+                return None
+            self.log(f"nothing fits at T={self.target}; trying T={t}")
+            if self.limits.fits(self.measure(frugal, self.mbs[0], t)):
+                return t
+        return None
+
+    def _escalate(self, s: Strategy, out: Outcome) -> StrategyOutcome:
+        t = self.target
+        so = StrategyOutcome(strategy=s, max_token=t)
+        faster = [out.strategies[k] for k in out.strategies if slower_or_equal(s, out.strategies[k].strategy)]
+        wall = max([f.fit_max or 0 for f in faster] + [f.inferred_fit or 0 for f in faster], default=0)
+        for f in faster:
+            curve = self.tokens_curve(f.strategy, t)
+            if len(curve) >= 2 and curve[-1][1] < curve[-2][1] * SATURATION_GAIN:
+                so.skipped = (f"cannot beat {f.strategy.key()}: its throughput is flat by micro-batch {curve[-1][0]} "
+                              f"and {s.key()} is slower at equal micro-batch")
+                self.log(f"skip {s.key()}: {so.skipped}")
+                return so
+        above = [m for m in self.mbs if m > wall]
+        if not above:
+            so.skipped = f"a faster strategy already fits the largest micro-batch ({wall})"
+            self.log(f"skip {s.key()}: {so.skipped}")
+            return so
+        so.inferred_fit = wall or None
+        i = self.mbs.index(above[0])
+        so.started_at = self.mbs[i]
+        self.log(f"escalating {s.key()} at T={t} from micro-batch {self.mbs[i]}")
+        while i < len(self.mbs):
+            if self.out_of_time():
+                out.budget_exhausted = True
+                return so
+            r = self.measure(s, self.mbs[i], t)
+            if not self.limits.fits(r):
+                so.fail_min, so.fail_status = self.mbs[i], _why(r, self.limits)
+                return so
+            so.fit_max = self.mbs[i]
+            j = self._jump_target(s, i, t)
+            if j is not None:
+                r = self.measure(s, self.mbs[j], t)
+                if self.limits.fits(r):
+                    so.fit_max, i = self.mbs[j], j + 1
+                    continue
+                so.fail_min, so.fail_status = self.mbs[j], _why(r, self.limits)
+                self._bisect(s, so, i + 1, j - 1, t)
+                return so
+            i += 1
+        return so
+
+    def _jump_target(self, s: Strategy, i: int, t: int) -> int | None:
+        """Index of the largest micro-batch the model predicts to fit, if that skips at least one."""
+        model = memmodel.fit(self.ok_points(s))
+        if model is None:
+            return None
+        best = None
+        for j in range(i + 1, len(self.mbs)):
+            if model.predict(self.mbs[j], t) <= self.limits.limit * PREDICT_MARGIN:
+                best = j
+        return best if best is not None and best > i + 1 else None
+
+    def _bisect(self, s: Strategy, so: StrategyOutcome, lo: int, hi: int, t: int) -> None:
+        """The jump overshot: find the wall between the last fit (lo-1) and the failure (hi+1)."""
+        while lo <= hi and not self.out_of_time():
+            mid = (lo + hi + 1) // 2
+            r = self.measure(s, self.mbs[mid], t)
+            if self.limits.fits(r):
+                so.fit_max, lo = self.mbs[mid], mid + 1
+            else:
+                so.fail_min, so.fail_status, hi = self.mbs[mid], _why(r, self.limits), mid - 1
+
+    def _confirm(self, out: Outcome) -> None:
+        """Re-measure the candidates within noise of the best; the median decides."""
+        t = self.target
+        fitting = [(k, mb, r) for (k, mb, tt, ph, _), r in self.results.items()
+                   if tt == t and ph in ("escalate", "explore") and self.limits.fits(r)]
+        if not fitting:
+            if not out.note:
+                out.note = f"no configuration fits at max_token {t} within the budget and headroom"
+            return
+        fitting.sort(key=lambda x: -x[2].tokens_per_s)
+        best = fitting[0][2].tokens_per_s
+        close = [x for x in fitting if x[2].tokens_per_s >= best * (1 - NOISE)][: self.confirm_top]
+        scored = []
+        for k, mb, r0 in close:
+            runs = [r0]
+            if len(close) > 1 and not self.out_of_time():
+                runs.append(self.measure(self.by_key[k], mb, t, phase="confirm", repeat=1))
+            ok_runs = [r for r in runs if r.ok]
+            peak = max(peak_of(r) or 0 for r in ok_runs)
+            if len(ok_runs) < len(runs) or peak > self.limits.limit:
+                self.log(f"{k} mb={mb} failed its re-measurement or crossed the headroom: not a candidate")
+                continue
+            scored.append((k, mb, statistics.median(r.tokens_per_s for r in ok_runs), peak))
+        scored += [(k, mb, r.tokens_per_s, peak_of(r)) for k, mb, r in fitting[len(close):]]
+        scored.sort(key=lambda x: -x[2])
+        out.candidates = scored
+        if scored:
+            k, mb, tps, peak = scored[0]
+            out.winner, out.winner_tokens_per_s, out.winner_peak = (self.by_key[k], mb), tps, peak
+
+
+def _why(r: ProbeResult, limits: Limits) -> str:
+    if r.ok:
+        return f"over headroom ({(peak_of(r) or 0) / 2**30:.2f} GiB > {limits.limit / 2**30:.2f} GiB)"
+    return r.status.value

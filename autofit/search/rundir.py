@@ -1,0 +1,140 @@
+"""A run directory: its files, its lock, and its identity (so --resume never mixes two searches)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import autofit
+from autofit.errors import RunDirError
+from autofit.results import SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def probes(self) -> Path:
+        return self.path / "probes.csv"
+
+    @property
+    def boundaries(self) -> Path:
+        return self.path / "boundaries.csv"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.yaml"
+
+    @property
+    def ds_config(self) -> Path:
+        return self.path / "ds_config.json"
+
+    @property
+    def run_json(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def study_db(self) -> Path:
+        return self.path / "study.db"
+
+    @property
+    def io(self) -> Path:
+        return self.path / "probe_io"
+
+
+class RunLock:
+    """An exclusive flock on RUN_DIR/.lock: two searches never interleave in one run dir."""
+
+    def __init__(self, run: RunDir):
+        self.path = run.path / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise RunDirError(f"{self.path.parent} is in use by another autofit search (pid {holder}); "
+                              "wait for it or choose another --run-dir") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def gpu_facts() -> dict[str, Any]:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        return {"driver": driver.decode() if isinstance(driver, bytes) else driver}
+    except Exception:
+        return {"driver": None}
+
+
+def write_run_json(run: RunDir, identity: dict[str, Any], extra: dict[str, Any]) -> None:
+    doc = {
+        "schema": SCHEMA_VERSION,
+        "identity": identity,
+        "autofit": autofit.__version__,
+        "versions": {p: _version(p) for p in ("torch", "transformers", "peft", "deepspeed", "optuna", "accelerate")},
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "command": sys.argv,
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **gpu_facts(),
+        **extra,
+    }
+    tmp = run.run_json.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
+    os.replace(tmp, run.run_json)
+
+
+def check_resume(run: RunDir, identity: dict[str, Any], resume: bool) -> None:
+    """Refuse to mix searches: a run dir with probes needs --resume, and --resume needs the same search."""
+    has_probes = run.probes.exists() and run.probes.stat().st_size > 0
+    if not run.run_json.exists():
+        if has_probes:
+            raise RunDirError(f"{run.path} has probes.csv but no run.json: not a run dir autofit can resume")
+        return
+    try:
+        doc = json.loads(run.run_json.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunDirError(f"{run.run_json} is corrupted (not JSON); move it away or choose another --run-dir") from None
+    if not isinstance(doc, dict) or "identity" not in doc:
+        raise RunDirError(f"{run.run_json} is not an autofit run.json")
+    if doc.get("schema", 0) > SCHEMA_VERSION:
+        raise RunDirError(f"{run.path} was written by a newer autofit (schema {doc['schema']} > {SCHEMA_VERSION}); upgrade autofit")
+    if not has_probes:
+        return
+    if not resume:
+        raise RunDirError(f"{run.path} already holds a search; pass --resume to continue it or choose another --run-dir")
+    old = doc["identity"]
+    diff = [k for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k)]
+    if diff:
+        k = diff[0]
+        raise RunDirError(f"{run.path} is from another search ({k}: {old.get(k)!r}, now {identity.get(k)!r}); "
+                          "use a new --run-dir")

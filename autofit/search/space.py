@@ -1,0 +1,157 @@
+"""Search spaces: which dimensions are searched and over what ranges, loaded from YAML.
+
+Validation collects every problem and raises one SearchSpaceError naming file, key and value.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autofit.errors import SearchSpaceError
+from autofit.spec import METHODS, PRECISIONS, Method, Strategy
+
+SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
+KEYS = {"description", "method", "lora", "freeze_trainable_layers", "precision", "grad_ckpt", "zero",
+        "micro_batch", "max_token"}
+ZERO_KEYS = {"stage", "offload_optimizer", "offload_params"}
+
+
+@dataclass(frozen=True)
+class ZeroOption:
+    stage: int = 0
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    method: Method
+    precisions: tuple[str, ...]
+    grad_ckpt: tuple[bool, ...]
+    zero: tuple[ZeroOption, ...]
+    micro_batches: tuple[int, ...]
+    max_tokens: tuple[int, ...]
+    description: str = ""
+
+    def strategies(self, num_gpus: int) -> list[Strategy]:
+        """Every strategy in the space that makes sense on num_gpus GPUs.
+
+        On one GPU, ZeRO 1 and 2 partition nothing (there is no second rank to hold a shard), so
+        they only add overhead; they are kept only with optimizer offload, which does save memory.
+        """
+        out = []
+        for prec, ckpt, z in itertools.product(self.precisions, self.grad_ckpt, self.zero):
+            if num_gpus == 1 and z.stage in (1, 2) and not z.offload_optimizer:
+                continue
+            out.append(Strategy(method=self.method, precision=prec, grad_ckpt=ckpt, zero_stage=z.stage,
+                                offload_optimizer=z.offload_optimizer, offload_params=z.offload_params))
+        return out
+
+    def with_method(self, kind: str) -> "SearchSpace":
+        from dataclasses import replace
+
+        return replace(self, method=replace(self.method, kind=kind))
+
+
+def resolve_space_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    candidate = SPACES_DIR / (name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml")
+    if candidate.exists():
+        return candidate
+    shipped = ", ".join(sorted(x.stem for x in SPACES_DIR.glob("*.yaml")))
+    raise SearchSpaceError(f"search space {name_or_path!r} not found (not a file; shipped spaces: {shipped})")
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    path = resolve_space_path(name_or_path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SearchSpaceError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise SearchSpaceError(f"{path}: cannot read ({exc.strerror})") from None
+    return parse_space(doc, str(path))
+
+
+def _int_list(doc: dict, key: str, problems: list[str], where: str) -> tuple[int, ...]:
+    v = doc.get(key)
+    if not isinstance(v, list) or not v or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+        problems.append(f"{where}: key '{key}' must be a non-empty list of positive integers, got {v!r}")
+        return ()
+    return tuple(sorted(set(v)))
+
+
+def parse_space(doc: Any, where: str = "<space>") -> SearchSpace:
+    if not isinstance(doc, dict):
+        raise SearchSpaceError(f"{where}: expected a mapping of keys, got {type(doc).__name__}")
+    problems: list[str] = []
+    for k in sorted(set(doc) - KEYS):
+        problems.append(f"{where}: unknown key '{k}' (known: {', '.join(sorted(KEYS))})")
+
+    kind = doc.get("method", "lora")
+    if kind not in METHODS:
+        problems.append(f"{where}: key 'method' must be one of {', '.join(METHODS)}, got {kind!r}")
+    lora = doc.get("lora", {}) or {}
+    if not isinstance(lora, dict) or set(lora) - {"r", "alpha", "dropout", "targets"}:
+        problems.append(f"{where}: key 'lora' must map r/alpha/dropout/targets, got {lora!r}")
+        lora = {}
+    r, alpha = lora.get("r", 8), lora.get("alpha", 32)
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        problems.append(f"{where}: key 'lora.r' must be a positive integer, got {r!r}")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
+        problems.append(f"{where}: key 'lora.alpha' must be positive, got {alpha!r}")
+    targets = lora.get("targets")
+    if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, str) for t in targets) or not targets):
+        problems.append(f"{where}: key 'lora.targets' must be a list of module names, got {targets!r}")
+    freeze_n = doc.get("freeze_trainable_layers", 2)
+    if not isinstance(freeze_n, int) or isinstance(freeze_n, bool) or freeze_n < 1:
+        problems.append(f"{where}: key 'freeze_trainable_layers' must be a positive integer, got {freeze_n!r}")
+
+    precisions = doc.get("precision", ["bf16-pure"])
+    if not isinstance(precisions, list) or not precisions or any(p not in PRECISIONS for p in precisions):
+        problems.append(f"{where}: key 'precision' must be a list drawn from {', '.join(PRECISIONS)}, got {precisions!r}")
+        precisions = []
+    ckpt = doc.get("grad_ckpt", [False, True])
+    if not isinstance(ckpt, list) or not ckpt or any(not isinstance(c, bool) for c in ckpt):
+        problems.append(f"{where}: key 'grad_ckpt' must be a list of true/false, got {ckpt!r}")
+        ckpt = []
+
+    zero_opts = []
+    zero = doc.get("zero", [{"stage": 0}])
+    if not isinstance(zero, list) or not zero:
+        problems.append(f"{where}: key 'zero' must be a list like [{{stage: 0}}, {{stage: 3, offload_optimizer: true}}], got {zero!r}")
+        zero = []
+    for i, z in enumerate(zero):
+        key = f"zero[{i}]"
+        if not isinstance(z, dict) or set(z) - ZERO_KEYS or "stage" not in z:
+            problems.append(f"{where}: key '{key}' must map stage (0-3) and optionally offload_optimizer/offload_params, got {z!r}")
+            continue
+        st, oo, op = z["stage"], z.get("offload_optimizer", False), z.get("offload_params", False)
+        if st not in (0, 1, 2, 3) or isinstance(st, bool):
+            problems.append(f"{where}: key '{key}.stage' must be 0, 1, 2 or 3, got {st!r}")
+        elif not isinstance(oo, bool) or not isinstance(op, bool):
+            problems.append(f"{where}: key '{key}' offload flags must be true/false, got {z!r}")
+        elif op and st != 3:
+            problems.append(f"{where}: key '{key}.offload_params' needs stage 3, got stage {st}")
+        elif oo and st == 0:
+            problems.append(f"{where}: key '{key}.offload_optimizer' needs stage 1-3, got stage 0")
+        else:
+            zero_opts.append(ZeroOption(st, oo, op))
+
+    micro = _int_list(doc, "micro_batch", problems, where)
+    tokens = _int_list(doc, "max_token", problems, where)
+    if problems:
+        raise SearchSpaceError("; ".join(problems))
+    method = Method(kind=kind, lora_r=r, lora_alpha=alpha, lora_dropout=float(lora.get("dropout", 0.0)),
+                    lora_targets=tuple(targets) if targets else None, freeze_trainable_layers=freeze_n)
+    return SearchSpace(name=Path(where).stem, method=method, precisions=tuple(precisions), grad_ckpt=tuple(ckpt),
+                       zero=tuple(zero_opts), micro_batches=micro, max_tokens=tokens,
+                       description=str(doc.get("description", "")))

@@ -1,0 +1,157 @@
+"""Search logic against a FAKE probe with known walls (unit tests; no training happens here)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from autofit.errors import Interrupted, RunDirError
+from autofit.models import resolve_model
+from autofit.search.driver import SearchRequest, run_search
+from autofit.search.planner import Limits
+from autofit.search.progress import Progress
+from autofit.search.space import parse_space
+from autofit.spec import Context, Shape
+from tests.fakes import FakeHardware, FakeSession
+
+GiB = 2**30
+LORA = "lora-r8/bf16-pure"
+
+
+def _space(**over):
+    doc = dict(method="lora", lora={"r": 8}, precision=["bf16-pure"], grad_ckpt=[False, True], zero=[{"stage": 0}],
+               micro_batch=[1, 2, 4, 8, 16, 32, 64], max_token=[512, 1024, 2048])
+    doc.update(over)
+    return parse_space(doc, "test-space")
+
+
+def _hw(**over) -> FakeHardware:
+    # GLM-4-9B-like numbers (GiB): nockpt wall between mb 4 and 8 at T=1024, ckpt between 16 and 32.
+    hw = FakeHardware(capacity=80.0,
+                      fixed={f"{LORA}/nockpt/z0": 20.0, f"{LORA}/ckpt/z0": 19.0},
+                      per_token={f"{LORA}/nockpt/z0": 9.0 / 1024, f"{LORA}/ckpt/z0": 2.9 / 1024},
+                      speed={f"{LORA}/nockpt/z0": 10000.0, f"{LORA}/ckpt/z0": 7600.0})
+    for k, v in over.items():
+        setattr(hw, k, v)
+    return hw
+
+
+def _run(tmp_path, hw, space=None, max_token=1024, budget=80 * GiB, resume=False, global_batch=64, **kw):
+    req = SearchRequest(ctx=Context(model="THUDM/glm-4-9b-chat", global_batch=global_batch), source=resolve_model("THUDM/glm-4-9b-chat"),
+                        space=space or _space(), max_token=max_token, limits=Limits(budget, 0.08),
+                        run_dir=tmp_path / "run", resume=resume, **kw)
+    return run_search(req, factory=lambda s, io: FakeSession(hw, s), progress=Progress(quiet=True))
+
+
+def _boundaries(tmp_path):
+    with open(tmp_path / "run" / "boundaries.csv") as f:
+        return {(r["strategy"], int(r["max_token"])): r for r in csv.DictReader(f)}
+
+
+def test_walls_found_exactly_and_winner_correct(tmp_path):
+    hw = _hw()
+    res = _run(tmp_path, hw)
+    b = _boundaries(tmp_path)
+    # limit = 73.6 GiB: nockpt fits mb 4 (56 GiB), mb 8 OOMs (92 > 80); ckpt fits 16 (65.4), 32 OOMs (111.8).
+    assert b[(f"{LORA}/nockpt/z0", 1024)]["largest_fit_micro_batch"] == "4"
+    assert b[(f"{LORA}/nockpt/z0", 1024)]["first_fail_micro_batch"] == "8"
+    assert b[(f"{LORA}/nockpt/z0", 1024)]["first_fail_status"] == "oom"
+    assert b[(f"{LORA}/ckpt/z0", 1024)]["largest_fit_micro_batch"] == "16"
+    assert b[(f"{LORA}/ckpt/z0", 1024)]["first_fail_micro_batch"] == "32"
+    # The exhaustive answer: max tokens/s among every fitting (strategy, mb).
+    fitting = [(hw.tokens_per_s(s, sh), s.key(), sh.micro_batch)
+               for s in _space().strategies(1) for sh in [Shape(m, 1024) for m in (1, 2, 4, 8, 16, 32, 64)]
+               if hw.peak(s, sh) <= 80 * 0.92]
+    _, key, mb = max(fitting)
+    assert (res.best["config"]["strategy"], res.best["config"]["micro_batch"]) == (key, mb)
+    # Monotonicity: nothing probed above a wall; ckpt escalation started beyond the nockpt wall.
+    assert (f"{LORA}/nockpt/z0", 16, 1024) not in hw.calls
+    assert (f"{LORA}/ckpt/z0", 64, 1024) not in hw.calls
+    ckpt_escalation = [c for c in hw.calls if c[0] == f"{LORA}/ckpt/z0" and c[1] > 1]
+    assert min(c[1] for c in ckpt_escalation) == 8
+    # Far fewer probes than the 14-cell grid at this max_token (confirmations included).
+    assert res.probes_run <= 10
+
+
+def test_best_yaml_and_files(tmp_path):
+    res = _run(tmp_path, _hw())
+    run = tmp_path / "run"
+    for name in ("probes.csv", "boundaries.csv", "best.yaml", "run.json", "study.db"):
+        assert (run / name).exists(), name
+    best = yaml.safe_load((run / "best.yaml").read_text())
+    assert best["training_args"]["per_device_train_batch_size"] == best["config"]["micro_batch"]
+    assert best["training_args"]["gradient_accumulation_steps"] * best["config"]["micro_batch"] == 64
+    assert best["peft"]["r"] == 8 and best["deepspeed"] is None
+    assert best["measured"]["peak_gib"] <= best["hardware"]["limit_gib"]
+    assert json.loads((run / "run.json").read_text())["status"] == "done"
+
+
+def test_every_probe_is_a_trial_and_oom_is_infeasible(tmp_path):
+    import optuna
+
+    res = _run(tmp_path, _hw())
+    url = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    study = optuna.load_study(study_name=optuna.get_all_study_names(url)[0], storage=url)
+    probed = [t for t in study.trials if "status" in t.user_attrs]
+    assert len(probed) == res.probes_run
+    ooms = [t for t in probed if t.user_attrs["status"] == "oom"]
+    assert ooms and all(t.state.name == "COMPLETE" and t.constraints["memory_over_limit_gib"] > 0 for t in ooms)
+    assert all(t.constraints["memory_over_limit_gib"] <= 0 for t in probed if t.user_attrs["status"] == "ok" and t.user_attrs["peak"] <= t.user_attrs["limit"])
+
+
+def test_nothing_fits_reports_largest_max_token(tmp_path):
+    # A 24 GiB card: at T=2048 even checkpointed mb 1 exceeds the limit (22.1 GiB).
+    res = _run(tmp_path, _hw(capacity=24.0), max_token=2048, budget=24 * GiB)
+    out = res.outcome
+    assert out.largest_fitting_max_token == 1024
+    assert "nothing fits at max_token 2048" in out.note and "1024" in out.note
+    assert res.best["config"]["max_token"] == 1024 and res.best["search"]["max_token_requested"] == 2048
+
+
+def test_saturated_strategy_skips_slower_ones(tmp_path):
+    hw = _hw(saturation_tokens=8.0)  # flat throughput: bigger batches gain nothing
+    res = _run(tmp_path, hw)
+    assert "cannot beat" in res.outcome.strategies[f"{LORA}/ckpt/z0"].skipped
+    assert not [c for c in hw.calls if c[0] == f"{LORA}/ckpt/z0" and c[1] > 1]
+
+
+def test_strategy_errors_do_not_stop_the_search(tmp_path):
+    hw = _hw(error_for={f"{LORA}/nockpt/z0"})
+    res = _run(tmp_path, hw)
+    assert res.best["config"]["strategy"] == f"{LORA}/ckpt/z0"
+
+
+def test_interrupt_then_resume_reruns_nothing(tmp_path):
+    hw = _hw(interrupt_at=4)
+    with pytest.raises(Interrupted, match="--resume"):
+        _run(tmp_path, hw)
+    first = list(hw.calls)
+    assert len(first) == 4
+    rows = list(csv.DictReader(open(tmp_path / "run" / "probes.csv")))
+    assert len(rows) == 4
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
+    # A second search in the same dir without --resume is refused; with it, nothing is re-run.
+    with pytest.raises(RunDirError, match="--resume"):
+        _run(tmp_path, _hw())
+    hw2 = _hw()
+    res = _run(tmp_path, hw2, resume=True)
+    assert not set(hw2.calls) & set(first)
+    assert res.probes_reused == 4
+    # And the result equals an uninterrupted search's.
+    fresh = _run(tmp_path / "fresh", _hw())
+    assert res.best["config"] == fresh.best["config"]
+
+
+def test_resume_refuses_another_search(tmp_path):
+    _run(tmp_path, _hw())
+    with pytest.raises(RunDirError, match="another search"):
+        _run(tmp_path, _hw(), max_token=2048, resume=True)
+
+
+def test_budget_exhausted_still_writes_results(tmp_path):
+    res = _run(tmp_path, _hw(), budget_s=1e-9)
+    assert res.outcome.budget_exhausted or res.probes_run <= 2
+    assert (tmp_path / "run" / "probes.csv").exists()
