@@ -205,6 +205,7 @@ def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, 
                 budget, headroom, run_dir, resume, storage, explore, probe_timeout, quiet):
     import time
 
+    from autofit.hardware import memory_budget
     from autofit.models import resolve_model
     from autofit.search.driver import SearchRequest, run_search
     from autofit.search.planner import Limits
@@ -231,7 +232,7 @@ def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, 
         raise UsageError(f"--weights real: {model} has no local weights ({source.origin}); use --weights random")
     if run_dir is None:
         run_dir = Path("results") / f"{source.name.replace('/', '_')}-T{max_token}-{time.strftime('%Y%m%d-%H%M%S')}"
-    limits = Limits(budget=_memory_budget(ctx), headroom=headroom)
+    limits = Limits(budget=memory_budget(ctx), headroom=headroom)
     req = SearchRequest(ctx=ctx, source=source, space=sp, max_token=max_token, limits=limits, run_dir=run_dir,
                         budget_s=budget_s, resume=resume, storage=storage, explore=explore)
     progress = Progress(quiet=quiet)
@@ -239,19 +240,6 @@ def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, 
                  f"T={max_token}, global batch {global_batch}, budget {limits.budget / 2**30:.1f} GiB, "
                  f"headroom {headroom:.0%}; space {sp.name}; run dir {run_dir}")
     return run_search(req, progress=progress)
-
-
-def _memory_budget(ctx) -> int:
-    """Bytes a configuration may use per GPU: --gpu-memory, else the card's size; host RAM on CPU."""
-    if ctx.gpu_memory:
-        return ctx.gpu_memory
-    if ctx.device == "cpu":
-        import psutil
-
-        return psutil.virtual_memory().total
-    from autofit.hardware import detect_gpus
-
-    return min(g.total_memory for g in detect_gpus() if g.index in ctx.gpus)
 
 
 def _print_result(result) -> None:

@@ -53,3 +53,14 @@ def parse_gpus(text: str | None, device: str) -> tuple[str, tuple[int, ...]]:
     if not ids or bad or len(set(ids)) != len(ids):
         raise UsageError(f"--gpus {text!r}: this machine has GPUs 0..{len(gpus) - 1}")
     return "cuda", ids
+
+
+def memory_budget(ctx) -> int:
+    """Bytes a configuration may use per GPU: --gpu-memory, else the smallest selected card; host RAM on CPU."""
+    if ctx.gpu_memory:
+        return ctx.gpu_memory
+    if ctx.device == "cpu":
+        import psutil
+
+        return psutil.virtual_memory().total
+    return min(g.total_memory for g in detect_gpus() if g.index in ctx.gpus)

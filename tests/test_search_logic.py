@@ -43,7 +43,7 @@ def _run(tmp_path, hw, space=None, max_token=1024, budget=80 * GiB, resume=False
     req = SearchRequest(ctx=Context(model="THUDM/glm-4-9b-chat", global_batch=global_batch), source=resolve_model("THUDM/glm-4-9b-chat"),
                         space=space or _space(), max_token=max_token, limits=Limits(budget, 0.08),
                         run_dir=tmp_path / "run", resume=resume, **kw)
-    return run_search(req, factory=lambda s, io: FakeSession(hw, s), progress=Progress(quiet=True))
+    return run_search(req, factory=lambda s: FakeSession(hw, s), progress=Progress(quiet=True))
 
 
 def _boundaries(tmp_path):

@@ -37,12 +37,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 class WorkerSession:
     """One warm worker (one process, or N ranks under torchrun) serving one strategy."""
 
-    def __init__(self, ctx: Context, strategy: Strategy, source: ModelSource, io_dir: Path,
+    def __init__(self, ctx: Context, strategy: Strategy | None, source: ModelSource, io_dir: Path,
                  env: dict[str, str] | None = None):
         self.ctx, self.strategy, self.source = ctx, strategy, source
         self.io_dir = Path(io_dir)
         self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
+        self.planned = False
         self.k = 0
         self.dead = False
 
@@ -57,7 +58,6 @@ class WorkerSession:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env["AUTOFIT_T0"] = repr(time.time())
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         # A probe never touches a GPU it was not given.
@@ -65,12 +65,12 @@ class WorkerSession:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> None:
+    def spawn(self) -> None:
+        """Start the process. It imports the stack, then waits for a plan: spawned early, it is a
+        standby that has already paid the imports when its strategy is assigned."""
         self.io_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.io_dir.glob("*.json"):
             stale.unlink()
-        protocol.write_json(self.io_dir / "plan.json", {
-            "context": to_jsonable(self.ctx), "strategy": to_jsonable(self.strategy), "source": self.source.to_dict()})
         log = open(self.io_dir / "worker.log", "ab")
         try:
             self.proc = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -79,6 +79,16 @@ class WorkerSession:
             raise ProbeError(f"cannot start the probe worker: {exc}") from exc
         finally:
             log.close()
+
+    def assign(self, strategy: Strategy) -> None:
+        self.strategy = strategy
+        protocol.write_json(self.io_dir / "plan.json", {
+            "context": to_jsonable(self.ctx), "strategy": to_jsonable(strategy), "source": self.source.to_dict()})
+        self.planned = True
+
+    def start(self) -> None:
+        self.spawn()
+        self.assign(self.strategy)
 
     def kill(self) -> None:
         if self.proc is None:
@@ -118,9 +128,11 @@ class WorkerSession:
         """Run one shape. Never raises for what the probe did; returns its classified result."""
         if self.dead:
             raise ProbeError("this worker already stopped; start a new session for the next strategy")
-        first = self.proc is None
-        if first:
-            self.start()
+        first = not self.planned
+        if self.proc is None:
+            self.spawn()
+        if not self.planned:
+            self.assign(self.strategy)
         protocol.write_json(protocol.req_path(self.io_dir, self.k), {"shape": to_jsonable(shape)})
         limit = self.ctx.probe_timeout_s + (self.ctx.build_timeout_s if first else 0.0)
         result = self._await(shape, time.time() + limit, limit)
@@ -199,6 +211,41 @@ def _last_error_line(tail: str) -> str:
         if "Error" in ln or "Exception" in ln:
             return ln[:500]
     return (lines[-1] if lines else "no output")[:500]
+
+
+class StandbyFactory:
+    """Makes the sessions a search needs, keeping one standby worker spawned ahead of time.
+
+    Starting a worker costs the imports (10-15 s for torch + transformers + peft + deepspeed on the
+    GPU machine); the standby pays them while the current worker probes. It touches no GPU until
+    its strategy arrives, which happens only after the previous worker has exited.
+    """
+
+    def __init__(self, ctx: Context, source: ModelSource, io_root: Path, env: dict[str, str] | None = None,
+                 standby: bool = True):
+        self.ctx, self.source, self.io_root, self.env, self.use_standby = ctx, source, Path(io_root), env, standby
+        self.n = 0
+        self.standby: WorkerSession | None = None
+
+    def _new(self) -> WorkerSession:
+        self.n += 1
+        return WorkerSession(self.ctx, None, self.source, self.io_root / f"w{self.n:03d}", env=self.env)
+
+    def __call__(self, strategy: Strategy) -> WorkerSession:
+        session = self.standby or self._new()
+        if session.proc is None:
+            session.spawn()
+        session.assign(strategy)
+        self.standby = None
+        if self.use_standby:
+            self.standby = self._new()
+            self.standby.spawn()
+        return session
+
+    def close(self) -> None:
+        if self.standby is not None:
+            self.standby.kill()
+            self.standby = None
 
 
 def escalate(session: WorkerSession, shapes: Iterable[Shape],

@@ -11,8 +11,6 @@ import os
 import sys
 import time
 
-T0 = float(os.environ.get("AUTOFIT_T0") or time.time())  # the parent's spawn time: imports count
-
 import contextlib  # noqa: E402
 import gc  # noqa: E402
 import platform  # noqa: E402
@@ -151,7 +149,7 @@ def _apply_method(model: Any, source: ModelSource, strategy: Strategy) -> Any:
     return model
 
 
-def setup(plan: dict[str, Any], first_shape: Shape) -> Rig:
+def setup(plan: dict[str, Any], first_shape: Shape, import_s: float) -> Rig:
     import torch
 
     ctx = context_from_dict(plan["context"])
@@ -168,7 +166,7 @@ def setup(plan: dict[str, Any], first_shape: Shape) -> Rig:
     if strategy.method.kind == "lora":
         import peft  # noqa: F401
     device, device_name = _setup_device(torch, ctx, local_rank)
-    t_import = time.time() - T0
+    t_import = import_s
 
     t = time.time()
     _fault("build")
@@ -348,17 +346,41 @@ def _limit_host_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (vms + int(extra), resource.RLIM_INFINITY))
 
 
+def _preimport() -> float:
+    """Everything a probe may need, imported before the plan arrives: a standby worker pays this
+    while another worker is still probing. No CUDA call happens here, so no GPU memory is taken."""
+    t = time.time()
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    import peft  # noqa: F401
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        import deepspeed  # noqa: F401
+    return time.time() - t
+
+
+def _wait_plan(io_dir: Path) -> dict[str, Any]:
+    while True:
+        plan = protocol.read_json(io_dir / "plan.json")
+        if plan is not None:
+            return plan
+        if os.getppid() == 1:
+            sys.exit(4)
+        time.sleep(POLL_S)
+
+
 def main(argv: list[str]) -> int:
     io_dir = Path([a for a in argv if not a.startswith("--local_rank")][0])
     rank, _, _ = _dist_env()
-    plan = protocol.read_json(io_dir / "plan.json")
+    import_s = _preimport()
+    plan = _wait_plan(io_dir)
     req = _wait_request(io_dir, 0)
     if req.get("stop"):
         return 0
     if rank == 0:
         protocol.write_json(io_dir / "phase.json", {"phase": "building", "t": time.time()})
     try:
-        rig = setup(plan, Shape(**req["shape"]))
+        rig = setup(plan, Shape(**req["shape"]), import_s)
     except Exception as exc:
         status = Status.OOM if is_oom(exc) else Status.ERROR
         protocol.write_json(protocol.fatal_path(io_dir, rank), {"status": status.value, "error": last_line(exc)})

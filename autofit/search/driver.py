@@ -33,7 +33,7 @@ class Session(Protocol):
     def phase(self) -> dict | None: ...
 
 
-SessionFactory = Callable[[Strategy, Path], Session]
+SessionFactory = Callable[[Strategy], Session]  # may also have close() (e.g. to stop a standby worker)
 
 
 @dataclass(frozen=True)
@@ -72,34 +72,29 @@ class SearchResult:
 class _Pool:
     """At most one live worker: GPU memory belongs to one strategy at a time."""
 
-    def __init__(self, factory: SessionFactory, io_root: Path):
-        self.factory, self.io_root = factory, io_root
+    def __init__(self, factory: SessionFactory):
+        self.factory = factory
         self.key: str | None = None
         self.session: Session | None = None
         self.count = 0
 
     def get(self, s: Strategy) -> Session:
         if self.session is not None and (self.key != s.key() or self.session.dead):
-            self.close()
+            self.release()
         if self.session is None:
             self.count += 1
-            self.session = self.factory(s, self.io_root / f"w{self.count:03d}")
+            self.session = self.factory(s)
             self.key = s.key()
         return self.session
 
-    def close(self) -> None:
+    def release(self) -> None:
         if self.session is not None:
             self.session.close()
         self.session, self.key = None, None
 
-
-def _worker_factory(req: SearchRequest) -> SessionFactory:
-    from autofit.probe.runner import WorkerSession
-
-    def make(s: Strategy, io_dir: Path) -> Session:
-        return WorkerSession(req.ctx, s, req.source, io_dir, env=req.worker_env)
-
-    return make
+    def close(self) -> None:
+        self.release()
+        getattr(self.factory, "close", lambda: None)()
 
 
 def run_search(req: SearchRequest, factory: SessionFactory | None = None, progress: Progress | None = None) -> SearchResult:
@@ -108,11 +103,11 @@ def run_search(req: SearchRequest, factory: SessionFactory | None = None, progre
     progress = progress or Progress()
     with RunLock(run):
         check_resume(run, req.identity(), req.resume)
-        return _Search(req, run, factory or _worker_factory(req), progress).go()
+        return _Search(req, run, factory, progress).go()
 
 
 class _Search:
-    def __init__(self, req: SearchRequest, run: RunDir, factory: SessionFactory, progress: Progress):
+    def __init__(self, req: SearchRequest, run: RunDir, factory: SessionFactory | None, progress: Progress):
         self.req, self.run, self.progress = req, run, progress
         # Walls are mapped at the requested max_token and at the space's; the largest sets the RoPE cache.
         tokens = sorted(set(req.space.max_tokens) | {req.max_token})
@@ -120,7 +115,11 @@ class _Search:
         self.tokens = tuple(tokens)
         self.strategies = req.space.strategies(self.ctx.num_gpus)
         self.by_key = {s.key(): s for s in self.strategies}
-        self.pool = _Pool(factory, run.io)
+        if factory is None:
+            from autofit.probe.runner import StandbyFactory
+
+            factory = StandbyFactory(self.ctx, req.source, run.io, env=req.worker_env)
+        self.pool = _Pool(factory)
         self.cache: dict[tuple, ProbeResult] = {}
         self.probes_run = 0
         self.t0 = time.time()

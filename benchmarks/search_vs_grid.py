@@ -1,0 +1,126 @@
+"""Benchmark: autofit search against the exhaustive grid over the same space, on the same GPU.
+
+    python -m benchmarks.search_vs_grid --model THUDM/glm-4-9b-chat --max-token 1024 \
+        --space default --global-batch 32 --out results/bench-glm4-lora-T1024-h100
+
+Writes OUT/search/ (the search's run dir), OUT/grid.csv (every grid probe) and OUT/summary.json:
+wall time of each, probes, the grid's best tokens/s and the tokens/s the grid measured for the
+search's winner (same cell, same measurement, so the ratio is not flattered by noise).
+The grid probes every (strategy, max_token, micro-batch) of the space up to and including each
+first OOM; cells above a wall are OOM by monotonicity and are not charged to the grid (so the grid
+is the cheapest exhaustive map, and the time ratio is conservative).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from autofit.hardware import memory_budget, parse_gpus
+from autofit.models import resolve_model
+from autofit.probe.runner import StandbyFactory, escalate
+from autofit.results import append_probe, read_probes
+from autofit.search.driver import SearchRequest, run_search
+from autofit.search.planner import Limits, peak_of
+from autofit.search.progress import Progress
+from autofit.search.space import load_space
+from autofit.spec import Context, Shape
+from autofit.units import parse_duration, parse_memory
+
+
+def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Path, progress: Progress) -> dict:
+    csv_path = out / "grid.csv"
+    csv_path.unlink(missing_ok=True)
+    cap = max(1, ctx.global_batch // ctx.num_gpus)
+    mbs = [m for m in space.micro_batches if m <= cap]
+    t0 = time.time()
+    n = 0
+    cells = {}
+    # The grid gets the same warm workers and standby as the search: only the choice of probes differs.
+    factory = StandbyFactory(ctx, source, out / "grid_io")
+    try:
+        for s in space.strategies(ctx.num_gpus):
+            for t in tokens:
+                progress.log(f"grid: {s.key()} T={t} over micro-batch {mbs}")
+                with factory(s) as session:
+                    for r in escalate(session, [Shape(m, t) for m in mbs]):
+                        n += 1
+                        fits = limits.fits(r)
+                        append_probe(csv_path, r, s, fits=fits, phase="grid", peak=peak_of(r))
+                        progress.done(r, fits, peak_of(r))
+                        cells[(s.key(), r.micro_batch, t)] = r
+    finally:
+        factory.close()
+    shutil.rmtree(out / "grid_io", ignore_errors=True)
+    return {"wall_s": round(time.time() - t0, 1), "probes": n, "cells": cells}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--max-token", type=int, required=True)
+    ap.add_argument("--space", default="default")
+    ap.add_argument("--global-batch", type=int, default=32)
+    ap.add_argument("--gpu-memory", default=None)
+    ap.add_argument("--gpus", default=None)
+    ap.add_argument("--headroom", type=float, default=0.08)
+    ap.add_argument("--budget", default="15m")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--skip-grid", action="store_true")
+    a = ap.parse_args(argv)
+
+    device, gpus = parse_gpus(a.gpus, "auto")
+    ctx = Context(model=a.model, device=device, gpus=gpus, gpu_memory=parse_memory(a.gpu_memory) if a.gpu_memory else None,
+                  global_batch=a.global_batch)
+    source = resolve_model(a.model)
+    space = load_space(a.space)
+    budget = memory_budget(ctx)
+    limits = Limits(budget, a.headroom)
+    a.out.mkdir(parents=True, exist_ok=True)
+    progress = Progress()
+
+    shutil.rmtree(a.out / "search", ignore_errors=True)
+    t0 = time.time()
+    res = run_search(SearchRequest(ctx=ctx, source=source, space=space, max_token=a.max_token, limits=limits,
+                                   run_dir=a.out / "search", budget_s=parse_duration(a.budget)), progress=progress)
+    search_wall = time.time() - t0
+    shutil.rmtree(a.out / "search" / "probe_io", ignore_errors=True)
+    print(res.summary, flush=True)
+    summary = {
+        "model": a.model, "max_token": a.max_token, "space": space.name, "global_batch": a.global_batch,
+        "gpu": (read_probes(a.out / "search" / "probes.csv") or [{}])[0].get("device_name"),
+        "budget_gib": round(budget / 2**30, 2), "headroom": a.headroom,
+        "search": {"wall_s": round(search_wall, 1), "probes": res.probes_run,
+                   "winner": res.best["config"]["strategy"] if res.best else None,
+                   "winner_micro_batch": res.best["config"]["micro_batch"] if res.best else None,
+                   "winner_tokens_per_s": res.best["measured"]["tokens_per_s"] if res.best else None,
+                   "note": res.outcome.note or None},
+    }
+    if not a.skip_grid:
+        tokens = sorted(set(space.max_tokens) | {a.max_token})
+        g = grid(replace(ctx, max_positions=max(tokens)), source, space, tokens, limits, a.out, progress)
+        # The oracle's answer for the objective: the fastest fitting cell at the requested max_token.
+        fitting = {k[:2]: r for k, r in g["cells"].items() if limits.fits(r) and k[2] == a.max_token}
+        best_key = max(fitting, key=lambda k: fitting[k].tokens_per_s) if fitting else None
+        winner_key = (summary["search"]["winner"], summary["search"]["winner_micro_batch"])
+        in_grid = g["cells"].get((*winner_key, a.max_token))
+        summary["grid"] = {
+            "wall_s": g["wall_s"], "probes": g["probes"],
+            "best": {"strategy": best_key[0], "micro_batch": best_key[1], "tokens_per_s": fitting[best_key].tokens_per_s} if best_key else None,
+            "search_winner_tokens_per_s_in_grid": in_grid.tokens_per_s if in_grid and in_grid.ok else None,
+        }
+        if best_key and in_grid and in_grid.ok:
+            summary["quality"] = round(in_grid.tokens_per_s / fitting[best_key].tokens_per_s, 4)
+        summary["time_fraction"] = round(search_wall / g["wall_s"], 3)
+    (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
