@@ -189,20 +189,23 @@ def _probe_line(r) -> str:
 @click.option("--storage", default=None, help="Optuna storage URL (default: sqlite in the run dir; postgresql://... for many workers).")
 @click.option("--explore", type=int, default=2, show_default=True, help="Probes the TPE sampler may add after the escalation.")
 @click.option("--probe-timeout", default="5m", show_default=True, help="Per-probe time limit.")
+@click.option("--measure-steps", type=int, default=1, show_default=True,
+              help="Measured optimizer steps per probe (after one warm-up); close candidates are re-measured anyway.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @handles_errors
 def search(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, max_token, space, method, budget,
-           headroom, run_dir, resume, storage, explore, probe_timeout, quiet):
+           headroom, run_dir, resume, storage, explore, probe_timeout, measure_steps, quiet):
     """Search for the fastest configuration that fits, writing results/<run>/best.yaml."""
     result = _run_search(model=model, weights=weights, trust_remote_code=trust_remote_code, device=device, gpus=gpus,
                          gpu_memory=gpu_memory, global_batch=global_batch, max_token=max_token, space=space,
                          method=method, budget=budget, headroom=headroom, run_dir=run_dir, resume=resume,
-                         storage=storage, explore=explore, probe_timeout=probe_timeout, quiet=quiet)
+                         storage=storage, explore=explore, probe_timeout=probe_timeout, measure_steps=measure_steps,
+                         quiet=quiet)
     _print_result(result)
 
 
 def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, max_token, space, method,
-                budget, headroom, run_dir, resume, storage, explore, probe_timeout, quiet):
+                budget, headroom, run_dir, resume, storage, explore, probe_timeout, quiet, measure_steps=1):
     import time
 
     from autofit.hardware import memory_budget
@@ -219,11 +222,13 @@ def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, 
         raise UsageError(f"--headroom must be in [0, 1), got {headroom}")
     if explore < 0:
         raise UsageError(f"--explore must be >= 0, got {explore}")
+    if measure_steps < 1:
+        raise UsageError(f"--measure-steps must be at least 1, got {measure_steps}")
     if resume and run_dir is None:
         raise UsageError("--resume needs --run-dir (the search to continue)")
     budget_s = parse_duration(budget)
     ctx = _context(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch,
-                   probe_timeout_s=parse_duration(probe_timeout))
+                   probe_timeout_s=parse_duration(probe_timeout), measure_steps=measure_steps)
     sp = load_space(space)
     if method:
         sp = sp.with_method(method)

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device, gpus = parse_gpus(a.gpus, "auto")
     ctx = Context(model=a.model, device=device, gpus=gpus, gpu_memory=parse_memory(a.gpu_memory) if a.gpu_memory else None,
-                  global_batch=a.global_batch)
+                  global_batch=a.global_batch, measure_steps=2)
     source = resolve_model(a.model)
     space = load_space(a.space)
     budget = memory_budget(ctx)
@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
 
     shutil.rmtree(a.out / "search", ignore_errors=True)
     t0 = time.time()
-    res = run_search(SearchRequest(ctx=ctx, source=source, space=space, max_token=a.max_token, limits=limits,
+    # The search measures one step per probe (close candidates are re-measured); the grid, as the
+    # oracle, measures two.
+    res = run_search(SearchRequest(ctx=replace(ctx, measure_steps=1), source=source, space=space, max_token=a.max_token, limits=limits,
                                    run_dir=a.out / "search", budget_s=parse_duration(a.budget)), progress=progress)
     search_wall = time.time() - t0
     shutil.rmtree(a.out / "search" / "probe_io", ignore_errors=True)

@@ -55,25 +55,37 @@ def test_walls_found_exactly_and_winner_correct(tmp_path):
     hw = _hw()
     res = _run(tmp_path, hw)
     b = _boundaries(tmp_path)
-    # limit = 73.6 GiB: nockpt fits mb 4 (56 GiB), mb 8 OOMs (92 > 80); ckpt fits 16 (65.4), 32 OOMs (111.8).
-    assert b[(f"{LORA}/nockpt/z0", 1024)]["largest_fit_micro_batch"] == "4"
-    assert b[(f"{LORA}/nockpt/z0", 1024)]["first_fail_micro_batch"] == "8"
-    assert b[(f"{LORA}/nockpt/z0", 1024)]["first_fail_status"] == "oom"
-    assert b[(f"{LORA}/ckpt/z0", 1024)]["largest_fit_micro_batch"] == "16"
-    assert b[(f"{LORA}/ckpt/z0", 1024)]["first_fail_micro_batch"] == "32"
+    # limit = 73.6 GiB: nockpt fits mb 4 (56 GiB), mb 8 would need 92; ckpt fits 16 (65.4), 32 would need 111.8.
+    nockpt, ckpt = b[(f"{LORA}/nockpt/z0", 1024)], b[(f"{LORA}/ckpt/z0", 1024)]
+    assert (nockpt["largest_fit_micro_batch"], nockpt["first_fail_micro_batch"]) == ("4", "8")
+    assert (ckpt["largest_fit_micro_batch"], ckpt["first_fail_micro_batch"]) == ("16", "32")
+    # Both walls are far enough over the limit that the memory model settles them without a probe.
+    assert nockpt["first_fail_source"] == ckpt["first_fail_source"] == "predicted"
+    assert (f"{LORA}/nockpt/z0", 8, 1024) not in hw.calls and (f"{LORA}/ckpt/z0", 32, 1024) not in hw.calls
     # The exhaustive answer: max tokens/s among every fitting (strategy, mb).
     fitting = [(hw.tokens_per_s(s, sh), s.key(), sh.micro_batch)
                for s in _space().strategies(1) for sh in [Shape(m, 1024) for m in (1, 2, 4, 8, 16, 32, 64)]
                if hw.peak(s, sh) <= 80 * 0.92]
     _, key, mb = max(fitting)
     assert (res.best["config"]["strategy"], res.best["config"]["micro_batch"]) == (key, mb)
-    # Monotonicity: nothing probed above a wall; ckpt escalation started beyond the nockpt wall.
-    assert (f"{LORA}/nockpt/z0", 16, 1024) not in hw.calls
-    assert (f"{LORA}/ckpt/z0", 64, 1024) not in hw.calls
-    ckpt_escalation = [c for c in hw.calls if c[0] == f"{LORA}/ckpt/z0" and c[1] > 1]
-    assert min(c[1] for c in ckpt_escalation) == 8
-    # Far fewer probes than the 14-cell grid at this max_token (confirmations included).
-    assert res.probes_run <= 10
+    # The frugal strategy goes first (1, 2, then a jump straight to its predicted wall at 16);
+    # the faster one is escalated below that ceiling.
+    escalation = [c for c in hw.calls if c[2] == 1024]
+    assert escalation[:3] == [(f"{LORA}/ckpt/z0", 1, 1024), (f"{LORA}/ckpt/z0", 2, 1024), (f"{LORA}/ckpt/z0", 16, 1024)]
+    assert escalation[3:6] == [(f"{LORA}/nockpt/z0", m, 1024) for m in (1, 2, 4)]
+    # Far fewer probes than the 12-cell grid at this max_token (exploration included).
+    assert res.probes_run <= 8
+
+
+def test_wall_near_the_limit_is_probed_not_predicted(tmp_path):
+    # nockpt at mb 8 needs 78 GiB: over the 73.6 GiB limit but within the model's 15% margin,
+    # so it is measured (and OOMs on an 80 GiB card? no: it runs and lands over the headroom).
+    hw = _hw(per_token={f"{LORA}/nockpt/z0": 7.25 / 1024, f"{LORA}/ckpt/z0": 2.9 / 1024})
+    _run(tmp_path, hw)
+    nockpt = _boundaries(tmp_path)[(f"{LORA}/nockpt/z0", 1024)]
+    assert (nockpt["largest_fit_micro_batch"], nockpt["first_fail_micro_batch"]) == ("4", "8")
+    assert nockpt["first_fail_status"] == "over-headroom" and nockpt["first_fail_source"] == "measured"
+    assert float(nockpt["first_fail_peak_gib"]) == pytest.approx(78.0, abs=0.01)
 
 
 def test_best_yaml_and_files(tmp_path):
@@ -92,7 +104,8 @@ def test_best_yaml_and_files(tmp_path):
 def test_every_probe_is_a_trial_and_oom_is_infeasible(tmp_path):
     import optuna
 
-    res = _run(tmp_path, _hw())
+    # nockpt mb 8 needs 82.4 GiB: within the model's margin, so it is probed, and OOMs on 80 GiB.
+    res = _run(tmp_path, _hw(per_token={f"{LORA}/nockpt/z0": 7.8 / 1024, f"{LORA}/ckpt/z0": 2.9 / 1024}))
     url = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     study = optuna.load_study(study_name=optuna.get_all_study_names(url)[0], storage=url)
     probed = [t for t in study.trials if "status" in t.user_attrs]
@@ -112,10 +125,20 @@ def test_nothing_fits_reports_largest_max_token(tmp_path):
 
 
 def test_saturated_strategy_skips_slower_ones(tmp_path):
-    hw = _hw(saturation_tokens=8.0)  # flat throughput: bigger batches gain nothing
-    res = _run(tmp_path, hw)
-    assert "cannot beat" in res.outcome.strategies[f"{LORA}/ckpt/z0"].skipped
-    assert not [c for c in hw.calls if c[0] == f"{LORA}/ckpt/z0" and c[1] > 1]
+    off = "z3/offopt/offparam"
+    keys = [f"{LORA}/nockpt/z0", f"{LORA}/ckpt/z0", f"{LORA}/nockpt/{off}", f"{LORA}/ckpt/{off}"]
+    hw = FakeHardware(capacity=80.0, saturation_tokens=8.0,  # flat throughput: bigger batches gain nothing
+                      fixed=dict(zip(keys, [20.0, 19.0, 4.0, 3.5])),
+                      per_token=dict(zip(keys, [9.0 / 1024, 2.9 / 1024, 9.0 / 1024, 2.9 / 1024])),
+                      speed=dict(zip(keys, [10000.0, 7600.0, 3000.0, 2500.0])))
+    space = _space(zero=[{"stage": 0}, {"stage": 3, "offload_optimizer": True, "offload_params": True}])
+    res = _run(tmp_path, hw, space=space)
+    # The frugal one ran first (it confirms the search can run at all); after the fastest one
+    # proved flat, the two strategies that are slower at equal micro-batch were not probed.
+    for k in (f"{LORA}/ckpt/z0", f"{LORA}/nockpt/{off}"):
+        assert "cannot beat" in res.outcome.strategies[k].skipped
+        assert not [c for c in hw.calls if c[0] == k]
+    assert res.best["config"]["strategy"] == f"{LORA}/nockpt/z0"
 
 
 def test_strategy_errors_do_not_stop_the_search(tmp_path):

@@ -248,7 +248,7 @@ class _Search:
                                      wall, self.probes_run)
         if best:
             outputs.write_best(self.run, best)
-        outputs.write_boundaries(self.run.boundaries, self.cache, self.req.limits)
+        outputs.write_boundaries(self.run.boundaries, self.cache, self.req.limits, out)
         write_run_json(self.run, self.req.identity(), {
             "status": "done", "probes_run": self.probes_run, "probes_total": len(self.cache), "wall_time_s": round(wall, 1),
             "workers_started": self.pool.count, "winner": best["config"] if best else None, "note": out.note or None})

@@ -15,7 +15,8 @@ from autofit.spec import Context, ProbeResult, Shape, Strategy
 from autofit.trainconfig import deepspeed_config, model_dtype, peft_config, training_args
 
 BOUNDARY_COLUMNS = ["strategy", "max_token", "largest_fit_micro_batch", "largest_fit_peak_gib",
-                    "first_fail_micro_batch", "first_fail_status", "first_fail_peak_gib", "budget_gib", "limit_gib"]
+                    "first_fail_micro_batch", "first_fail_status", "first_fail_peak_gib", "first_fail_source",
+                    "budget_gib", "limit_gib"]
 Key = tuple[str, int, int, str, int]
 
 
@@ -23,7 +24,7 @@ def _gib(x: float | None) -> float | str:
     return "" if x is None else round(x / 2**30, 3)
 
 
-def boundary_rows(results: dict[Key, ProbeResult], limits: Limits) -> list[dict[str, Any]]:
+def boundary_rows(results: dict[Key, ProbeResult], limits: Limits, outcome: Outcome | None = None) -> list[dict[str, Any]]:
     """Per strategy and max_token: the largest micro-batch that fits and the first that does not."""
     cells: dict[tuple[str, int], dict[int, ProbeResult]] = defaultdict(dict)
     for (k, mb, t, _, _), r in results.items():
@@ -43,13 +44,19 @@ def boundary_rows(results: dict[Key, ProbeResult], limits: Limits) -> list[dict[
             "first_fail_micro_batch": fail_min,
             "first_fail_status": ("" if fr is None else ("over-headroom" if fr.ok else fr.status.value)),
             "first_fail_peak_gib": _gib(peak_of(fr)) if fr is not None and fr.ok else "",
+            "first_fail_source": "measured" if fr is not None else "",
             "budget_gib": _gib(limits.budget), "limit_gib": _gib(limits.limit),
         })
+    # Walls the memory model (or a more frugal strategy's wall) settled without a probe.
+    for row in rows:
+        so = outcome.strategies.get(row["strategy"]) if outcome else None
+        if so and so.predicted_fail and so.max_token == row["max_token"] and row["first_fail_micro_batch"] is None:
+            row.update(first_fail_micro_batch=so.fail_min, first_fail_status=so.fail_status, first_fail_source="predicted")
     return rows
 
 
-def write_boundaries(path: Path, results: dict[Key, ProbeResult], limits: Limits) -> None:
-    write_rows(path, boundary_rows(results, limits), BOUNDARY_COLUMNS)
+def write_boundaries(path: Path, results: dict[Key, ProbeResult], limits: Limits, outcome: Outcome | None = None) -> None:
+    write_rows(path, boundary_rows(results, limits, outcome), BOUNDARY_COLUMNS)
 
 
 def best_document(out: Outcome, ctx: Context, source, limits: Limits, results: dict[Key, ProbeResult],
@@ -106,11 +113,13 @@ def write_best(run, doc: dict[str, Any]) -> None:
 
 def summary_table(out: Outcome, results: dict[Key, ProbeResult], limits: Limits) -> str:
     lines = [f"{'strategy':40s} {'T':>6s} {'fits up to':>10s} {'first fail':>18s} {'best tok/s':>11s} {'peak GiB':>9s}"]
-    rows = {(r["strategy"], r["max_token"]): r for r in boundary_rows(results, limits)}
+    rows = {(r["strategy"], r["max_token"]): r for r in boundary_rows(results, limits, out)}
     for (k, t), b in sorted(rows.items()):
         ok = [(r.tokens_per_s, peak_of(r)) for (kk, mb, tt, _, _), r in results.items() if kk == k and tt == t and limits.fits(r)]
         best = max(ok) if ok else None
-        fail = f"mb={b['first_fail_micro_batch']} {b['first_fail_status']}" if b["first_fail_micro_batch"] else "-"
+        fail = "-"
+        if b["first_fail_micro_batch"]:
+            fail = f"mb={b['first_fail_micro_batch']} " + ("predicted" if b["first_fail_source"] == "predicted" else b["first_fail_status"])
         lines.append(f"{k:40s} {t:6d} {str(b['largest_fit_micro_batch'] or '-'):>10s} {fail:>18s} "
                      f"{(f'{best[0]:.1f}' if best else '-'):>11s} {(f'{best[1] / 2**30:.2f}' if best else '-'):>9s}")
     for k, so in out.strategies.items():

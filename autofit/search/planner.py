@@ -29,6 +29,7 @@ Measure = Callable[[Strategy, Shape, str, int], ProbeResult]
 SATURATION_GAIN = 1.03   # doubling micro-batch gained less than 3%: the curve is flat
 NOISE = 0.05             # candidates within 5% of the best are re-measured
 PREDICT_MARGIN = 0.97    # jump only to micro-batches predicted to stay 3% under the limit
+PREDICT_OVER = 1.15      # a micro-batch predicted 15% over the limit is a wall without probing it
 
 
 def peak_of(r: ProbeResult) -> int | None:
@@ -77,6 +78,7 @@ class StrategyOutcome:
     fit_max: int | None = None           # largest micro-batch measured to fit
     fail_min: int | None = None          # smallest micro-batch measured not to fit
     fail_status: str = ""
+    predicted_fail: bool = False         # fail_min came from the memory model, not a probe
     skipped: str = ""                    # why the strategy was not probed (dominated, saturated...)
     started_at: int | None = None
     inferred_fit: int | None = None      # fits by dominance (a faster strategy fit there)
@@ -150,7 +152,9 @@ class Planner:
             out.note = (f"nothing fits at max_token {self.target}; the largest max_token that fits is {t} "
                         f"({frugal.key()}); the search continued at {t}")
             out.max_token = self.target = t
-        for s in self.order:
+        # The most frugal strategy is escalated first, in the worker that just confirmed it runs:
+        # its wall caps every faster strategy's (they need at least as much memory).
+        for s in [frugal] + self.order[:-1]:
             if self.out_of_time():
                 out.budget_exhausted = True
                 break
@@ -211,17 +215,30 @@ class Planner:
         so.inferred_fit = wall or None
         i = self.mbs.index(above[0])
         so.started_at = self.mbs[i]
-        self.log(f"escalating {s.key()} at T={t} from micro-batch {self.mbs[i]}")
+        # Frugal strategies already escalated bound this one's wall from above.
+        ceiling = min([f.fail_min for f in out.strategies.values()
+                       if f.fail_min is not None and slower_or_equal(f.strategy, s)], default=None)
+        self.log(f"escalating {s.key()} at T={t} from micro-batch {self.mbs[i]}"
+                 + (f" (below {ceiling}, the wall of a more frugal strategy)" if ceiling else ""))
         while i < len(self.mbs):
             if self.out_of_time():
                 out.budget_exhausted = True
+                return so
+            if ceiling is not None and self.mbs[i] >= ceiling:
+                so.fail_min, so.fail_status, so.predicted_fail = self.mbs[i], "implied by a more frugal strategy's wall", True
+                return so
+            model = memmodel.fit(self.ok_points(s)) if so.fit_max else None
+            if model is not None and model.predict(self.mbs[i], t) > self.limits.limit * PREDICT_OVER:
+                so.fail_min, so.predicted_fail = self.mbs[i], True
+                so.fail_status = f"predicted {model.predict(self.mbs[i], t) / 2**30:.1f} GiB > limit"
+                self.log(f"{s.key()}: mb={self.mbs[i]} predicted over the limit; wall taken without probing it")
                 return so
             r = self.measure(s, self.mbs[i], t)
             if not self.limits.fits(r):
                 so.fail_min, so.fail_status = self.mbs[i], _why(r, self.limits)
                 return so
             so.fit_max = self.mbs[i]
-            j = self._jump_target(s, i, t)
+            j = self._jump_target(s, i, t, ceiling)
             if j is not None:
                 r = self.measure(s, self.mbs[j], t)
                 if self.limits.fits(r):
@@ -233,13 +250,15 @@ class Planner:
             i += 1
         return so
 
-    def _jump_target(self, s: Strategy, i: int, t: int) -> int | None:
+    def _jump_target(self, s: Strategy, i: int, t: int, ceiling: int | None = None) -> int | None:
         """Index of the largest micro-batch the model predicts to fit, if that skips at least one."""
         model = memmodel.fit(self.ok_points(s))
         if model is None:
             return None
         best = None
         for j in range(i + 1, len(self.mbs)):
+            if ceiling is not None and self.mbs[j] >= ceiling:
+                break
             if model.predict(self.mbs[j], t) <= self.limits.limit * PREDICT_MARGIN:
                 best = j
         return best if best is not None and best > i + 1 else None
