@@ -178,3 +178,20 @@ def test_budget_exhausted_still_writes_results(tmp_path):
     res = _run(tmp_path, _hw(), budget_s=1e-9)
     assert res.outcome.budget_exhausted or res.probes_run <= 2
     assert (tmp_path / "run" / "probes.csv").exists()
+
+
+def test_exploration_skips_cells_that_cannot_win(tmp_path):
+    # ckpt jumps 2 -> 16, leaving 4 and 8 open; both of their measured neighbours are far below
+    # the winner (nockpt mb 4), so the sampler is not given them.
+    hw = _hw(speed={f"{LORA}/nockpt/z0": 14000.0, f"{LORA}/ckpt/z0": 7600.0})
+    res = _run(tmp_path, hw, explore=2)
+    assert not [c for c in hw.calls if c[0] == f"{LORA}/ckpt/z0" and c[1] in (4, 8)]
+    assert (res.best["config"]["strategy"], res.best["config"]["micro_batch"]) == (f"{LORA}/nockpt/z0", 4)
+
+
+def test_exploration_probes_open_cells_that_might_win(tmp_path):
+    # Here ckpt at mb 16 is the best, so the cells its jump skipped (4, 8) may win and are explored.
+    hw = _hw()
+    _run(tmp_path, hw, explore=2)
+    explored = [c for c in hw.calls if c[0] == f"{LORA}/ckpt/z0" and c[1] in (4, 8)]
+    assert explored

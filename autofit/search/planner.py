@@ -178,9 +178,23 @@ class Planner:
                     continue  # monotone: it cannot fit
                 if so.started_at is not None and mb < so.started_at:
                     continue  # a faster strategy covers it
-                if (so.fit_max and mb < so.fit_max) or (model and model.predict(mb, t) <= self.limits.limit):
-                    cells.append((so.strategy, mb))
+                if not ((so.fit_max and mb < so.fit_max) or (model and model.predict(mb, t) <= self.limits.limit)):
+                    continue
+                if self._clearly_slower(so.strategy, mb, t):
+                    continue
+                cells.append((so.strategy, mb))
         return cells
+
+    def _clearly_slower(self, s: Strategy, mb: int, t: int) -> bool:
+        """Throughput rises with micro-batch until it flattens, so a cell between two measured
+        neighbours that are both clearly (> noise) below the best cannot be the winner."""
+        curve = self.tokens_curve(s, t)
+        best = max((r.tokens_per_s for r in self.results.values() if self.limits.fits(r)), default=0.0)
+        below = [tps for m, tps in curve if m < mb]
+        above = [tps for m, tps in curve if m > mb]
+        if not below or not above:
+            return False
+        return max(below[-1], above[0]) < best * (1 - NOISE)
 
     def _any_strategy_runs(self) -> bool:
         return any(r.status in (Status.OK, Status.OOM) for r in self.results.values())
