@@ -240,11 +240,10 @@ def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, 
     limits = Limits(budget=memory_budget(ctx), headroom=headroom)
     req = SearchRequest(ctx=ctx, source=source, space=sp, max_token=max_token, limits=limits, run_dir=run_dir,
                         budget_s=budget_s, resume=resume, storage=storage, explore=explore)
-    progress = Progress(quiet=quiet)
-    progress.log(f"searching {source.name} ({source.origin}, {weights} weights) on {_where(ctx)}; "
-                 f"T={max_token}, global batch {global_batch}, budget {limits.budget / 2**30:.1f} GiB, "
-                 f"headroom {headroom:.0%}; space {sp.name}; run dir {run_dir}")
-    return run_search(req, progress=progress)
+    header = (f"searching {source.name} ({source.origin}, {weights} weights) on {_where(ctx)}; "
+              f"T={max_token}, global batch {global_batch}, budget {limits.budget / 2**30:.1f} GiB, "
+              f"headroom {headroom:.0%}; space {sp.name}; run dir {run_dir}")
+    return run_search(req, progress=Progress(quiet=quiet), header=header)
 
 
 def _print_result(result) -> None:

@@ -128,7 +128,7 @@ class WorkerSession:
         """Run one shape. Never raises for what the probe did; returns its classified result."""
         if self.dead:
             raise ProbeError("this worker already stopped; start a new session for the next strategy")
-        first = not self.planned
+        first = self.k == 0  # the first probe of a worker also pays the model build
         if self.proc is None:
             self.spawn()
         if not self.planned:
@@ -162,6 +162,11 @@ class WorkerSession:
                 if any(self.io_dir.glob(f"res-{self.k}.r*.json")) or any(self.io_dir.glob("fatal.r*.json")):
                     continue
                 return self._classify_exit(base)
+            phase = self.phase()
+            if phase and phase.get("phase") == "probing" and phase.get("k") == self.k:
+                # The build is over: from here the probe's own time limit applies.
+                deadline = min(deadline, phase["t"] + self.ctx.probe_timeout_s)
+                limit = self.ctx.probe_timeout_s
             if time.time() > deadline:
                 self.kill()
                 return ProbeResult(**base, status=Status.TIMEOUT, error=f"no result within {limit:.0f}s; worker killed")

@@ -55,10 +55,13 @@ class Rig:
     time_build_s: float
 
 
-def _fault(where: str) -> None:
-    """Test hook: AUTOFIT_TEST_FAULT=<kind>@<where> makes this worker really misbehave."""
+def _fault(where: str, strategy_key: str = "") -> None:
+    """Test hook: AUTOFIT_TEST_FAULT=<kind>@<where> makes this worker really misbehave; with
+    AUTOFIT_TEST_FAULT_STRATEGY=<text>, only workers whose strategy key contains <text> do."""
     spec = os.environ.get("AUTOFIT_TEST_FAULT", "")
     if not spec or not spec.endswith("@" + where):
+        return
+    if os.environ.get("AUTOFIT_TEST_FAULT_STRATEGY", "") not in strategy_key:
         return
     kind = spec.split("@")[0]
     if kind == "hang":
@@ -169,7 +172,7 @@ def setup(plan: dict[str, Any], first_shape: Shape, import_s: float) -> Rig:
     t_import = import_s
 
     t = time.time()
-    _fault("build")
+    _fault("build", strategy.key())
     ds_cfg = deepspeed_config(strategy, ctx, first_shape)
     if uses_ds:
         deepspeed.init_distributed(dist_backend="nccl")
@@ -280,7 +283,7 @@ def run_shape(rig: Rig, shape: Shape) -> ProbeResult:
         if rig.engine is not None:
             _set_engine_batch(rig, shape, accum)
         _reset_memory(rig)
-        _fault("probe")
+        _fault("probe", rig.strategy.key())
         ids = torch.randint(0, rig.vocab, (shape.micro_batch, shape.max_token), device=rig.device)
         for step in range(ctx.warmup_steps + ctx.measure_steps):
             measured = step >= ctx.warmup_steps

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from autofit.errors import Interrupted
+from autofit.errors import Interrupted, RunDirError
 from autofit.models import ModelSource
 from autofit.results import append_probe, read_probes, result_from_row
 from autofit.search import outputs, study as studymod
@@ -97,13 +97,20 @@ class _Pool:
         getattr(self.factory, "close", lambda: None)()
 
 
-def run_search(req: SearchRequest, factory: SessionFactory | None = None, progress: Progress | None = None) -> SearchResult:
+def run_search(req: SearchRequest, factory: SessionFactory | None = None, progress: Progress | None = None,
+               header: str | None = None) -> SearchResult:
+    """Run (or resume) a search. `header` is printed once every input has been validated."""
     run = RunDir(Path(req.run_dir))
-    run.path.mkdir(parents=True, exist_ok=True)
+    if run.path.exists() and not run.path.is_dir():
+        raise RunDirError(f"--run-dir {run.path} exists and is not a directory")
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create run dir {run.path}: {exc.strerror}") from None
     progress = progress or Progress()
     with RunLock(run):
         check_resume(run, req.identity(), req.resume)
-        return _Search(req, run, factory, progress).go()
+        return _Search(req, run, factory, progress).go(header)
 
 
 class _Search:
@@ -212,11 +219,13 @@ class _Search:
             probes += 1
 
     # -- the whole search -----------------------------------------------------------------------
-    def go(self) -> SearchResult:
-        write_run_json(self.run, self.req.identity(), {"status": "running", "space": to_jsonable(self.req.space),
-                                                       "context": to_jsonable(self.ctx)})
+    def go(self, header: str | None = None) -> SearchResult:
         self._open_study()
         self._load_previous()
+        if header:
+            self.progress.log(header)
+        write_run_json(self.run, self.req.identity(), {"status": "running", "space": to_jsonable(self.req.space),
+                                                       "context": to_jsonable(self.ctx)})
         deadline = self.t0 + self.req.budget_s if self.req.budget_s else None
         space = self.req.space
         cap = max(1, self.ctx.global_batch // self.ctx.num_gpus)

@@ -41,6 +41,9 @@ def peak_of(r: ProbeResult) -> int | None:
     return r.host_peak
 
 
+MIN_MARGIN = 0.02        # peaks vary by ~1% run to run (allocator, NVML sampling): never closer than 2%
+
+
 @dataclass(frozen=True)
 class Limits:
     budget: int          # bytes per GPU (or host bytes for a CPU search)
@@ -48,7 +51,8 @@ class Limits:
 
     @property
     def limit(self) -> float:
-        return self.budget * (1.0 - self.headroom)
+        # Even with --headroom 0, a config whose peak sits within noise of the wall never wins.
+        return self.budget * (1.0 - max(self.headroom, MIN_MARGIN))
 
     def fits(self, r: ProbeResult) -> bool:
         p = peak_of(r)
@@ -139,10 +143,12 @@ class Planner:
         frugal = self.order[-1]
         self.log(f"confirming the most frugal strategy runs at all: {frugal.key()} mb={self.mbs[0]} T={self.target}")
         first = self.measure(frugal, self.mbs[0], self.target)
-        if first.status in (Status.ERROR, Status.CRASH, Status.TIMEOUT) and not self._any_strategy_runs():
-            out.note = f"the most frugal strategy failed ({first.status.value}): {first.error}"
-            return out
-        if not self.limits.fits(first):
+        broken = first.status in (Status.ERROR, Status.CRASH, Status.TIMEOUT)
+        if broken:
+            # Not a wall: that strategy is broken here (e.g. DeepSpeed cannot build an op). The others
+            # may still run; if none does, the note says why.
+            self.log(f"{frugal.key()} failed ({first.status.value}): {first.error}; trying the other strategies")
+        elif not self.limits.fits(first):
             t = self._largest_fitting_max_token(frugal)
             out.largest_fitting_max_token = t
             if t is None:
@@ -158,7 +164,13 @@ class Planner:
             if self.out_of_time():
                 out.budget_exhausted = True
                 break
+            if broken and s == frugal:
+                out.strategies[s.key()] = StrategyOutcome(strategy=s, max_token=self.target, fail_min=self.mbs[0],
+                                                          fail_status=first.status.value)
+                continue
             out.strategies[s.key()] = self._escalate(s, out)
+        if broken and not any(r.ok for r in self.results.values()):
+            out.note = f"no strategy ran; the first failure was {first.status.value}: {first.error}"
         if explore is not None and not self.out_of_time():
             explore(self, out)
         self._confirm(out)
@@ -195,9 +207,6 @@ class Planner:
         if not below or not above:
             return False
         return max(below[-1], above[0]) < best * (1 - NOISE)
-
-    def _any_strategy_runs(self) -> bool:
-        return any(r.status in (Status.OK, Status.OOM) for r in self.results.values())
 
     def _largest_fitting_max_token(self, frugal: Strategy) -> int | None:
         shorter = [t for t in self.max_tokens if t < self.target] or [max(16, self.target // 2)]

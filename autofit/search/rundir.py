@@ -133,7 +133,9 @@ def check_resume(run: RunDir, identity: dict[str, Any], resume: bool) -> None:
     if not resume:
         raise RunDirError(f"{run.path} already holds a search; pass --resume to continue it or choose another --run-dir")
     old = doc["identity"]
-    diff = [k for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k)]
+    order = ["model", "max_token", "space", "global_batch", "device", "gpus", "gpu_memory", "weights", "headroom"]
+    diff = [k for k in sorted(set(old) | set(identity), key=lambda k: (order.index(k) if k in order else 99, k))
+            if old.get(k) != identity.get(k)]
     if diff:
         k = diff[0]
         raise RunDirError(f"{run.path} is from another search ({k}: {old.get(k)!r}, now {identity.get(k)!r}); "
