@@ -73,7 +73,7 @@ def result_from_row(row: dict[str, Any]) -> ProbeResult:
             kw[f.name] = Status(v)
         elif f.name in ("strategy", "error", "device_name", "weights"):
             kw[f.name] = v
-        elif f.name in ("micro_batch", "max_token", "grad_accum", "num_gpus", "worker_pid",
+        elif f.name in ("micro_batch", "max_token", "grad_accum", "num_gpus", "worker_pid", "memory_cap",
                         "peak_allocated", "peak_reserved", "nvml_peak", "host_peak"):
             kw[f.name] = int(float(v))
         else:

@@ -126,6 +126,7 @@ class ProbeResult:
     device_name: str = ""
     num_gpus: int = 1
     weights: str = "random"
+    memory_cap: int | None = None          # --gpu-memory the probe ran under (emulated card), if any
     time_import_s: float | None = None
     time_build_s: float | None = None
     time_steps_s: float | None = None

@@ -29,11 +29,14 @@ def autocast_dtype(strategy: Strategy) -> str | None:
     return {"fp32": None, "fp16": "float16", "bf16": "bfloat16", "bf16-pure": "bfloat16"}[strategy.precision]
 
 
-def deepspeed_config(strategy: Strategy, ctx: Context, shape: Shape, hf_auto: bool = False) -> dict[str, Any] | None:
+def deepspeed_config(strategy: Strategy, ctx: Context, shape: Shape, hf_auto: bool = False,
+                     hidden_size: int | None = None) -> dict[str, Any] | None:
     """DeepSpeed config for this strategy, or None when training runs on a plain torch optimizer.
 
     hf_auto=True gives the file for HF Trainer, with "auto" wherever Trainer fills values in from
     TrainingArguments; otherwise the concrete numbers the probe passes to deepspeed.initialize.
+    ZeRO bucket sizes are concrete in both, computed from hidden_size with HF Trainer's own
+    formulas, so the user's run allocates the same buffers the probe measured.
     """
     if not strategy.uses_deepspeed(ctx.num_gpus):
         return None
@@ -42,13 +45,19 @@ def deepspeed_config(strategy: Strategy, ctx: Context, shape: Shape, hf_auto: bo
     def v(concrete: Any) -> Any:
         return "auto" if hf_auto else concrete
 
+    # HF Trainer's "auto" values (integrations/deepspeed.py): hidden^2, 0.9 hidden^2, 10 hidden;
+    # DeepSpeed's defaults when the hidden size is unknown.
+    h = hidden_size
+    reduce_bucket = h * h if h else int(5e8)
+    prefetch_bucket = int(0.9 * h * h) if h else int(5e7)
+    persistence = 10 * h if h else int(1e5)
     zero: dict[str, Any] = {"stage": strategy.zero_stage}
     if strategy.zero_stage >= 1:
-        zero.update(overlap_comm=True, contiguous_gradients=True,
-                    reduce_bucket_size=v(int(5e8)), allgather_bucket_size=int(5e8) if strategy.zero_stage < 3 else None)
-        zero = {k: x for k, x in zero.items() if x is not None}
+        zero.update(overlap_comm=True, contiguous_gradients=True, reduce_bucket_size=reduce_bucket)
+        if strategy.zero_stage < 3:
+            zero["allgather_bucket_size"] = int(5e8)
     if strategy.zero_stage == 3:
-        zero.update(stage3_prefetch_bucket_size=v(int(5e7)), stage3_param_persistence_threshold=v(int(1e5)),
+        zero.update(stage3_prefetch_bucket_size=prefetch_bucket, stage3_param_persistence_threshold=persistence,
                     stage3_gather_16bit_weights_on_model_save=True)
     if strategy.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}

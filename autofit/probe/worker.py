@@ -173,7 +173,7 @@ def setup(plan: dict[str, Any], first_shape: Shape, import_s: float) -> Rig:
 
     t = time.time()
     _fault("build", strategy.key())
-    ds_cfg = deepspeed_config(strategy, ctx, first_shape)
+    ds_cfg = deepspeed_config(strategy, ctx, first_shape, hidden_size=source.config.get("hidden_size"))
     if uses_ds:
         deepspeed.init_distributed(dist_backend="nccl")
     model = _apply_method(_build_model(torch, source, ctx, strategy, device, ds_cfg), source, strategy)
@@ -275,6 +275,7 @@ def run_shape(rig: Rig, shape: Shape) -> ProbeResult:
     per_step = min(accum, ctx.max_micro_per_step)
     base = dict(strategy=rig.strategy.key(), micro_batch=shape.micro_batch, max_token=shape.max_token,
                 grad_accum=accum, device_name=rig.device_name, num_gpus=rig.world, weights=ctx.weights,
+                memory_cap=ctx.gpu_memory,
                 time_import_s=round(rig.time_import_s, 3), time_build_s=round(rig.time_build_s, 3),
                 worker_pid=os.getpid())
     t_start = time.time()

@@ -67,7 +67,7 @@ def best_document(out: Outcome, ctx: Context, source, limits: Limits, results: d
     shape = Shape(mb, out.max_token)
     measured = [r for (k, m, t, _, _), r in results.items() if k == s.key() and m == mb and t == out.max_token and r.ok]
     r0 = max(measured, key=lambda r: peak_of(r) or 0)
-    ds = deepspeed_config(s, ctx, shape, hf_auto=True)
+    ds = deepspeed_config(s, ctx, shape, hf_auto=True, hidden_size=source.config.get("hidden_size"))
     doc = {
         "autofit": "best configuration: the fastest measured config that fits with the headroom",
         "model": {"id": source.name, "origin": source.origin, "architecture": source.architecture,

@@ -1,0 +1,123 @@
+"""Regenerate the README's result tables from the committed results/ files.
+
+    python -m benchmarks.readme_tables            # print the markdown
+    python -m benchmarks.readme_tables --write    # replace the block between the markers in README.md
+
+Reads only CSV/JSON/YAML (no torch). Every figure in the tables comes from a file under results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- tables:start (python -m benchmarks.readme_tables --write) -->", "<!-- tables:end -->"
+
+
+def _gib(b: str) -> str:
+    return f"{int(b) / 2**30:.2f}" if b else "-"
+
+
+def _short_gpu(name: str) -> str:
+    return name.replace("NVIDIA ", "").replace(" HBM3", "")
+
+
+def search_table() -> str:
+    lines = ["| scenario | GPU | autofit: wall, probes | winner (micro-batch) | tokens/s | exhaustive grid: wall, probes | time vs grid | winner vs grid best |",
+             "|---|---|---|---|---|---|---|---|"]
+    for summary in sorted(ROOT.glob("results/*/summary.json")):
+        s = json.loads(summary.read_text())
+        cap = f", {s['budget_gib']:.0f} GiB cap" if "24GiB" in summary.parent.name else ""
+        scen = f"{s['model'].split('/')[-1]} LoRA, T={s['max_token']}, space `{s['space']}`{cap}"
+        srch, grid = s["search"], s.get("grid")
+        g = f"{grid['wall_s']:.0f} s, {grid['probes']}" if grid else "not run"
+        frac = f"{s['time_fraction']:.0%}" if "time_fraction" in s else "-"
+        q = f"{s['quality']:.1%}" if "quality" in s else "-"
+        lines.append(f"| {scen} [{summary.parent.name}](results/{summary.parent.name}) | {_short_gpu(s['gpu'])} | "
+                     f"{srch['wall_s']:.0f} s, {srch['probes']} | `{srch['winner']}` ({srch['winner_micro_batch']}) | "
+                     f"{srch['winner_tokens_per_s']:.0f} | {g} | {frac} | {q} |")
+    return "\n".join(lines)
+
+
+def _probe_groups(folder: Path) -> list[tuple[str, list[dict]]]:
+    """probe.log names each `autofit probe` command; probes.csv holds its rows in the same order."""
+    rows = list(csv.DictReader(open(folder / "probes.csv")))
+    groups, i = [], 0
+    log = (folder / "probe.log").read_text().splitlines()
+    for j, line in enumerate(log):
+        if line.startswith("### autofit probe"):
+            n = 0
+            for nxt in log[j + 1:]:
+                if nxt.startswith("###"):
+                    break
+                n += bool(re.match(r"^(ok|oom|error|timeout|crash)\s+mb=", nxt))
+            groups.append((line[4:], rows[i:i + n]))
+            i += n
+    return groups
+
+
+def _flag(cmd: str, name: str) -> str | None:
+    m = re.search(rf"--{name} (\S+)", cmd)
+    return m.group(1) if m else None
+
+
+def _label(cmd: str) -> str:
+    """A short human label for an `autofit probe ...` command line."""
+    parts = [_flag(cmd, "model").split("/")[-1], _flag(cmd, "method"), "ckpt" if "--grad-ckpt" in cmd else "no ckpt"]
+    if _flag(cmd, "zero"):
+        parts.append(f"ZeRO-{_flag(cmd, 'zero')}")
+    if "--offload-params" in cmd:
+        parts.append("offload opt+params")
+    if _flag(cmd, "gpus"):
+        parts.append(f"{len(_flag(cmd, 'gpus').split(','))} GPUs")
+    if _flag(cmd, "gpu-memory"):
+        parts.append(f"cap {_flag(cmd, 'gpu-memory')}")
+    parts.append(f"T={_flag(cmd, 'max-token')}")
+    return " ".join(parts)
+
+
+def probe_table(folder: str) -> str:
+    lines = ["| command | micro-batch | status | tokens/s | peak allocated | reserved | device (NVML) | host | GPU |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for cmd, rows in _probe_groups(ROOT / "results" / folder):
+        label = _label(cmd)
+        for r in rows:
+            tps = f"{float(r['tokens_per_s']):.0f}" if r["tokens_per_s"] else "-"
+            lines.append(f"| {label} | {r['micro_batch']} | {r['status']} | {tps} | {_gib(r['peak_allocated'])} | "
+                         f"{_gib(r['peak_reserved'])} | {_gib(r['nvml_peak'])} | {_gib(r['host_peak'])} | {_short_gpu(r['device_name'])} |")
+    return "\n".join(lines)
+
+
+def render() -> str:
+    return "\n\n".join([
+        "### Search against the exhaustive grid (GLM-4-9B-chat shape, random weights)", search_table(),
+        "Memory in GiB. `time vs grid` is autofit's wall time over the grid's; `winner vs grid best` is the "
+        "tokens/s the grid itself measured for autofit's winner over the grid's best (same cell, same measurement).",
+        "### Probes: escalation to the first OOM (`benchmarks/probe_evidence.sh`)", probe_table("probe-evidence-h100"),
+        "### ZeRO-2 across two GPUs", probe_table("probe-evidence-2gpu-zero2"),
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="update README.md in place")
+    a = ap.parse_args(argv)
+    block = f"{START}\n{render()}\n{END}"
+    if not a.write:
+        print(block)
+        return 0
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START not in text:
+        sys.exit("README.md has no tables block")
+    readme.write_text(text[: text.index(START)] + block + text[text.index(END) + len(END):])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
