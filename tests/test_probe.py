@@ -113,3 +113,22 @@ def test_real_allocation_failure_is_an_oom_and_ends_the_escalation(tmp_path, tin
         results = list(escalate(s, [Shape(1, 32), Shape(64, 512), Shape(128, 512)]))
     assert [r.status for r in results] == [Status.OK, Status.OOM]
     assert "memory" in results[1].error.lower()
+
+
+def test_real_weights_load_from_a_local_directory(tmp_path):
+    """--weights real: the user's own weights, loaded from their directory (a tiny model saved here)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from tests.conftest import TINY
+
+    d = tmp_path / "with-weights"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(Qwen2Config(**TINY)).save_pretrained(d)
+    source = resolve_model(str(d))
+    assert source.has_weights
+    ctx = Context(model=str(d), weights="real", device="cpu", gpus=(), global_batch=4, probe_timeout_s=120, build_timeout_s=120)
+    with WorkerSession(ctx, Strategy(precision="fp32"), source, tmp_path / "io") as s:
+        r = s.probe(Shape(2, 32))
+    assert r.status is Status.OK, r.error
+    assert r.weights == "real"
