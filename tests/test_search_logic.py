@@ -14,7 +14,7 @@ from autofit.search.driver import SearchRequest, run_search
 from autofit.search.planner import Limits
 from autofit.search.progress import Progress
 from autofit.search.space import parse_space
-from autofit.spec import Context, Shape
+from autofit.spec import Context, Shape, Strategy
 from tests.fakes import FakeHardware, FakeSession
 
 GiB = 2**30
@@ -195,3 +195,17 @@ def test_exploration_probes_open_cells_that_might_win(tmp_path):
     _run(tmp_path, hw, explore=2)
     explored = [c for c in hw.calls if c[0] == f"{LORA}/ckpt/z0" and c[1] in (4, 8)]
     assert explored
+
+
+def test_a_peak_within_noise_of_the_budget_never_wins(tmp_path):
+    # --headroom 0: nockpt mb 4 peaks at 79.5 of 80 GiB (it runs), yet it must not win.
+    hw = _hw(per_token={f"{LORA}/nockpt/z0": 14.875 / 1024, f"{LORA}/ckpt/z0": 2.9 / 1024},
+             speed={f"{LORA}/nockpt/z0": 20000.0, f"{LORA}/ckpt/z0": 7600.0})
+    req_limits = Limits(80 * GiB, 0.0)
+    assert req_limits.limit == pytest.approx(80 * GiB * 0.98)
+    req = SearchRequest(ctx=Context(model="THUDM/glm-4-9b-chat", global_batch=64), source=resolve_model("THUDM/glm-4-9b-chat"),
+                        space=_space(), max_token=1024, limits=req_limits, run_dir=tmp_path / "run")
+    res = run_search(req, factory=lambda s: FakeSession(hw, s), progress=Progress(quiet=True))
+    assert hw.peak(Strategy(grad_ckpt=False), Shape(4, 1024)) == pytest.approx(79.5)
+    assert not (res.best["config"]["strategy"] == f"{LORA}/nockpt/z0" and res.best["config"]["micro_batch"] == 4)
+    assert res.best["measured"]["peak_gib"] <= 80 * 0.98

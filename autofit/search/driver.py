@@ -184,12 +184,9 @@ class _Search:
                      phase=phase, repeat=repeat, peak=peak)
         self.cache[key] = r
         studymod.record(self.study, trial, r, peak, limits.limit, phase, repeat)
-        outputs.write_boundaries(self.run.boundaries, self.cache_by_shape(), limits)
+        outputs.write_boundaries(self.run.boundaries, self.cache, limits)
         self.progress.done(r, limits.fits(r), peak)
         return r
-
-    def cache_by_shape(self) -> dict:
-        return dict(self.cache)
 
     def explore(self, planner: Planner, out: Outcome) -> None:
         """TPE proposes among what the escalation left open (max_token fixed to the target)."""
