@@ -297,6 +297,19 @@ def models():
         click.echo("  ".join(str(x) for x in row))
 
 
+def _register(module: str, name: str) -> None:
+    """Commands that live in their own module (report/export import no torch: keep them lazy-light)."""
+    import importlib
+
+    cmd = getattr(importlib.import_module(module), name)
+    cmd.callback = handles_errors(cmd.callback)
+    cli.add_command(cmd)
+
+
+for _module, _name in (("autofit.export", "export_cmd"),):
+    _register(_module, _name)
+
+
 def main() -> None:
     cli(prog_name="autofit")
 
