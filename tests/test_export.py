@@ -367,8 +367,11 @@ def test_click_command(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"wrote {(run / 'export' / 'llamafactory.yaml').resolve()}"
     assert CliRunner().invoke(export_cmd, [str(run), "--format", "nemo"]).exit_code == 2  # click's own usage error
-    missing = CliRunner().invoke(export_cmd, [str(tmp_path / "nope"), "--format", "hf"])
-    assert isinstance(missing.exception, RunDirError)  # left to the CLI wrapper: one line, exit 2
+    from autofit.cli import cli
+
+    missing = CliRunner().invoke(cli, ["export", str(tmp_path / "nope"), "--format", "hf"])
+    assert missing.exit_code == 2  # the CLI turns the RunDirError into one line
+    assert missing.stderr.strip().startswith("autofit: error: run dir") and len(missing.stderr.strip().splitlines()) == 1
 
 
 def test_export_imports_no_gpu_stack(tmp_path):
