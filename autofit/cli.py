@@ -306,7 +306,7 @@ def _register(module: str, name: str) -> None:
     cli.add_command(cmd)
 
 
-for _module, _name in (("autofit.export", "export_cmd"),):
+for _module, _name in (("autofit.export", "export_cmd"), ("autofit.report", "report_cmd")):
     _register(_module, _name)
 
 
