@@ -306,7 +306,8 @@ def _register(module: str, name: str) -> None:
     cli.add_command(cmd)
 
 
-for _module, _name in (("autofit.export", "export_cmd"), ("autofit.report", "report_cmd")):
+for _module, _name in (("autofit.export", "export_cmd"), ("autofit.report", "report_cmd"),
+                       ("autofit.estimate", "estimate_cmd")):
     _register(_module, _name)
 
 

@@ -32,6 +32,8 @@ def search_table() -> str:
              "|---|---|---|---|---|---|---|---|"]
     for summary in sorted(ROOT.glob("results/*/summary.json")):
         s = json.loads(summary.read_text())
+        if "search" not in s:  # other results (e.g. estimate-error) have summaries of their own shape
+            continue
         cap = f", {s['budget_gib']:.0f} GiB cap" if "24GiB" in summary.parent.name else ""
         scen = f"{s['model'].split('/')[-1]} LoRA, T={s['max_token']}, space `{s['space']}`{cap}"
         srch, grid = s["search"], s.get("grid")
