@@ -307,7 +307,7 @@ def _register(module: str, name: str) -> None:
 
 
 for _module, _name in (("autofit.export", "export_cmd"), ("autofit.report", "report_cmd"),
-                       ("autofit.estimate", "estimate_cmd")):
+                       ("autofit.estimate", "estimate_cmd"), ("autofit.verify", "verify_cmd")):
     _register(_module, _name)
 
 

@@ -1,4 +1,5 @@
-"""End to end on the CPU: `autofit search` with a tiny real model, real workers, every output file."""
+"""End to end on the CPU: `autofit search` with a tiny real model and real workers, every output file,
+then `autofit verify`, which trains the winner through HF Trainer with the exported settings."""
 
 from __future__ import annotations
 
@@ -14,11 +15,19 @@ from autofit.cli import cli
 pytestmark = pytest.mark.slow
 
 
-def test_search_writes_every_output(tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTOFIT_FORCE_NO_GPU", "1")
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("e2e") / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AUTOFIT_FORCE_NO_GPU", "1")
     result = CliRunner().invoke(cli, ["search", "--model", "autofit/tiny-qwen2", "--max-token", "64", "--space", "cpu-tiny",
                                       "--global-batch", "8", "--run-dir", str(run), "--budget", "5m"])
+    mp.undo()
+    return run, result
+
+
+def test_search_writes_every_output(cpu_run):
+    run, result = cpu_run
     assert result.exit_code == 0, result.output + str(result.exception)
     assert "best: lora-r4/fp32/" in result.stdout and "wrote" in result.stdout
     assert "probe " in result.stderr  # live progress went to stderr
@@ -31,7 +40,28 @@ def test_search_writes_every_output(tmp_path, monkeypatch):
     assert best["hardware"]["device"] == "cpu" and best["model"]["weights_probed"] == "random"
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "done" and meta["versions"]["transformers"] == "4.40.2"
+    assert meta["context"]["device"] == "cpu"  # fields from the start of the run survive its end
     # The exported arguments are the ones TrainingArguments takes.
     from transformers import TrainingArguments
 
     TrainingArguments(**best["training_args"])
+
+
+def test_verify_trains_the_winner_through_hf_trainer(cpu_run):
+    run, _ = cpu_run
+    result = CliRunner().invoke(cli, ["verify", str(run), "--steps", "4"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    v = json.loads((run / "verify.json").read_text())
+    best = yaml.safe_load((run / "best.yaml").read_text())
+    assert v["strategy"] == best["config"]["strategy"] and v["steps"] == 4
+    assert v["tokens_per_s"] > 0 and v["peak_gib"] > 0 and v["passed"]
+    assert v["peak_gib"] < v["budget_gib"]
+
+
+def test_verify_bad_inputs(tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["verify", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    nobest = runner.invoke(cli, ["verify", str(tmp_path / "empty")])
+    assert nobest.exit_code == 2 and "no winner to verify" in nobest.stderr

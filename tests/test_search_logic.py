@@ -209,3 +209,11 @@ def test_a_peak_within_noise_of_the_budget_never_wins(tmp_path):
     assert hw.peak(Strategy(grad_ckpt=False), Shape(4, 1024)) == pytest.approx(79.5)
     assert not (res.best["config"]["strategy"] == f"{LORA}/nockpt/z0" and res.best["config"]["micro_batch"] == 4)
     assert res.best["measured"]["peak_gib"] <= 80 * 0.98
+
+
+def test_a_broken_frugal_strategy_is_not_a_memory_wall(tmp_path):
+    # The frugal strategy errors (not OOM): the faster one must still be escalated from micro-batch 1.
+    hw = _hw(error_for={f"{LORA}/ckpt/z0"})
+    res = _run(tmp_path, hw)
+    assert (f"{LORA}/nockpt/z0", 1, 1024) in hw.calls
+    assert res.best["config"]["strategy"] == f"{LORA}/nockpt/z0"

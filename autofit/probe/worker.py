@@ -101,7 +101,7 @@ def _setup_device(torch: Any, ctx: Context, local_rank: int) -> tuple[Any, str]:
     return torch.device("cuda", local_rank), torch.cuda.get_device_name(local_rank)
 
 
-def _build_model(torch: Any, source: ModelSource, ctx: Context, strategy: Strategy, device: Any, ds_cfg: dict | None):
+def build_model(torch: Any, source: ModelSource, ctx: Context, strategy: Strategy, device: Any, ds_cfg: dict | None):
     from transformers import AutoModelForCausalLM
 
     dtype = getattr(torch, model_dtype(strategy, ctx.num_gpus))
@@ -128,7 +128,7 @@ def _build_model(torch: Any, source: ModelSource, ctx: Context, strategy: Strate
     return model
 
 
-def _apply_method(model: Any, source: ModelSource, strategy: Strategy) -> Any:
+def apply_method(model: Any, source: ModelSource, strategy: Strategy) -> Any:
     m = strategy.method
     if strategy.grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -176,7 +176,7 @@ def setup(plan: dict[str, Any], first_shape: Shape, import_s: float) -> Rig:
     ds_cfg = deepspeed_config(strategy, ctx, first_shape, hidden_size=source.config.get("hidden_size"))
     if uses_ds:
         deepspeed.init_distributed(dist_backend="nccl")
-    model = _apply_method(_build_model(torch, source, ctx, strategy, device, ds_cfg), source, strategy)
+    model = apply_method(build_model(torch, source, ctx, strategy, device, ds_cfg), source, strategy)
     params = [p for p in model.parameters() if p.requires_grad]
     engine = optimizer = scaler = None
     if uses_ds:

@@ -83,6 +83,13 @@ class StrategyOutcome:
     fail_min: int | None = None          # smallest micro-batch measured not to fit
     fail_status: str = ""
     predicted_fail: bool = False         # fail_min came from the memory model, not a probe
+
+    @property
+    def memory_wall(self) -> bool:
+        """fail_min is where memory ran out (measured or predicted), not a crash, error or timeout,
+        which say nothing about what fits."""
+        return self.fail_min is not None and (self.predicted_fail or self.fail_status == Status.OOM.value
+                                              or self.fail_status.startswith("over headroom"))
     skipped: str = ""                    # why the strategy was not probed (dominated, saturated...)
     started_at: int | None = None
     inferred_fit: int | None = None      # fits by dominance (a faster strategy fit there)
@@ -240,7 +247,7 @@ class Planner:
         so.started_at = self.mbs[i]
         # Frugal strategies already escalated bound this one's wall from above.
         ceiling = min([f.fail_min for f in out.strategies.values()
-                       if f.fail_min is not None and slower_or_equal(f.strategy, s)], default=None)
+                       if f.memory_wall and slower_or_equal(f.strategy, s)], default=None)
         self.log(f"escalating {s.key()} at T={t} from micro-batch {self.mbs[i]}"
                  + (f" (below {ceiling}, the wall of a more frugal strategy)" if ceiling else ""))
         while i < len(self.mbs):

@@ -96,7 +96,13 @@ def gpu_facts() -> dict[str, Any]:
 
 
 def write_run_json(run: RunDir, identity: dict[str, Any], extra: dict[str, Any]) -> None:
+    """(Re)write run.json; fields written earlier (space, context) are kept unless replaced."""
+    try:
+        previous = json.loads(run.run_json.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        previous = {}
     doc = {
+        **(previous if isinstance(previous, dict) else {}),
         "schema": SCHEMA_VERSION,
         "identity": identity,
         "autofit": autofit.__version__,

@@ -1,0 +1,204 @@
+"""`autofit verify RUN_DIR`: train the winner for longer through HF Trainer, with the exported files,
+and compare its peak memory and tokens/s with what the search measured.
+
+This is the check that what was probed is what the user will get: the model is built as the probe
+built it, but training goes through transformers.Trainer with best.yaml's training_args, its PEFT
+config and RUN_DIR/ds_config.json, on synthetic full-length batches.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from autofit.errors import AutofitError, NoGPUError, RunDirError
+
+PEAK_TOLERANCE = 0.05
+WARMUP_STEPS = 2  # optimizer steps excluded from the timing (allocator growth, kernel selection)
+
+
+class VerifyFailed(AutofitError):
+    """The winner's longer run broke the budget or disagreed with the probe."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    strategy: str
+    micro_batch: int
+    max_token: int
+    steps: int
+    device: str
+    tokens_per_s: float
+    probe_tokens_per_s: float
+    tokens_per_s_ratio: float
+    peak_gib: float
+    probe_peak_gib: float
+    peak_diff: float           # (verify - probe) / probe
+    budget_gib: float
+    peak_reserved_gib: float | None
+    nvml_peak_gib: float | None
+    host_peak_gib: float
+    passed: bool
+    problems: tuple[str, ...]
+
+
+def _load_best(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "best.yaml"
+    if not run_dir.is_dir():
+        raise RunDirError(f"run dir {run_dir} does not exist")
+    if not path.exists():
+        raise RunDirError(f"{path} not found: the search found no winner to verify")
+    try:
+        best = yaml.safe_load(path.read_text())
+        _ = best["config"]["strategy"], best["training_args"], best["measured"]["peak_gib"], best["model"]["id"]
+    except (yaml.YAMLError, TypeError, KeyError) as exc:
+        raise RunDirError(f"{path} is not an autofit best.yaml ({type(exc).__name__}: {exc})") from None
+    return best
+
+
+def _strategy_and_context(best: dict[str, Any]):
+    from autofit.spec import Context, Method, Strategy
+
+    c, hw = best["config"], best["hardware"]
+    method = Method(kind=c["method"], lora_r=c.get("lora_r", 8), lora_alpha=c.get("lora_alpha", 32),
+                    freeze_trainable_layers=c.get("freeze_trainable_layers", 2),
+                    lora_targets=tuple(best["peft"]["target_modules"]) if best.get("peft") else None)
+    strategy = Strategy(method=method, precision=c["precision"], grad_ckpt=c["gradient_checkpointing"],
+                        zero_stage=c["zero_stage"], offload_optimizer=c["offload_optimizer"], offload_params=c["offload_params"])
+    ctx = Context(model=best["model"]["id"], weights=best["model"]["weights_probed"],
+                  trust_remote_code=best["model"]["trust_remote_code"], device=hw["device"], gpus=tuple(hw["gpus"]),
+                  gpu_memory=int(hw["memory_budget_gib"] * 2**30) if hw.get("emulated_gpu_memory") else None,
+                  global_batch=best["search"]["global_batch"], max_positions=c["max_token"])
+    return strategy, ctx
+
+
+class _SyntheticTokens:
+    """Every sample at full length: the worst case real data can reach (as in the probes)."""
+
+    def __init__(self, n: int, length: int, vocab: int):
+        import torch
+
+        self.n, self.ids = n, torch.randint(0, vocab, (length,))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"input_ids": self.ids, "labels": self.ids, "attention_mask": self.ids.new_ones(self.ids.shape)}
+
+
+def _step_timer(torch: Any, on_cuda: bool):
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall time of each optimizer step (HF calls on_step_begin once per accumulation cycle)."""
+
+        def __init__(self) -> None:
+            self.durations: list[float] = []
+            self._t = 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            if on_cuda:
+                torch.cuda.synchronize()
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if on_cuda:
+                torch.cuda.synchronize()
+            self.durations.append(time.perf_counter() - self._t)
+
+    return StepTimer()
+
+
+def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANCE) -> Verification:
+    if steps <= WARMUP_STEPS:
+        raise click.UsageError(f"--steps must be more than {WARMUP_STEPS} (the warm-up steps are not timed)")
+    best = _load_best(run_dir)
+    strategy, ctx = _strategy_and_context(best)
+    import torch
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from autofit.models import build_config, resolve_model
+    from autofit.probe.measure import PeakSampler
+    from autofit.probe.worker import _setup_device, apply_method, build_model
+
+    on_cuda = ctx.device == "cuda"
+    if on_cuda and not torch.cuda.is_available():
+        raise NoGPUError("this winner was measured on a GPU; verify needs one too")
+    device, _ = _setup_device(torch, ctx, 0)
+    source = resolve_model(ctx.model, trust_remote_code=ctx.trust_remote_code)
+    ds_path = run_dir / "ds_config.json"
+    with tempfile.TemporaryDirectory(prefix="autofit-verify-") as out:
+        args = dict(best["training_args"], output_dir=out, max_steps=steps, disable_tqdm=True,
+                    dataloader_num_workers=0, use_cpu=not on_cuda, save_strategy="no", report_to="none")
+        if args.get("deepspeed"):
+            if not ds_path.exists():
+                raise RunDirError(f"{ds_path} not found, but best.yaml trains with DeepSpeed")
+            args["deepspeed"] = str(ds_path)
+        # TrainingArguments first: with ZeRO-3 it makes the model build partitioned, as for the user.
+        targs = TrainingArguments(**args)
+        ds_cfg = json.loads(ds_path.read_text()) if args.get("deepspeed") else None
+        model = apply_method(build_model(torch, source, ctx, strategy, device, ds_cfg), source, strategy)
+        vocab = int(build_config(source).vocab_size)
+        c = best["config"]
+        world = max(1, len(ctx.gpus)) if on_cuda else 1
+        data = _SyntheticTokens(steps * c["micro_batch"] * c["gradient_accumulation"] * world, c["max_token"], vocab)
+        timer = _step_timer(torch, on_cuda)
+        trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=default_data_collator, callbacks=[timer])
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        sampler = PeakSampler(0 if on_cuda else None)
+        sampler.reset()
+        try:
+            trainer.train()
+        finally:
+            sampler.close()
+    step_s = statistics.median(timer.durations[WARMUP_STEPS:] or timer.durations)
+    tps = c["micro_batch"] * c["gradient_accumulation"] * world * c["max_token"] / step_s
+    reserved = torch.cuda.max_memory_reserved() if on_cuda else None
+    nvml = sampler.nvml_peak
+    device_peaks = [x for x in (nvml, reserved) if x]
+    peak = max(device_peaks) if device_peaks else sampler.host_peak  # the search's peak_of()
+    m, hw = best["measured"], best["hardware"]
+    gib = 2**30
+    diff = (peak / gib - m["peak_gib"]) / m["peak_gib"]
+    problems = []
+    if peak / gib > hw["memory_budget_gib"]:
+        problems.append(f"peak {peak / gib:.2f} GiB exceeds the budget {hw['memory_budget_gib']} GiB")
+    if on_cuda and abs(diff) > tolerance:
+        # On the CPU the peak is the process's RSS, which the Trainer process and the probe worker do
+        # not share a baseline for; the comparison is reported, not enforced.
+        problems.append(f"peak {peak / gib:.2f} GiB differs from the probe's {m['peak_gib']} GiB by {diff:+.1%} "
+                        f"(tolerance {tolerance:.0%})")
+    return Verification(strategy=c["strategy"], micro_batch=c["micro_batch"], max_token=c["max_token"], steps=steps,
+                        device=hw["gpu"], tokens_per_s=round(tps, 1), probe_tokens_per_s=m["tokens_per_s"],
+                        tokens_per_s_ratio=round(tps / m["tokens_per_s"], 4), peak_gib=round(peak / gib, 3),
+                        probe_peak_gib=m["peak_gib"], peak_diff=round(diff, 4), budget_gib=hw["memory_budget_gib"],
+                        peak_reserved_gib=round(reserved / gib, 3) if reserved else None,
+                        nvml_peak_gib=round(nvml / gib, 3) if nvml else None, host_peak_gib=round(sampler.host_peak / gib, 3),
+                        passed=not problems, problems=tuple(problems))
+
+
+@click.command("verify")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--steps", type=int, default=200, show_default=True, help="Optimizer steps to train the winner for.")
+@click.option("--tolerance", type=float, default=PEAK_TOLERANCE, show_default=True,
+              help="Largest allowed relative difference between this run's peak and the probe's.")
+def verify_cmd(run_dir: Path, steps: int, tolerance: float) -> None:
+    """Train the winner for longer through HF Trainer and check peak memory and speed against the search."""
+    v = verify_run(run_dir, steps, tolerance)
+    (run_dir / "verify.json").write_text(json.dumps(asdict(v), indent=2))
+    click.echo(f"verify {v.strategy} mb={v.micro_batch} T={v.max_token}, {v.steps} steps through HF Trainer on {v.device}:")
+    click.echo(f"  tokens/s {v.tokens_per_s:.1f} (search measured {v.probe_tokens_per_s}, ratio {v.tokens_per_s_ratio:.3f})")
+    click.echo(f"  peak {v.peak_gib:.2f} GiB (search measured {v.probe_peak_gib}, {v.peak_diff:+.1%}; budget {v.budget_gib} GiB)")
+    click.echo(f"wrote {run_dir / 'verify.json'}")
+    if not v.passed:
+        raise VerifyFailed("verify failed: " + "; ".join(v.problems))
