@@ -103,13 +103,13 @@ def _saved_bytes(source, strategy: Strategy, tokens: int) -> int:
     from transformers import AutoModelForCausalLM
 
     from autofit.models import build_config
-    from autofit.probe.worker import _apply_method
+    from autofit.probe.worker import apply_method
     from autofit.trainconfig import autocast_dtype, model_dtype
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(build_config(source), torch_dtype=getattr(torch, model_dtype(strategy, 1)),
                                              attn_implementation="sdpa")
-    model = _apply_method(model, source, strategy)
+    model = apply_method(model, source, strategy)
     keep = {p.untyped_storage().data_ptr() for p in model.parameters()}
     keep |= {b.untyped_storage().data_ptr() for b in model.buffers()}
     saved: dict[int, int] = {}
@@ -303,7 +303,9 @@ def test_run_dir_without_probes_is_refused(tmp_path):
 
 
 def test_cli_turns_errors_into_one_line_and_exit_2():
-    res = CliRunner().invoke(estimate_cmd, ["--model", GLM, "--max-token", "1024", "--gpu-memory", "lots"])
+    from autofit.cli import cli  # the CLI group registers the command with its one-line error handling
+
+    res = CliRunner().invoke(cli, ["estimate", "--model", GLM, "--max-token", "1024", "--gpu-memory", "lots"])
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "autofit: error:" in res.output
     assert not isinstance(res.exception, AutofitError)  # handled, not propagated
 
