@@ -253,6 +253,9 @@ def _print_result(result) -> None:
     click.echo("")
     if out.note:
         click.echo(f"note: {out.note}")
+    if out.budget_exhausted:
+        click.echo("note: --budget ran out before the search finished; the winner is the best measured so far "
+                   "(run again with --resume and a larger --budget to continue)")
     if result.best:
         c, m = result.best["config"], result.best["measured"]
         click.echo(f"best: {c['strategy']} micro_batch={c['micro_batch']} x accum {c['gradient_accumulation']} "
