@@ -102,6 +102,7 @@ CASES = [
     ("run-dir-newer-schema", lambda t: [*SEARCH, "--run-dir", _run_dir(t, schema=99), "--resume"], "newer autofit"),
     ("run-dir-run-json-garbage", lambda t: [*SEARCH, "--run-dir", str(_write(t / "r" / "run.json", "{{{").parent), "--resume"],
      "corrupted"),
+    ("run-dir-missing-on-resume", lambda t: [*SEARCH, "--run-dir", str(t / "never-made"), "--resume"], "holds no search to resume"),
     ("run-dir-is-a-file", lambda t: [*SEARCH, "--run-dir", str(_write(t / "afile", "x"))], "is a file"),
     # -- storage URLs
     ("storage-scheme", lambda t: [*SEARCH, "--run-dir", str(t / "s1"), "--storage", "bogus://x"], "cannot open Optuna storage"),

@@ -122,6 +122,8 @@ def write_run_json(run: RunDir, identity: dict[str, Any], extra: dict[str, Any])
 def check_resume(run: RunDir, identity: dict[str, Any], resume: bool) -> None:
     """Refuse to mix searches: a run dir with probes needs --resume, and --resume needs the same search."""
     has_probes = run.probes.exists() and run.probes.stat().st_size > 0
+    if resume and not run.run_json.exists() and not has_probes:
+        raise RunDirError(f"--resume: {run.path} holds no search to resume (no run.json); drop --resume to start one")
     if not run.run_json.exists():
         if has_probes:
             raise RunDirError(f"{run.path} has probes.csv but no run.json: not a run dir autofit can resume")
