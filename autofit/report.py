@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from autofit.errors import RunDirError, UsageError
+from autofit.spec import compared_peak
 
 MIN_MARGIN = 0.02  # same floor on the headroom as the search (planner.MIN_MARGIN), for runs without best.yaml
 PNG_NAMES = ("oom_map.png", "throughput.png", "memory_vs_speed.png")
@@ -314,8 +315,7 @@ def _probe(r: dict[str, str], source: str, limit: float | None) -> Probe:
     gib = {k: _field(r, k, 2**30) for k in ("peak_allocated", "peak_reserved", "nvml_peak", "host_peak")}
     peak = _field(r, "peak_gib")
     if peak is None:  # older files: the same figure the search compares (device peak, else host RSS)
-        device = [x for x in (gib["nvml_peak"], gib["peak_reserved"]) if x]
-        peak = max(device) if device else gib["host_peak"]
+        peak = compared_peak(gib["nvml_peak"], gib["peak_reserved"], gib["host_peak"])
     fits = {"True": True, "False": False}.get(r.get("fits", ""))
     if fits is None:
         fits = peak is None or limit is None or peak <= limit

@@ -149,6 +149,13 @@ class ProbeResult:
         return cls(**kw)
 
 
+def compared_peak(nvml: float | None, reserved: float | None, host: float | None) -> float | None:
+    """The memory figure compared with the budget (any unit): device-level when we have it (counts
+    the CUDA context and NCCL buffers), else the allocator's reserved peak, else host RSS (CPU runs)."""
+    device = [x for x in (nvml, reserved) if x]
+    return max(device) if device else host
+
+
 def to_jsonable(obj: Any) -> Any:
     """Dataclasses (nested) to plain dicts; tuples to lists."""
     if dataclasses.is_dataclass(obj):

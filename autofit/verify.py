@@ -129,6 +129,7 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
     from autofit.models import build_config, resolve_model
     from autofit.probe.measure import PeakSampler
     from autofit.probe.worker import _setup_device, apply_method, build_model
+    from autofit.spec import compared_peak
 
     on_cuda = ctx.device == "cuda"
     if on_cuda and not torch.cuda.is_available():
@@ -165,8 +166,7 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
     tps = c["micro_batch"] * c["gradient_accumulation"] * world * c["max_token"] / step_s
     reserved = torch.cuda.max_memory_reserved() if on_cuda else None
     nvml = sampler.nvml_peak
-    device_peaks = [x for x in (nvml, reserved) if x]
-    peak = max(device_peaks) if device_peaks else sampler.host_peak  # the search's peak_of()
+    peak = compared_peak(nvml, reserved, sampler.host_peak)  # the figure the search compared
     m, hw = best["measured"], best["hardware"]
     gib = 2**30
     diff = (peak / gib - m["peak_gib"]) / m["peak_gib"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from autofit.search import memmodel
-from autofit.spec import ProbeResult, Shape, Status, Strategy
+from autofit.spec import ProbeResult, Shape, Status, Strategy, compared_peak
 
 Measure = Callable[[Strategy, Shape, str, int], ProbeResult]
 
@@ -33,12 +33,8 @@ PREDICT_OVER = 1.15      # a micro-batch predicted 15% over the limit is a wall 
 
 
 def peak_of(r: ProbeResult) -> int | None:
-    """The memory figure compared with the budget: device-level when we have it (counts the CUDA
-    context and NCCL buffers), else the allocator's reserved peak, else host RSS (CPU probes)."""
-    device = [x for x in (r.nvml_peak, r.peak_reserved) if x]
-    if device:
-        return max(device)
-    return r.host_peak
+    """The memory figure of a probe that is compared with the budget (see spec.compared_peak)."""
+    return compared_peak(r.nvml_peak, r.peak_reserved, r.host_peak)
 
 
 MIN_MARGIN = 0.02        # peaks vary by ~1% run to run (allocator, NVML sampling): never closer than 2%
