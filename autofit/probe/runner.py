@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import autofit
 from autofit.errors import ProbeError
@@ -253,13 +253,10 @@ class StandbyFactory:
             self.standby = None
 
 
-def escalate(session: WorkerSession, shapes: Iterable[Shape],
-             on_result: Callable[[ProbeResult], None] | None = None) -> Iterator[ProbeResult]:
+def escalate(session: WorkerSession, shapes: Iterable[Shape]) -> Iterator[ProbeResult]:
     """Probe shapes in order until the first one that does not succeed (the wall)."""
     for shape in shapes:
         result = session.probe(shape)
-        if on_result:
-            on_result(result)
         yield result
         if not result.ok:
             return
