@@ -146,7 +146,9 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
             args["deepspeed"] = str(ds_path)
         # TrainingArguments first: with ZeRO-3 it makes the model build partitioned, as for the user.
         targs = TrainingArguments(**args)
-        ds_cfg = json.loads(ds_path.read_text()) if args.get("deepspeed") else None
+        # The config as HF filled it in ("auto" batch sizes resolved): ZeRO-3's partitioned build parses
+        # it before the Trainer exists, and DeepSpeed rejects the raw "auto" strings.
+        ds_cfg = targs.hf_deepspeed_config.config if args.get("deepspeed") else None
         model = apply_method(build_model(torch, source, ctx, strategy, device, ds_cfg), source, strategy)
         vocab = int(build_config(source).vocab_size)
         c = best["config"]

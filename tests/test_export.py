@@ -22,7 +22,7 @@ from autofit.errors import RunDirError, UsageError
 from autofit.export import FORMATS, export_cmd, export_run
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-LORA_PLAIN = RESULTS / "search-h100-glm4-lora-T1024" / "search"           # LoRA, no DeepSpeed
+LORA_PLAIN = RESULTS / "bench-h100-glm4-lora-T1024" / "search"           # LoRA, no DeepSpeed
 LORA_ZERO3 = RESULTS / "search-h100-glm4-lora-T1024-24GiB" / "search"     # LoRA + ZeRO-3, CPU offload
 EXAMPLES = {"plain": LORA_PLAIN, "zero3": LORA_ZERO3}
 

@@ -26,7 +26,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # (example folder, its grid.csv or None, winner strategy, GPU)
 EXAMPLES = [
     ("search-h100-glm4-lora-T1024-24GiB", None, "lora-r8/bf16-pure/ckpt/z3/offopt/offparam", "NVIDIA H100 80GB HBM3"),
-    ("search-h100-glm4-lora-T1024", None, "lora-r8/bf16-pure/nockpt/z0", "NVIDIA H100 80GB HBM3"),
+    ("bench-h100-glm4-lora-T1024", "grid.csv", "lora-r8/bf16-pure/nockpt/z0", "NVIDIA H100 80GB HBM3"),
     ("bench-h200-glm4-lora-T1024", "grid.csv", "lora-r8/bf16-pure/nockpt/z0", "NVIDIA H200"),
 ]
 IDS = [e[0] for e in EXAMPLES]
@@ -142,7 +142,7 @@ def test_cli_bad_run_dir_is_one_line_exit_2(tmp_path):
 
 
 def test_default_out_is_inside_run_dir_and_benchmark_folder_is_accepted(tmp_path):
-    run, _ = _copy_example("search-h100-glm4-lora-T1024", tmp_path)
+    run, _ = _copy_example("bench-h100-glm4-lora-T1024", tmp_path)
     page = write_report(run.parent)  # the benchmark folder that holds search/
     assert page == run / "report" / "report.html"
 

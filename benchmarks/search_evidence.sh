@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Search and verify evidence on one GPU (issues 4 and 5): GLM-4-9B-chat LoRA at max_token 1024, the
+# whole card and an emulated 24 GiB card, each search against the exhaustive grid on the same GPU, then
+# each winner trained through HF Trainer by `autofit verify`. On the GPU machine, from the project root:
+#   source .wheels/setup.sh && bash benchmarks/search_evidence.sh /tmp/evidence
+# Restartable: a step that finished (NAME.done) or failed (NAME.failed) is not run again.
+set -uo pipefail
+out=${1:?output folder}
+mkdir -p "$out"
+step() {
+  local name=$1; shift
+  [ -e "$out/$name.done" ] || [ -e "$out/$name.failed" ] && return 0
+  echo "### $(date +%T) $name: $*" | tee -a "$out/steps.log"
+  if "$@" > "$out/$name.log" 2>&1; then touch "$out/$name.done"; else echo "$name failed: rc=$?" | tee -a "$out/steps.log"; touch "$out/$name.failed"; fi
+}
+glm="--model THUDM/glm-4-9b-chat --max-token 1024 --global-batch 32"
+step bench80 python3 -m benchmarks.search_vs_grid $glm --space default --budget 8m --out "$out/bench-80"
+# Steps chosen so each verify takes about two minutes: the 24 GiB winner offloads to the CPU (~25 s a step).
+step verify80 python3 -m autofit verify "$out/bench-80/search" --steps 30
+step bench24 python3 -m benchmarks.search_vs_grid $glm --space consumer-24gb --gpu-memory 24GiB --budget 5m \
+  --out "$out/bench-24"
+step verify24 python3 -m autofit verify "$out/bench-24/search" --steps 6
+echo "### $(date +%T) all done" | tee -a "$out/steps.log"
+touch "$out/all.done"
