@@ -15,6 +15,8 @@ import re
 import sys
 from pathlib import Path
 
+from benchmarks import scenario_table
+
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- tables:start (python -m benchmarks.readme_tables --write) -->", "<!-- tables:end -->"
 
@@ -121,6 +123,14 @@ def render() -> str:
         "### Search against the exhaustive grid (GLM-4-9B-chat shape, random weights)", search_table(),
         "Memory in GiB. `time vs grid` is autofit's wall time over the grid's; `winner vs grid best` is the "
         "tokens/s the grid itself measured for autofit's winner over the grid's best (same cell, same measurement).",
+        "### Against what users do today: hand-tuning, HF auto_find_batch_size, DeepSpeed's autotuner",
+        scenario_table.render(ROOT / "results"),
+        "One block per scenario (`benchmarks/scenario_table.py`; baselines from `python -m benchmarks.baselines`). "
+        "GPU-s is wall time x GPUs. `tokens/s vs oracle` is the tokens/s the grid measured for the chosen cell over "
+        "the grid's best fitting cell at the requested max_token (* where the grid has no such cell: the method's own "
+        "measurement). The memory error is autofit's per-strategy model (fitted to the search's probes only) against "
+        "the grid's measured peaks on the cells the search never probed (`k of n`: cells of strategies it fitted a "
+        "model for, of all unprobed measured cells). `verify passed` reads `search/verify.json` (`-`: not run there).",
         "### `autofit verify`: the winner trained through HF Trainer with the exported files", verify_table(),
         "Peaks are device-level (NVML), the figure the search compared with the budget; verify fails if the peak "
         "exceeds the budget or differs from the probe's by more than 5%.",

@@ -1,0 +1,380 @@
+"""Baselines on the same scenario as autofit's search: what users do today, measured for real.
+
+    python -m benchmarks.baselines --model THUDM/glm-4-9b-chat --max-token 1024 --space default \
+        --global-batch 32 --out results/bench-h100-glm4-lora-T1024 [--gpu-memory 24GiB] [--gpus 0,1] \
+        [--only hand,hf-auto,ds-autotune]
+
+- hand: DeepSpeed's autotuning tutorial's manual procedure. Gradient checkpointing on, the space's first
+  precision, ZeRO stage 0 (no offload); micro-batch 1, 2, 4, ... (up to --global-batch / GPUs, as for
+  autofit) until the first OOM or a peak over autofit's headroom limit; the largest that fits wins.
+  Probed with autofit's own worker and runner (one warm worker, as the grid uses), so its times and
+  tokens/s are measured exactly as the search's and the grid's are.
+- hf-auto: HF Trainer with auto_find_batch_size=True from per_device_train_batch_size=64 (see
+  benchmarks/hf_auto_train.py), same strategy as hand, model built as `autofit verify` builds it.
+- ds-autotune: `deepspeed --autotuning tune` with benchmarks/ds_autotune_train.py as the training script.
+
+Writes OUT/baselines.json (one entry per baseline, rewritten after each) and OUT/baselines/NAME.log.
+A baseline that fails or times out is recorded as status "failed" with a one-line reason; the others
+still run, and the harness exits 0 unless its own arguments are bad. Nothing here is simulated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from autofit.hardware import memory_budget, parse_gpus
+from autofit.models import ModelSource, resolve_model
+from autofit.probe.runner import StandbyFactory, escalate
+from autofit.search.planner import Limits, peak_of
+from autofit.search.space import SearchSpace, load_space
+from autofit.spec import Context, Shape, Strategy, to_jsonable
+from autofit.units import parse_memory
+
+BASELINES = ("hand", "hf-auto", "ds-autotune")
+ROOT = Path(__file__).resolve().parent.parent
+HF_START_BATCH = 64
+SCENARIO_KEYS = ("model", "max_token", "space", "global_batch", "device", "gpus", "gpu_memory", "headroom")
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Scenario:
+    ctx: Context
+    source: ModelSource
+    space: SearchSpace
+    max_token: int
+    limits: Limits
+    out: Path          # OUT/baselines: logs and work dirs
+
+    @property
+    def micro_batch_cap(self) -> int:
+        """autofit's cap: a micro-batch larger than the global batch per GPU is never needed."""
+        return max(1, self.ctx.global_batch // self.ctx.num_gpus)
+
+    def hand_strategy(self) -> Strategy:
+        """The tutorial's manual setting: checkpointing on, default precision, ZeRO 0, no offload."""
+        return Strategy(method=self.space.method, precision=self.space.precisions[0], grad_ckpt=True, zero_stage=0)
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return (lines[0] if lines else "")[:limit]
+
+
+def relevant_error(log_text: str) -> str:
+    """The line of a log that says what went wrong: the last exception/error line, else the last line."""
+    lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
+    keys = ("Error", "error:", "Exception", "assert", "Unable to", "not found", "No such file", "Killed")
+    for ln in reversed(lines):
+        if any(k in ln for k in keys) and not ln.startswith("warnings.warn"):
+            return ln[:300]
+    return (lines[-1] if lines else "no output")[:300]
+
+
+def _tail(path: Path, nbytes: int = 20000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - nbytes))
+            return f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _failed(name: str, reason: str, t0: float, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "status": "failed", "reason": _first_line(reason) or "unknown", "wall_s": round(time.time() - t0, 1),
+            **extra}
+
+
+# -- hand ---------------------------------------------------------------------------------------------
+def run_hand(sc: Scenario) -> dict[str, Any]:
+    """Doubling micro-batch from 1 on one strategy until the first OOM or headroom breach."""
+    s = sc.hand_strategy()
+    mbs, m = [], 1
+    while m <= sc.micro_batch_cap:
+        mbs.append(m)
+        m *= 2
+    log = open(sc.out / "hand.log", "w")
+    log.write(f"hand: {s.key()} T={sc.max_token} micro-batch {mbs}, stop at the first OOM or peak over "
+              f"{sc.limits.limit / GIB:.2f} GiB\n")
+    t0 = time.time()
+    probes, best, rows, device_name = 0, None, [], None
+    stop = ""
+    factory = StandbyFactory(sc.ctx, sc.source, sc.out / "hand_io", standby=False)
+    try:
+        with factory(s) as session:
+            for r in escalate(session, [Shape(mb, sc.max_token) for mb in mbs]):
+                probes += 1
+                device_name = r.device_name or device_name
+                peak = peak_of(r)
+                fits = sc.limits.fits(r)
+                rows.append({"micro_batch": r.micro_batch, "status": r.status.value, "tokens_per_s": r.tokens_per_s,
+                             "peak_gib": round(peak / GIB, 3) if peak else None, "fits": fits, "error": r.error or None})
+                log.write(f"{r.status.value:7s} mb={r.micro_batch} tokens/s={r.tokens_per_s} "
+                          f"peak={peak / GIB if peak else 0:.2f} GiB fits={fits} {r.error}\n")
+                log.flush()
+                if fits:
+                    best = r
+                    continue
+                stop = r.error if not r.ok else f"peak over autofit's headroom limit at micro-batch {r.micro_batch}"
+                break
+            log.write(_tail(session.io_dir / "worker.log"))
+    finally:
+        factory.close()
+        log.close()
+        shutil.rmtree(sc.out / "hand_io", ignore_errors=True)
+    wall = round(time.time() - t0, 1)
+    common = {"name": "hand", "wall_s": wall, "probes": probes, "strategy": s.key(), "device_name": device_name, "tried": rows,
+              "stopped_by": _first_line(stop) or "reached the micro-batch cap"}
+    if best is None:
+        return {**common, "status": "failed", "reason": f"micro-batch 1 does not fit ({rows[0]['status'] if rows else 'no probe'})"}
+    return {**common, "status": "ok", "micro_batch": best.micro_batch, "tokens_per_s": best.tokens_per_s,
+            "peak_gib": round(peak_of(best) / GIB, 3), "fits": True, "measured_by": "autofit probe (2 measured steps)"}
+
+
+# -- hf-auto ------------------------------------------------------------------------------------------
+def _child_env(sc: Scenario) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, sc.ctx.gpus)) if sc.ctx.device == "cuda" else ""
+    return env
+
+
+def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], timeout_s: float, cwd: Path | None = None) -> tuple[int | None, float]:
+    """Run cmd with output to log_path, in its own process group (killed whole on timeout). rc None: timed out."""
+    t0 = time.time()
+    with open(log_path, "ab") as log:
+        log.write(f"$ {' '.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=cwd, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            rc = None
+    return rc, time.time() - t0
+
+
+def run_hf_auto(sc: Scenario, start_batch: int, steps: int, timeout_s: float) -> dict[str, Any]:
+    s = sc.hand_strategy()
+    per_step = start_batch * sc.ctx.num_gpus
+    accum = max(1, round(sc.ctx.global_batch / per_step))  # what a user sets for the start batch
+    plan = {"context": to_jsonable(sc.ctx), "strategy": to_jsonable(s), "source": sc.source.to_dict(),
+            "max_token": sc.max_token, "start_batch": start_batch, "grad_accum": accum, "steps": steps,
+            "result": str(sc.out / "hf-auto.result.json")}
+    plan_path = sc.out / "hf-auto.plan.json"
+    plan_path.write_text(json.dumps(plan, indent=2))
+    Path(plan["result"]).unlink(missing_ok=True)
+    script = ["-m", "benchmarks.hf_auto_train", str(plan_path)]
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={sc.ctx.num_gpus}", *script]
+           if sc.ctx.num_gpus > 1 else [sys.executable, *script])
+    t0 = time.time()
+    (sc.out / "hf-auto.log").unlink(missing_ok=True)
+    rc, wall = _run_logged(cmd, sc.out / "hf-auto.log", _child_env(sc), timeout_s, cwd=ROOT)
+    res = json.loads(Path(plan["result"]).read_text()) if Path(plan["result"]).exists() else {}
+    common = {"strategy": s.key(), "device_name": res.get("device_name"), "start_batch": start_batch, "grad_accum": accum,
+              "attempts": res.get("attempts", []), "probes": len(res.get("attempts", [])),
+              "reduction": "accelerate find_executable_batch_size: batch x0.9 after each OOM"}
+    if rc is None:
+        return _failed("hf-auto", f"timed out after {timeout_s:.0f}s", t0, **common)
+    if rc != 0 or res.get("status") != "ok":
+        return _failed("hf-auto", res.get("error") or relevant_error(_tail(sc.out / "hf-auto.log")), t0, **common)
+    peak = res["peak"]
+    fits = peak is not None and peak <= sc.limits.limit
+    return {"name": "hf-auto", **common, "status": "ok", "wall_s": round(wall, 1), "micro_batch": res["batch_size"],
+            "global_batch_trained": res["batch_size"] * accum * sc.ctx.num_gpus,
+            "tokens_per_s": res["tokens_per_s"], "peak_gib": round(peak / GIB, 3) if peak else None, "fits": fits,
+            "time_to_first_step_s": res.get("time_to_first_step_s"),
+            "measured_by": f"HF Trainer, median of {res.get('timed_steps')} optimizer steps"}
+
+
+# -- ds-autotune --------------------------------------------------------------------------------------
+def _shims(bin_dir: Path) -> list[str]:
+    """Stand-ins for what the autotuner shells out to, only where the machine lacks them: the `deepspeed`
+    console script (not installed by pip --target on the GPU machine) and pdsh, which the autotuner runs
+    after each experiment only to pkill its already-finished processes on every node."""
+    made = []
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    if shutil.which("deepspeed") is None:
+        (bin_dir / "deepspeed").write_text(f"#!/bin/sh\nexec {sys.executable} -m deepspeed.launcher.runner \"$@\"\n")
+        made.append("deepspeed (python -m deepspeed.launcher.runner)")
+    if shutil.which("pdsh") is None:
+        (bin_dir / "pdsh").write_text("#!/bin/sh\n# no-op: the experiment this cleans up has already exited\nexit 0\n")
+        made.append("pdsh (no-op cleanup)")
+    for p in bin_dir.iterdir():
+        p.chmod(0o755)
+    return made
+
+
+def ds_user_config(sc: Scenario, work: Path) -> dict[str, Any]:
+    """The tutorial's config: micro-batch left to the tuner, our precision, everything else DeepSpeed's."""
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "zero_allow_untested_optimizer": True,
+        "zero_optimization": {"stage": "all"},  # the tuner's two knobs: ZeRO stage and micro-batch
+        "steps_per_print": 10**9,
+        "autotuning": {
+            "enabled": True, "fast": True, "metric": "throughput",
+            "results_dir": str(work / "autotuning_results"), "exps_dir": str(work / "autotuning_exps"),
+            "overwrite": True, "max_train_batch_size": sc.ctx.global_batch,
+        },
+    }
+    prec = sc.hand_strategy().precision
+    if prec == "fp16":
+        cfg["fp16"] = {"enabled": True}
+    elif prec in ("bf16", "bf16-pure"):
+        cfg["bf16"] = {"enabled": True}
+    return cfg
+
+
+def read_autotune_results(results_dir: Path, max_token: int) -> dict[str, Any] | None:
+    """The autotuner's choice: ds_config_optimal.json, and the best experiment's measured throughput."""
+    optimal = results_dir / "ds_config_optimal.json"
+    if not optimal.exists():
+        return None
+    cfg = json.loads(optimal.read_text())
+    best = None
+    for metrics in results_dir.glob("*/metrics.json"):
+        try:
+            m = json.loads(metrics.read_text())
+            exp_cfg = json.loads((metrics.parent / "ds_config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        same = all(exp_cfg.get(k) == cfg.get(k) for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps")) \
+            and exp_cfg.get("zero_optimization", {}).get("stage") == cfg.get("zero_optimization", {}).get("stage")
+        if same and (best is None or m.get("throughput", 0) > best.get("throughput", 0)):
+            best = m
+    experiments = sum(1 for _ in results_dir.glob("*/ds_config.json"))
+    # The engine's throughput metric is samples/s: train_batch_size x 1e6 / mean step latency in microseconds.
+    return {"micro_batch": cfg.get("train_micro_batch_size_per_gpu"), "zero_stage": cfg.get("zero_optimization", {}).get("stage", 0),
+            "grad_accum": cfg.get("gradient_accumulation_steps", 1),
+            "samples_per_s": best.get("throughput") if best else None,
+            "tokens_per_s": round(best["throughput"] * max_token, 2) if best and best.get("throughput") else None,
+            "experiments": experiments}
+
+
+def run_ds_autotune(sc: Scenario, timeout_s: float) -> dict[str, Any]:
+    work = sc.out / "ds-autotune"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    s = sc.hand_strategy()
+    (work / "ds_config.json").write_text(json.dumps(ds_user_config(sc, work), indent=2))
+    plan = {"context": to_jsonable(sc.ctx), "strategy": to_jsonable(s), "source": sc.source.to_dict(), "max_token": sc.max_token}
+    (work / "plan.json").write_text(json.dumps(plan, indent=2))
+    shims = _shims(work / "bin")
+    env = _child_env(sc)
+    env["PATH"] = f"{work / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--autotuning", "tune",
+           str(ROOT / "benchmarks" / "ds_autotune_train.py"), "--plan", str(work / "plan.json"),
+           "--deepspeed_config", str(work / "ds_config.json")]
+    log = sc.out / "ds-autotune.log"
+    log.unlink(missing_ok=True)
+    t0 = time.time()
+    rc, wall = _run_logged(cmd, log, env, timeout_s, cwd=work)
+    found = read_autotune_results(work / "autotuning_results", sc.max_token)
+    # Each experiment's own log is where an error shows; keep the last one beside the tuner's log.
+    exp_logs = sorted((work / "autotuning_results").glob("*/stderr.log"), key=lambda p: p.stat().st_mtime)
+    exp_tail = _tail(exp_logs[-1]) if exp_logs else ""
+    if exp_tail:
+        with open(log, "a") as f:
+            f.write(f"\n### last experiment's stderr ({exp_logs[-1].parent.name})\n{exp_tail}")
+    common = {"shims": shims, "probes": found["experiments"] if found else len(exp_logs)}
+    if rc is None:
+        return _failed("ds-autotune", f"timed out after {timeout_s:.0f}s", t0, **common)
+    if not found or not found.get("tokens_per_s"):
+        why = relevant_error(exp_tail) if exp_tail and rc == 0 else relevant_error(_tail(log))
+        return _failed("ds-autotune", f"no result (exit {rc}): {why}", t0, **common)
+    return {"name": "ds-autotune", **common, "status": "ok", "wall_s": round(wall, 1), "strategy": replace(s, zero_stage=found["zero_stage"]).key(),
+            "micro_batch": found["micro_batch"], "grad_accum": found["grad_accum"], "tokens_per_s": found["tokens_per_s"],
+            "measured_by": "DeepSpeed autotuner's throughput metric (samples/s x max_token)"}
+
+
+# -- harness ------------------------------------------------------------------------------------------
+def run_all(sc: Scenario, only: list[str], runners: dict[str, Callable[[], dict[str, Any]]], header: dict[str, Any],
+            path: Path) -> dict[str, Any]:
+    doc = {**header, "baselines": {}}
+    if path.exists():  # baselines run by separate commands add up, as long as the scenario is the same
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        if all(old.get(k) == header.get(k) for k in SCENARIO_KEYS):
+            doc["baselines"] = {k: v for k, v in old.get("baselines", {}).items() if k not in only}
+    for name in only:
+        t0 = time.time()
+        print(f"baseline {name} ...", flush=True)
+        try:
+            entry = runners[name]()
+        except Exception as exc:  # a broken baseline is a result, never the end of the harness
+            (sc.out / f"{name}.log").open("a").write(traceback.format_exc())
+            entry = _failed(name, f"{type(exc).__name__}: {exc}", t0)
+        entry["log"] = f"baselines/{name}.log"
+        doc["baselines"][name] = entry
+        path.write_text(json.dumps(doc, indent=2))
+        print(f"baseline {name}: {entry['status']} {entry.get('reason', '')}"
+              f"{' mb=%s tokens/s=%s' % (entry.get('micro_batch'), entry.get('tokens_per_s')) if entry['status'] == 'ok' else ''}"
+              f" ({entry['wall_s']} s)", flush=True)
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--max-token", type=int, required=True)
+    ap.add_argument("--space", default="default")
+    ap.add_argument("--global-batch", type=int, default=32)
+    ap.add_argument("--gpu-memory", default=None)
+    ap.add_argument("--gpus", default=None)
+    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    ap.add_argument("--headroom", type=float, default=0.08)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--only", default=",".join(BASELINES), help=f"comma-separated subset of {', '.join(BASELINES)}")
+    ap.add_argument("--hf-start-batch", type=int, default=HF_START_BATCH)
+    ap.add_argument("--hf-steps", type=int, default=4, help="optimizer steps HF Trainer runs at the batch it settles on")
+    ap.add_argument("--hf-timeout", type=float, default=1200)
+    ap.add_argument("--ds-timeout", type=float, default=1800)
+    a = ap.parse_args(argv)
+    only = [x.strip() for x in a.only.split(",") if x.strip()]
+    bad = [x for x in only if x not in BASELINES]
+    if bad or not only:
+        ap.error(f"--only {a.only!r}: choose from {', '.join(BASELINES)}")
+
+    device, gpus = parse_gpus(a.gpus, a.device)
+    ctx = Context(model=a.model, device=device, gpus=gpus, gpu_memory=parse_memory(a.gpu_memory) if a.gpu_memory else None,
+                  global_batch=a.global_batch, measure_steps=2, max_positions=a.max_token)
+    space = load_space(a.space)
+    budget = memory_budget(ctx)
+    sc = Scenario(ctx=ctx, source=resolve_model(a.model), space=space, max_token=a.max_token,
+                  limits=Limits(budget, a.headroom), out=a.out / "baselines")
+    sc.out.mkdir(parents=True, exist_ok=True)
+    header = {"model": a.model, "max_token": a.max_token, "space": space.name, "global_batch": a.global_batch,
+              "device": device, "gpus": list(gpus), "num_gpus": ctx.num_gpus, "gpu_memory": a.gpu_memory,
+              "budget_gib": round(budget / GIB, 2), "headroom": a.headroom}
+    runners = {
+        "hand": lambda: run_hand(sc),
+        "hf-auto": lambda: run_hf_auto(sc, a.hf_start_batch, a.hf_steps, a.hf_timeout),
+        "ds-autotune": lambda: run_ds_autotune(sc, a.ds_timeout),
+    }
+    doc = run_all(sc, only, runners, header, a.out / "baselines.json")
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The issue-7 table: autofit's search, the baselines users have today, and the exhaustive grid (the
+oracle), per scenario, from committed result folders. Reads only CSV/JSON (no torch).
+
+A scenario folder holds summary.json and grid.csv from benchmarks/search_vs_grid.py, the search's run
+dir in search/ (probes.csv, optionally verify.json from `autofit verify`), and optionally
+baselines.json from benchmarks/baselines.py. Rows:
+- autofit: the search's wall time and probes; its winner's tokens/s as the grid measured that cell;
+  the error of its memory model (autofit/search/memmodel.py fitted per strategy to the search's ok
+  probes) against the grid's measured peaks on every cell the search did not probe; verify's verdict.
+- each baseline: its own wall time and probes (or attempts); its chosen cell's tokens/s as the grid
+  measured it, or, for a cell the grid does not have, the baseline's own measurement (marked *).
+- oracle: the grid's wall time and probes and its best fitting cell at the requested max_token.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from autofit.search import memmodel
+from autofit.spec import compared_peak
+
+BASELINE_LABELS = {"hand": "hand-tuning (DeepSpeed tutorial)", "hf-auto": "HF auto_find_batch_size (from 64)",
+                   "ds-autotune": "DeepSpeed autotuner"}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _num(v: str | None) -> float | None:
+    return float(v) if v not in (None, "") else None
+
+
+def _peak(row: dict[str, str]) -> float | None:
+    p = compared_peak(_num(row.get("nvml_peak")), _num(row.get("peak_reserved")), _num(row.get("host_peak")))
+    if p is None and row.get("peak_gib"):
+        p = float(row["peak_gib"]) * 2**30
+    return p
+
+
+def _cell(row: dict[str, str]) -> tuple[str, int, int]:
+    return row["strategy"], int(row["micro_batch"]), int(row["max_token"])
+
+
+def memory_errors(search_rows: list[dict[str, str]], grid_rows: list[dict[str, str]]) -> tuple[list[float], int]:
+    """Absolute % errors of the search's per-strategy memory models on the grid's measured cells the
+    search never probed; and how many such cells there were (some strategies get no model)."""
+    points: dict[str, list[tuple[int, int, float]]] = {}
+    for r in search_rows:
+        p = _peak(r)
+        if r["status"] == "ok" and p:
+            points.setdefault(r["strategy"], []).append((int(r["micro_batch"]), int(r["max_token"]), p))
+    models = {k: memmodel.fit(v) for k, v in points.items()}
+    probed = {_cell(r) for r in search_rows}
+    errors, unprobed = [], 0
+    for r in grid_rows:
+        meas = _peak(r)
+        if r["status"] != "ok" or not meas or _cell(r) in probed:
+            continue
+        unprobed += 1
+        model = models.get(r["strategy"])
+        if model is not None:
+            errors.append(abs(model.predict(int(r["micro_batch"]), int(r["max_token"])) - meas) / meas * 100)
+    return errors, unprobed
+
+
+def _short_gpu(name: str | None) -> str:
+    return (name or "?").replace("NVIDIA ", "").replace(" HBM3", "")
+
+
+def _wall(w: float | None, gpus: int, at_least: bool = False) -> tuple[str, str]:
+    if w is None:
+        return "-", "-"
+    ge = "≥ " if at_least else ""
+    return f"{ge}{w:.0f} s", f"{ge}{w * gpus:.0f}"
+
+
+def scenario_rows(folder: Path) -> tuple[str, list[str]]:
+    """The scenario's label and its table rows (markdown)."""
+    s = json.loads((folder / "summary.json").read_text())
+    search_rows = _rows(folder / "search" / "probes.csv")
+    grid_rows = [r for r in _rows(folder / "grid.csv") if r.get("phase", "grid") == "grid"]
+    base = json.loads((folder / "baselines.json").read_text()) if (folder / "baselines.json").exists() else {}
+    gpus = int((search_rows[0] if search_rows else {}).get("num_gpus") or base.get("num_gpus") or 1)
+    T = s["max_token"]
+    grid = s.get("grid") or {}
+    best = (grid.get("best") or {}).get("tokens_per_s")
+    by_cell = {_cell(r): r for r in grid_rows}
+
+    def frac(tps: float | None, own: bool = False) -> str:
+        if tps is None or not best:
+            return "-"
+        return f"{tps / best:.1%}{'*' if own else ''}"
+
+    cap = f", {s['budget_gib']:.0f} GiB cap" if base.get("gpu_memory") or "24GiB" in folder.name else ""
+    label = (f"{s['model'].split('/')[-1]}, T={T}, space `{s['space']}`, {gpus} x {_short_gpu(s.get('gpu'))}{cap} "
+             f"[{folder.name}](results/{folder.name})")
+    rows = []
+
+    srch = s["search"]
+    verify_path = next((p for p in (folder / "search" / "verify.json", folder / "verify.json") if p.exists()), None)
+    verified = "-" if verify_path is None else ("yes" if json.loads(verify_path.read_text()).get("passed") else "no")
+    errs, unprobed = memory_errors(search_rows, grid_rows) if search_rows and grid_rows else ([], 0)
+    mem = (f"{statistics.median(errs):.1f}% / {max(errs):.1f}% ({len(errs)} of {unprobed})" if errs
+           else "-")
+    w, g = _wall(srch["wall_s"], gpus)
+    in_grid = grid.get("search_winner_tokens_per_s_in_grid")
+    winner = f"`{srch['winner']}` ({srch['winner_micro_batch']})" if srch.get("winner") else "none"
+    rows.append(f"| autofit search | {w} | {g} | {srch['probes']} | {winner} | "
+                f"{frac(in_grid if in_grid else srch.get('winner_tokens_per_s'), own=not in_grid)} | {mem} | {verified} |")
+
+    for name, b in base.get("baselines", {}).items():
+        lab = BASELINE_LABELS.get(name, name)
+        w, g = _wall(b.get("wall_s"), gpus)
+        probes = b.get("probes", "-")
+        if b.get("status") != "ok":
+            rows.append(f"| {lab} | {w} | {g} | {probes} | failed: {b.get('reason', '?').replace('|', '/')} | - | - | - |")
+            continue
+        cell = by_cell.get((b["strategy"], int(b["micro_batch"]), T))
+        from_grid = cell is not None and cell["status"] == "ok" and cell.get("tokens_per_s")
+        tps = float(cell["tokens_per_s"]) if from_grid else b.get("tokens_per_s")
+        over = "" if b.get("fits", True) else ", over headroom"
+        rows.append(f"| {lab} | {w} | {g} | {probes} | `{b['strategy']}` ({b['micro_batch']}{over}) | "
+                    f"{frac(tps, own=not from_grid)} | - | - |")
+
+    if grid:
+        at_least = grid.get("complete") is False
+        w, g = _wall(grid.get("wall_s_at_least" if at_least else "wall_s"), gpus, at_least)
+        bb = grid.get("best")
+        choice = f"`{bb['strategy']}` ({bb['micro_batch']})" if bb else "nothing fits"
+        rows.append(f"| exhaustive grid (oracle) | {w} | {g} | {grid['probes']} | {choice} | "
+                    f"{'100.0%' if bb else '-'} | measured | - |")
+    return label, rows
+
+
+def scenario_folders(results: Path) -> list[Path]:
+    """Folders that make an issue-7 scenario: a search with its grid, or baselines.json."""
+    out = []
+    for summary in sorted(results.glob("*/summary.json")):
+        d = summary.parent
+        s = json.loads(summary.read_text())
+        if "search" not in s:
+            continue
+        if ((d / "grid.csv").exists() and (d / "search" / "probes.csv").exists()) or (d / "baselines.json").exists():
+            out.append(d)
+    return out
+
+
+def render(results: Path) -> str:
+    lines = ["| scenario / method | wall | GPU-s | probes | winner (micro-batch) | tokens/s vs oracle | "
+             "memory prediction error, unprobed cells: median / max | verify passed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for folder in scenario_folders(results):
+        label, rows = scenario_rows(folder)
+        lines.append(f"| **{label}** | | | | | | | |")
+        lines.extend(rows)
+    return "\n".join(lines)

@@ -1,0 +1,179 @@
+"""benchmarks/baselines.py on the CPU (real tiny-model runs) and the issue-7 table generator (synthetic
+fixtures made in tmp_path, not committed results)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks import baselines, scenario_table
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--model", "autofit/tiny-qwen2", "--space", "cpu-tiny", "--max-token", "128", "--global-batch", "8", "--device", "cpu"]
+
+
+def _run(out: Path, *extra: str, timeout: float = 240) -> tuple[subprocess.CompletedProcess, dict]:
+    p = subprocess.run([sys.executable, "-m", "benchmarks.baselines", *TINY, "--out", str(out), *extra],
+                       cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    doc = json.loads((out / "baselines.json").read_text()) if (out / "baselines.json").exists() else {}
+    return p, doc
+
+
+def test_hand_and_hf_auto_measure_real_numbers_on_cpu(tmp_path):
+    p, doc = _run(tmp_path, "--only", "hand,hf-auto")
+    assert p.returncode == 0, p.stderr[-2000:]
+    hand, hf = doc["baselines"]["hand"], doc["baselines"]["hf-auto"]
+
+    assert hand["status"] == "ok", hand
+    assert hand["strategy"] == "lora-r4/fp32/ckpt/z0"  # checkpointing on, first precision, ZeRO 0
+    assert hand["micro_batch"] in (1, 2, 4, 8) and hand["tokens_per_s"] > 0 and hand["wall_s"] > 0
+    assert [t["micro_batch"] for t in hand["tried"]][:2] == [1, 2]  # doubling from 1
+    assert hand["probes"] == len(hand["tried"]) and hand["fits"] is True
+    assert (tmp_path / "baselines" / "hand.log").read_text().startswith("hand:")
+
+    assert hf["status"] == "ok", hf
+    assert hf["start_batch"] == 64 and hf["attempts"][0]["batch_size"] == 64
+    assert 1 <= hf["micro_batch"] <= 64 and hf["tokens_per_s"] > 0 and hf["peak_gib"] > 0
+    assert hf["micro_batch"] == hf["attempts"][-1]["batch_size"] and hf["attempts"][-1]["steps"]
+    assert (tmp_path / "baselines" / "hf-auto.log").exists()
+
+
+def test_ds_autotune_on_cpu_is_a_recorded_failure_and_the_harness_exits_0(tmp_path):
+    # Without tabulate (deepspeed[autotuning]) the autotuner refuses at once; with it, on a CPU it does
+    # not finish within the timeout. Either way: failed, with a reason, and exit 0.
+    p, doc = _run(tmp_path, "--only", "ds-autotune", "--ds-timeout", "20")
+    assert p.returncode == 0, p.stderr[-2000:]
+    ds = doc["baselines"]["ds-autotune"]
+    assert ds["status"] == "failed" and ds["reason"], ds
+    assert (tmp_path / "baselines" / "ds-autotune.log").read_text().strip()
+
+
+def test_a_baseline_that_raises_does_not_stop_the_others(tmp_path):
+    def broken():
+        raise RuntimeError("boom\nsecond line")
+
+    sc = baselines.Scenario(ctx=None, source=None, space=None, max_token=1, limits=None, out=tmp_path)
+    doc = baselines.run_all(sc, ["hand", "hf-auto"], {"hand": broken, "hf-auto": lambda: {"name": "hf-auto", "status": "ok",
+                                                                                          "wall_s": 1.0}},
+                            {"model": "m"}, tmp_path / "baselines.json")
+    assert doc["baselines"]["hand"]["status"] == "failed"
+    assert doc["baselines"]["hand"]["reason"] == "RuntimeError: boom"
+    assert doc["baselines"]["hf-auto"]["status"] == "ok"
+    assert json.loads((tmp_path / "baselines.json").read_text()) == doc
+    assert "Traceback" in (tmp_path / "hand.log").read_text()
+    # A later command for another baseline of the same scenario adds to the file instead of replacing it.
+    again = baselines.run_all(sc, ["ds-autotune"], {"ds-autotune": broken}, {"model": "m"}, tmp_path / "baselines.json")
+    assert list(again["baselines"]) == ["hand", "hf-auto", "ds-autotune"]
+    other = baselines.run_all(sc, ["ds-autotune"], {"ds-autotune": broken}, {"model": "n"}, tmp_path / "baselines.json")
+    assert list(other["baselines"]) == ["ds-autotune"]
+
+
+def test_bad_only_is_a_usage_error(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "benchmarks.baselines", *TINY, "--out", str(tmp_path), "--only", "grid"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--only" in p.stderr
+
+
+def test_autotuner_results_are_read_from_its_results_dir(tmp_path):
+    """Fixture shaped like DeepSpeed's autotuning_results/ (ds_config_optimal.json, one dir per experiment)."""
+    res = tmp_path / "autotuning_results"
+    for name, mb, stage, thr in [("z0_gas1_tmbspg2", 2, 0, 3.0), ("z0_gas1_tmbspg4", 4, 0, 5.0), ("z1_gas1_tmbspg4", 4, 1, 4.0)]:
+        (res / name).mkdir(parents=True)
+        (res / name / "ds_config.json").write_text(json.dumps({"train_micro_batch_size_per_gpu": mb,
+                                                               "zero_optimization": {"stage": stage}}))
+        (res / name / "metrics.json").write_text(json.dumps({"throughput": thr}))
+    assert baselines.read_autotune_results(res, 1024) is None  # no optimal config written: no result
+    (res / "ds_config_optimal.json").write_text(json.dumps({"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 0}}))
+    assert baselines.read_autotune_results(res, 1024) == {"micro_batch": 4, "zero_stage": 0, "grad_accum": 1, "samples_per_s": 5.0,
+                                                          "tokens_per_s": 5120.0, "experiments": 3}
+
+
+# -- the issue-7 table, on a synthetic scenario ---------------------------------------------------------
+COLS = ["phase", "strategy", "micro_batch", "max_token", "status", "tokens_per_s", "nvml_peak", "peak_reserved",
+        "host_peak", "peak_gib", "num_gpus"]
+GIB = 2**30
+A, B = "lora-r8/bf16-pure/nockpt/z0", "lora-r8/bf16-pure/ckpt/z0"
+
+
+def _peak_a(mb: int, t: int) -> int:  # strategy A: exactly 10 GiB + 1 MiB per token
+    return 10 * GIB + mb * t * 2**20
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({"num_gpus": 2, "peak_reserved": "", "host_peak": 10**9, "peak_gib": "", **r})
+
+
+def _synthetic_scenario(d: Path, with_verify: bool = True) -> None:
+    grid = [{"phase": "grid", "strategy": A, "micro_batch": mb, "max_token": 1024, "status": "ok",
+             "tokens_per_s": 1000 * mb, "nvml_peak": _peak_a(mb, 1024)} for mb in (1, 2, 4)]
+    grid += [{"phase": "grid", "strategy": A, "micro_batch": 8, "max_token": 1024, "status": "oom"}]
+    grid += [{"phase": "grid", "strategy": B, "micro_batch": mb, "max_token": 1024, "status": "ok",
+              "tokens_per_s": 700 * mb, "nvml_peak": 9 * GIB} for mb in (1, 2, 4, 8)]
+    _write_csv(d / "grid.csv", grid)
+    # The search probed A at 1 and 4 (a model for A) and B once (no model for B).
+    search = [{"phase": "escalate", "strategy": A, "micro_batch": mb, "max_token": 1024, "status": "ok",
+               "tokens_per_s": 1000 * mb, "nvml_peak": _peak_a(mb, 1024)} for mb in (1, 4)]
+    search += [{"phase": "escalate", "strategy": B, "micro_batch": 1, "max_token": 1024, "status": "ok",
+                "tokens_per_s": 700, "nvml_peak": 9 * GIB}]
+    _write_csv(d / "search" / "probes.csv", search)
+    (d / "summary.json").write_text(json.dumps({
+        "model": "org/Some-Model", "max_token": 1024, "space": "default", "global_batch": 32, "gpu": "NVIDIA H100 80GB HBM3",
+        "budget_gib": 79.6, "headroom": 0.08,
+        "search": {"wall_s": 50.0, "probes": 3, "winner": A, "winner_micro_batch": 4, "winner_tokens_per_s": 4100.0},
+        "grid": {"wall_s": 200.0, "probes": 8, "best": {"strategy": A, "micro_batch": 4, "tokens_per_s": 4000.0},
+                 "search_winner_tokens_per_s_in_grid": 4000.0}}))
+    (d / "baselines.json").write_text(json.dumps({"num_gpus": 2, "baselines": {
+        "hand": {"status": "ok", "wall_s": 30.0, "probes": 4, "strategy": B, "micro_batch": 8, "tokens_per_s": 5700.0},
+        "hf-auto": {"status": "ok", "wall_s": 90.0, "probes": 5, "strategy": B, "micro_batch": 40, "tokens_per_s": 3000.0,
+                    "fits": False},
+        "ds-autotune": {"status": "failed", "wall_s": 3.0, "reason": "AssertionError: Missing required package `tabulate`"},
+    }}))
+    if with_verify:
+        (d / "search" / "verify.json").write_text(json.dumps({"passed": True}))
+
+
+def test_scenario_table_rows_from_a_synthetic_folder(tmp_path):
+    d = tmp_path / "results" / "bench-fixture"
+    _synthetic_scenario(d)
+    label, rows = scenario_table.scenario_rows(d)
+    assert "Some-Model, T=1024" in label and "2 x H100 80GB" in label
+    autofit, hand, hf, ds, oracle = rows
+    # autofit: 50 s on 2 GPUs; grid-measured winner 4000 / best 4000; A's model is exact on A's unprobed
+    # cell (mb 2); B has one point, no model: 1 of 4 unprobed cells predicted.
+    assert autofit == f"| autofit search | 50 s | 100 | 3 | `{A}` (4) | 100.0% | 0.0% / 0.0% (1 of 4) | yes |"
+    # hand's cell is in the grid: the grid's figure (700 x 8 = 5600), not its own 5700.
+    assert hand == f"| hand-tuning (DeepSpeed tutorial) | 30 s | 60 | 4 | `{B}` (8) | 140.0% | - | - |"
+    # hf-auto's batch 40 is not a grid cell: its own measurement, marked.
+    assert hf == f"| HF auto_find_batch_size (from 64) | 90 s | 180 | 5 | `{B}` (40, over headroom) | 75.0%* | - | - |"
+    assert ds.startswith("| DeepSpeed autotuner | 3 s | 6 | - | failed: AssertionError: Missing required package")
+    assert oracle == f"| exhaustive grid (oracle) | 200 s | 400 | 8 | `{A}` (4) | 100.0% | measured | - |"
+
+
+def test_memory_error_is_measured_against_unprobed_grid_cells(tmp_path):
+    d = tmp_path / "s"
+    _synthetic_scenario(d)
+    search = list(csv.DictReader(open(d / "search" / "probes.csv")))
+    grid = list(csv.DictReader(open(d / "grid.csv")))
+    # Skew one measured grid peak by +10%: the model (exact for A) is then 1/1.1 - 1 = -9.09% off there.
+    for r in grid:
+        if r["strategy"] == A and r["micro_batch"] == "2":
+            r["nvml_peak"] = str(int(int(r["nvml_peak"]) * 1.1))
+    errs, unprobed = scenario_table.memory_errors(search, grid)
+    assert unprobed == 4 and len(errs) == 1 and abs(errs[0] - 100 * (1 - 1 / 1.1)) < 1e-6
+
+
+def test_render_lists_only_scenario_folders_and_marks_missing_verify(tmp_path):
+    _synthetic_scenario(tmp_path / "bench-x", with_verify=False)
+    (tmp_path / "estimate-error").mkdir()
+    (tmp_path / "estimate-error" / "summary.json").write_text(json.dumps({"command": "other shape"}))
+    text = scenario_table.render(tmp_path)
+    assert "bench-x" in text and "estimate-error" not in text
+    assert "| 0.0% / 0.0% (1 of 4) | - |" in text
