@@ -24,11 +24,14 @@ class FakeHardware:
     calls: list[tuple[str, int, int]] = field(default_factory=list)
     interrupt_at: int | None = None   # raise KeyboardInterrupt when this many probes have run
     error_for: set[str] = field(default_factory=set)
+    tokens_at: dict[tuple[str, int], float] = field(default_factory=dict)  # (strategy, mb) -> tokens/s override
 
     def peak(self, s: Strategy, shape: Shape) -> float:
         return self.fixed[s.key()] + self.per_token[s.key()] * shape.micro_batch * shape.max_token
 
     def tokens_per_s(self, s: Strategy, shape: Shape) -> float:
+        if (s.key(), shape.micro_batch) in self.tokens_at:
+            return self.tokens_at[(s.key(), shape.micro_batch)]
         n = shape.micro_batch * shape.max_token
         return self.speed[s.key()] * n / (n + self.saturation_tokens)
 

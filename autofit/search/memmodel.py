@@ -25,12 +25,19 @@ class MemoryModel:
         return (limit - self.fixed) / (self.per_token * max_token)
 
 
-def fit(points: list[tuple[int, int, float]]) -> MemoryModel | None:
-    """points: (micro_batch, max_token, peak_bytes). None until two distinct token counts exist."""
+def fit(points: list[tuple[int, int, float]], prior_slope: float | None = None) -> MemoryModel | None:
+    """points: (micro_batch, max_token, peak_bytes). Least squares once two distinct token counts exist.
+
+    With a single token count and `prior_slope` (bytes per token, from the analytic estimate), the
+    model is that slope through the measured point: enough to jump towards the wall after one probe.
+    The prior only ever decides how far to jump; a measured fit replaces it as soon as it can.
+    """
     xs = [mb * t for mb, t, _ in points]
     ys = [p for _, _, p in points]
     if len(set(xs)) < 2:
-        return None
+        if not points or prior_slope is None or prior_slope <= 0:
+            return None
+        return MemoryModel(fixed=sum(ys) / len(ys) - prior_slope * xs[0], per_token=prior_slope, points=len(points))
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)

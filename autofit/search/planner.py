@@ -10,7 +10,10 @@ Rules, each one a saving:
   the wall of the faster one they extend, so their escalation starts there; and if the faster
   one's throughput has already saturated, they cannot win and are skipped.
 - A per-strategy memory model fitted to measured peaks predicts the wall; the escalation jumps
-  to the largest micro-batch predicted to fit, then confirms the wall one step above.
+  to the largest micro-batch predicted to fit, then confirms the wall one step above. After the
+  first probe of a strategy, an analytic slope (autofit.estimate, when the driver supplies one)
+  stands in for the second point, so the jump comes one probe earlier; a wall is only ever
+  predicted from measured points.
 - Top candidates within measurement noise of each other are re-measured before a winner is named.
 """
 
@@ -25,6 +28,7 @@ from autofit.search import memmodel
 from autofit.spec import ProbeResult, Shape, Status, Strategy, compared_peak
 
 Measure = Callable[[Strategy, Shape, str, int], ProbeResult]
+SlopePrior = Callable[[Strategy, int], "float | None"]  # (strategy, max_token) -> peak bytes per token
 
 SATURATION_GAIN = 1.03   # doubling micro-batch gained less than 3%: the curve is flat
 NOISE = 0.05             # candidates within 5% of the best are re-measured
@@ -108,7 +112,8 @@ class Outcome:
 class Planner:
     def __init__(self, strategies: list[Strategy], micro_batches: tuple[int, ...], max_tokens: tuple[int, ...],
                  target_max_token: int, micro_batch_cap: int, limits: Limits, measure: Measure,
-                 deadline: float | None = None, confirm_top: int = 3, log: Callable[[str], None] = lambda s: None):
+                 deadline: float | None = None, confirm_top: int = 3, log: Callable[[str], None] = lambda s: None,
+                 slope_prior: SlopePrior | None = None):
         if not strategies:
             raise ValueError("no strategies to search")
         self.order = sorted(strategies, key=speed_rank)
@@ -120,6 +125,7 @@ class Planner:
         self.deadline = deadline
         self.confirm_top = confirm_top
         self.log = log
+        self.slope_prior = slope_prior
         self.results: dict[tuple[str, int, int, str, int], ProbeResult] = {}
         self.by_key = {s.key(): s for s in strategies}
 
@@ -202,14 +208,16 @@ class Planner:
 
     def _clearly_slower(self, s: Strategy, mb: int, t: int) -> bool:
         """Throughput rises with micro-batch until it flattens, so a cell between two measured
-        neighbours that are both clearly (> noise) below the best cannot be the winner."""
+        neighbours cannot beat the upper one while the curve still rises (or is flat) there, and
+        cannot be the winner if both are clearly (> noise) below the best. Only where the curve
+        falls between them (it peaked in between, or noise) is the cell worth a probe."""
         curve = self.tokens_curve(s, t)
         best = max((r.tokens_per_s for r in self.results.values() if self.limits.fits(r)), default=0.0)
         below = [tps for m, tps in curve if m < mb]
         above = [tps for m, tps in curve if m > mb]
         if not below or not above:
             return False
-        return max(below[-1], above[0]) < best * (1 - NOISE)
+        return above[0] >= below[-1] or max(below[-1], above[0]) < best * (1 - NOISE)
 
     def _largest_fitting_max_token(self, frugal: Strategy) -> int | None:
         shorter = [t for t in self.max_tokens if t < self.target] or [max(16, self.target // 2)]
@@ -278,7 +286,7 @@ class Planner:
 
     def _jump_target(self, s: Strategy, i: int, t: int, ceiling: int | None = None) -> int | None:
         """Index of the largest micro-batch the model predicts to fit, if that skips at least one."""
-        model = memmodel.fit(self.ok_points(s))
+        model = memmodel.fit(self.ok_points(s), self.slope_prior(s, t) if self.slope_prior else None)
         if model is None:
             return None
         best = None

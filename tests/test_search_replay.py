@@ -1,0 +1,76 @@
+"""The planner replayed against measurements committed from a real GPU (a REPLAY, not a probe).
+
+The exhaustive grids in results/ measured every (strategy, micro-batch, max_token) cell up to each
+wall on one H100. Answering the planner's probes from those rows shows, without a GPU, which probes
+today's planner would spend and which winner it would name on that hardware. It is no evidence that
+probing works (tests/test_probe.py and the committed GPU runs are); it pins the planner's savings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from autofit.models import resolve_model
+from autofit.results import read_probes, result_from_row
+from autofit.search.planner import Limits, Planner
+from autofit.search.prior import analytic_slope
+from autofit.search.space import load_space
+from autofit.spec import Context, ProbeResult, Shape, Status
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def _replay(folder: str, prior: bool):
+    summary = json.loads((RESULTS / folder / "summary.json").read_text())
+    cells = {(r["strategy"], int(r["micro_batch"]), int(r["max_token"])): result_from_row(r)
+             for r in read_probes(RESULTS / folder / "grid.csv")}
+    space = load_space(summary["space"])
+    asked = []
+
+    def measure(s, shape: Shape, phase, repeat) -> ProbeResult:
+        asked.append((s.key(), shape.micro_batch, shape.max_token, phase))
+        key = (s.key(), shape.micro_batch, shape.max_token)
+        if key in cells:
+            return cells[key]
+        # The grid stops at each first failure: any cell above it fails too (monotone shapes).
+        below = [m for (k, m, t), r in cells.items() if k == key[0] and t == key[2] and not r.ok and m < key[1]]
+        assert below, f"the planner asked for {key}, which the grid never measured"
+        return ProbeResult(strategy=key[0], micro_batch=key[1], max_token=key[2], status=Status.OOM)
+
+    source = resolve_model(summary["model"])
+    ctx = Context(model=summary["model"], device="cuda", gpus=(0,), global_batch=summary["global_batch"])
+    planner = Planner(space.strategies(1), space.micro_batches, space.max_tokens, summary["max_token"],
+                      summary["global_batch"], Limits(int(summary["budget_gib"] * 2**30), summary["headroom"]),
+                      measure, slope_prior=analytic_slope(source, ctx) if prior else None)
+    out = planner.run()
+    return summary, out, asked, planner
+
+
+@pytest.mark.parametrize("folder, with_prior, without_prior", [
+    ("bench-h100-glm4-lora-T1024", 4, 6),
+    ("bench-h100-glm4-lora-T1024-24GiB", 6, 7),
+])
+def test_replay_on_h100_grid(folder, with_prior, without_prior):
+    summary, out, asked, planner = _replay(folder, prior=True)
+    best = summary["grid"]["best"]
+    assert out.winner is not None
+    assert (out.winner[0].key(), out.winner[1]) == (best["strategy"], best["micro_batch"])
+    assert len(set(asked)) == with_prior, asked  # the driver answers a repeated ask from its cache
+    # Nothing the escalation left open could still win, so the driver would explore nothing.
+    assert planner.open_cells(out) == []
+    _, out0, asked0, _ = _replay(folder, prior=False)
+    assert (out0.winner[0].key(), out0.winner[1]) == (best["strategy"], best["micro_batch"])
+    assert len(set(asked0)) == without_prior, asked0
+
+
+def test_prior_is_only_for_gpu_searches():
+    source = resolve_model("THUDM/glm-4-9b-chat")
+    s = load_space("default").strategies(1)[0]
+    assert analytic_slope(source, Context(model="THUDM/glm-4-9b-chat", device="cpu"))(s, 1024) is None
+    gpu = analytic_slope(source, replace(Context(model="THUDM/glm-4-9b-chat"), device="cuda", gpus=(0,)))
+    slope = gpu(s, 1024)
+    assert slope is not None and slope > 0
