@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -199,6 +200,8 @@ def run_hf_auto(sc: Scenario, start_batch: int, steps: int, timeout_s: float) ->
             "global_batch_trained": res["batch_size"] * accum * sc.ctx.num_gpus,
             "tokens_per_s": res["tokens_per_s"], "peak_gib": round(peak / GIB, 3) if peak else None, "fits": fits,
             "time_to_first_step_s": res.get("time_to_first_step_s"),
+            # An attempt can OOM after some steps (optimizer state, fragmentation): HF restarts from scratch.
+            "steps_in_failed_attempts": sum(len(x["steps"]) for x in res["attempts"][:-1]),
             "measured_by": f"HF Trainer, median of {res.get('timed_steps')} optimizer steps"}
 
 
@@ -260,7 +263,9 @@ def read_autotune_results(results_dir: Path, max_token: int) -> dict[str, Any] |
             and exp_cfg.get("zero_optimization", {}).get("stage") == cfg.get("zero_optimization", {}).get("stage")
         if same and (best is None or m.get("throughput", 0) > best.get("throughput", 0)):
             best = m
-    experiments = sum(1 for _ in results_dir.glob("*/ds_config.json"))
+    summary = results_dir / "summary.txt"  # the tuner's own count (experiment dirs can be reused)
+    m = re.search(r"Total number of experiments: (\d+)", summary.read_text()) if summary.exists() else None
+    experiments = int(m.group(1)) if m else sum(1 for _ in results_dir.glob("*/ds_config.json"))
     # The engine's throughput metric is samples/s: train_batch_size x 1e6 / mean step latency in microseconds.
     return {"micro_batch": cfg.get("train_micro_batch_size_per_gpu"), "zero_stage": cfg.get("zero_optimization", {}).get("stage", 0),
             "grad_accum": cfg.get("gradient_accumulation_steps", 1),

@@ -54,7 +54,7 @@ def train(plan: dict, local_rank: int, world: int, result: dict) -> dict:
 
     from autofit.models import ModelSource
     from autofit.probe.measure import PeakSampler
-    from autofit.probe.worker import _setup_device, apply_method, build_model
+    from autofit.probe.worker import _limit_host_memory, _setup_device, apply_method, build_model
     from autofit.spec import Shape, compared_peak, context_from_dict, strategy_from_dict
     from autofit.trainconfig import training_args
     from autofit.verify import _SyntheticTokens
@@ -102,6 +102,7 @@ def train(plan: dict, local_rank: int, world: int, result: dict) -> dict:
                 attempts[-1].setdefault("first_step_at", round(time.time() - T_START, 2))
 
         trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=default_data_collator, callbacks=[Watch()])
+        _limit_host_memory()  # test hook (AUTOFIT_TEST_HOST_LIMIT): a real allocation failure on the CPU
         try:
             trainer.train()
         finally:
