@@ -274,6 +274,21 @@ def read_autotune_results(results_dir: Path, max_token: int) -> dict[str, Any] |
             "experiments": experiments}
 
 
+_LOG_PREFIX = re.compile(r"^\[[^\]]*\] \[\w+\] \[[^\]]*\] ")
+
+
+def autotuner_verdict(log_text: str) -> str | None:
+    """The autotuner's own words when it ran no useful experiment: its memory estimate (it assumes full
+    training with Adam on every parameter) ruled every stage out, or no experiment succeeded."""
+    lines = [_LOG_PREFIX.sub("", ln.strip()) for ln in log_text.splitlines()]
+    for key in ("No tuning is performed", "No optimal setup is found"):
+        hit = [ln for ln in lines if key in ln]
+        if hit:
+            skipped = [ln for ln in lines if "is not runable with ZERO" in ln]
+            return (hit[-1] + (f" ({skipped[-1]})" if skipped and key != "No tuning is performed" else ""))[:300]
+    return None
+
+
 def run_ds_autotune(sc: Scenario, timeout_s: float) -> dict[str, Any]:
     work = sc.out / "ds-autotune"
     shutil.rmtree(work, ignore_errors=True)
@@ -303,7 +318,7 @@ def run_ds_autotune(sc: Scenario, timeout_s: float) -> dict[str, Any]:
     if rc is None:
         return _failed("ds-autotune", f"timed out after {timeout_s:.0f}s", t0, **common)
     if not found or not found.get("tokens_per_s"):
-        why = relevant_error(exp_tail) if exp_tail and rc == 0 else relevant_error(_tail(log))
+        why = autotuner_verdict(_tail(log, 200000)) or (relevant_error(exp_tail) if exp_tail and rc == 0 else relevant_error(_tail(log)))
         return _failed("ds-autotune", f"no result (exit {rc}): {why}", t0, **common)
     return {"name": "ds-autotune", **common, "status": "ok", "wall_s": round(wall, 1), "strategy": replace(s, zero_stage=found["zero_stage"]).key(),
             "micro_batch": found["micro_batch"], "grad_accum": found["grad_accum"], "tokens_per_s": found["tokens_per_s"],

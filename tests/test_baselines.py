@@ -99,6 +99,19 @@ def test_autotuner_results_are_read_from_its_results_dir(tmp_path):
     assert baselines.read_autotune_results(res, 1024)["experiments"] == 12  # the tuner's count, not the dirs
 
 
+def test_the_autotuners_own_verdict_is_the_reason():
+    log = ("[2026-11-27 23:33:30,156] [INFO] [autotuner.py:425:tune] Memory per GPU in the system is 79.1 GB.\n"
+           "[2026-11-27 23:33:30,157] [INFO] [autotuner.py:456:tune] The model is not runable with ZERO stage 0 "
+           "(which requires at least 150.4 GB memory with mbs = 1)\n"
+           "[2026-11-27 23:33:30,158] [INFO] [autotuner.py:517:tune] The model has 9.4 B parameters and requires at least "
+           "150.4 GB memory per GPU with DeepSpeed Zero stage 3 optimization. Memory per GPU in system is 79.1 GB. "
+           "No tuning is performed.\n")
+    assert baselines.autotuner_verdict(log).startswith("The model has 9.4 B parameters and requires at least 150.4 GB")
+    assert baselines.autotuner_verdict("[x] [INFO] [a.py:1:f] No optimal setup is found. Please check\n") == \
+        "No optimal setup is found. Please check"
+    assert baselines.autotuner_verdict("Traceback ...\nAssertionError: Missing required package") is None
+
+
 # -- the issue-7 table, on a synthetic scenario ---------------------------------------------------------
 COLS = ["phase", "strategy", "micro_batch", "max_token", "status", "tokens_per_s", "nvml_peak", "peak_reserved",
         "host_peak", "peak_gib", "num_gpus"]
