@@ -138,7 +138,8 @@ def run_hand(sc: Scenario) -> dict[str, Any]:
     common = {"name": "hand", "wall_s": wall, "probes": probes, "strategy": s.key(), "device_name": device_name, "tried": rows,
               "stopped_by": _first_line(stop) or "reached the micro-batch cap"}
     if best is None:
-        return {**common, "status": "failed", "reason": f"micro-batch 1 does not fit ({rows[0]['status'] if rows else 'no probe'})"}
+        why = f"{rows[0]['status']}: {rows[0]['error'] or 'peak over the headroom limit'}" if rows else "no probe ran"
+        return {**common, "status": "failed", "reason": _first_line(f"micro-batch 1 does not fit ({why})")}
     return {**common, "status": "ok", "micro_batch": best.micro_batch, "tokens_per_s": best.tokens_per_s,
             "peak_gib": round(peak_of(best) / GIB, 3), "fits": True, "measured_by": "autofit probe (2 measured steps)"}
 
