@@ -186,7 +186,10 @@ def _probe_line(r) -> str:
 @click.option("--headroom", type=float, default=0.08, show_default=True, help="Fraction of memory kept free by the winner.")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Default: results/<model>-T<max_token>-<time>.")
 @click.option("--resume", is_flag=True, help="Continue the search in --run-dir; finished probes are not re-run.")
-@click.option("--storage", default=None, help="Optuna storage URL (default: sqlite in the run dir; postgresql://... for many workers).")
+@click.option("--storage", default=None, help="Optuna storage URL (default: sqlite in the run dir). A postgresql://... URL "
+              "lets several workers (one per GPU or host, each with its own --run-dir) share one search.")
+@click.option("--heartbeat", type=click.IntRange(1, 3600), default=10, show_default=True,
+              help="With --storage: seconds between a worker's heartbeats; a probe whose worker is silent for 3x as long is run again by another.")
 @click.option("--explore", type=int, default=2, show_default=True, help="Probes the TPE sampler may add after the escalation.")
 @click.option("--probe-timeout", default="5m", show_default=True, help="Per-probe time limit.")
 @click.option("--measure-steps", type=int, default=1, show_default=True,
@@ -194,18 +197,18 @@ def _probe_line(r) -> str:
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @handles_errors
 def search(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, max_token, space, method, budget,
-           headroom, run_dir, resume, storage, explore, probe_timeout, measure_steps, quiet):
+           headroom, run_dir, resume, storage, heartbeat, explore, probe_timeout, measure_steps, quiet):
     """Search for the fastest configuration that fits, writing results/<run>/best.yaml."""
     result = _run_search(model=model, weights=weights, trust_remote_code=trust_remote_code, device=device, gpus=gpus,
                          gpu_memory=gpu_memory, global_batch=global_batch, max_token=max_token, space=space,
                          method=method, budget=budget, headroom=headroom, run_dir=run_dir, resume=resume,
                          storage=storage, explore=explore, probe_timeout=probe_timeout, measure_steps=measure_steps,
-                         quiet=quiet)
+                         quiet=quiet, heartbeat=heartbeat)
     _print_result(result)
 
 
 def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, max_token, space, method,
-                budget, headroom, run_dir, resume, storage, explore, probe_timeout, quiet, measure_steps=1):
+                budget, headroom, run_dir, resume, storage, explore, probe_timeout, quiet, measure_steps=1, heartbeat=10):
     import time
 
     from autofit.hardware import memory_budget
@@ -239,7 +242,7 @@ def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, 
         run_dir = Path("results") / f"{source.name.replace('/', '_')}-T{max_token}-{time.strftime('%Y%m%d-%H%M%S')}"
     limits = Limits(budget=memory_budget(ctx), headroom=headroom)
     req = SearchRequest(ctx=ctx, source=source, space=sp, max_token=max_token, limits=limits, run_dir=run_dir,
-                        budget_s=budget_s, resume=resume, storage=storage, explore=explore)
+                        budget_s=budget_s, resume=resume, storage=storage, explore=explore, heartbeat_s=heartbeat)
     header = (f"searching {source.name} ({source.origin}, {weights} weights) on {_where(ctx)}; "
               f"T={max_token}, global batch {global_batch}, budget {limits.budget / 2**30:.1f} GiB, "
               f"headroom {headroom:.0%}; space {sp.name}; run dir {run_dir}")

@@ -2,19 +2,27 @@
 
 Order of writes for each probe: probes.csv row (fsync'd) first, then the study, then
 boundaries.csv. probes.csv is the source of truth on --resume; the study is reconciled with it.
+
+With --storage (a study shared by several workers, see workers.py) the study is the source of truth
+and is written first; probes.csv mirrors every result this worker used or saw. The planner is
+replayed in passes: a probe that another worker is running answers the pass with a placeholder
+(so this worker goes on with probes further along the plan) and the pass is tried again; only a
+pass that met no placeholder decides the winner, so every worker names the same one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from autofit.errors import Interrupted, RunDirError
+from autofit.errors import Interrupted, RunDirError, StorageError
 from autofit.models import ModelSource
 from autofit.results import append_probe, read_probes, result_from_row
 from autofit.search import outputs, study as studymod
@@ -22,7 +30,10 @@ from autofit.search.planner import Limits, Outcome, Planner, peak_of
 from autofit.search.progress import Progress
 from autofit.search.rundir import RunDir, RunLock, check_resume, write_run_json
 from autofit.search.space import SearchSpace
-from autofit.spec import Context, ProbeResult, Shape, Strategy, to_jsonable
+from autofit.search.workers import KEY_ATTR, WORKER_ATTR, Board, Claim, Key, key_text
+from autofit.spec import Context, ProbeResult, Shape, Status, Strategy, to_jsonable
+
+POLL_S = 1.0  # how often a worker waiting on another's probe looks at the study again
 
 
 class Session(Protocol):
@@ -49,6 +60,7 @@ class SearchRequest:
     storage: str | None = None
     explore: int = 2
     worker_env: dict[str, str] = field(default_factory=dict)
+    heartbeat_s: int = 10  # shared storage only: a worker silent for 3x this long is presumed dead
 
     def identity(self) -> dict[str, Any]:
         space_hash = hashlib.sha256(repr(to_jsonable(self.space)).encode()).hexdigest()[:12]
@@ -56,6 +68,14 @@ class SearchRequest:
         return {"model": self.source.name, "max_token": self.max_token, "global_batch": c.global_batch,
                 "device": c.device, "gpus": list(c.gpus), "gpu_memory": c.gpu_memory, "weights": c.weights,
                 "space": f"{self.space.name}:{space_hash}", "headroom": self.limits.headroom}
+
+    def study_name(self) -> str:
+        """Workers share a study when they run the same search; which GPU each uses does not matter."""
+        ident = {k: v for k, v in self.identity().items() if k != "gpus"} | {"num_gpus": self.ctx.num_gpus}
+        if self.storage is None:
+            return f"autofit-{ident['space']}"
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return f"autofit-{ident['space']}-{digest}"
 
 
 @dataclass
@@ -67,6 +87,10 @@ class SearchResult:
     wall_time_s: float
     best: dict[str, Any] | None
     summary: str
+
+
+class _Wait(Exception):
+    """A planner pass needs a result another worker is still measuring: pass again later."""
 
 
 class _Pool:
@@ -130,24 +154,50 @@ class _Search:
         self.cache: dict[tuple, ProbeResult] = {}
         self.probes_run = 0
         self.t0 = time.time()
+        self.shared = req.storage is not None
+        self.worker = f"{socket.gethostname()}:{run.path.resolve()}"
+        self.busy: dict[Key, int] = {}     # keys this pass found in flight elsewhere -> their trial numbers
+        self.mirrored: set[Key] = set()    # keys with a row in probes.csv
+        self.announced: set[Key] = set()   # keys whose result was printed
+        self.logged: set[str] = set()
+        self.inflight: Claim | None = None
 
     # -- setup ----------------------------------------------------------------------------------
     def _open_study(self):
         storage = self.req.storage or f"sqlite:///{self.run.study_db.resolve()}"
-        self.study, self.dists = studymod.open_study(storage, f"autofit-{self.req.identity()['space']}",
-                                                     [s.key() for s in self.strategies], self.req.space.micro_batches,
-                                                     self.tokens)
+        heartbeat = self.req.heartbeat_s if self.shared else None
+        self.study, self.dists, rdb = studymod.open_study(storage, self.req.study_name(),
+                                                          [s.key() for s in self.strategies],
+                                                          self.req.space.micro_batches, self.tokens, heartbeat_s=heartbeat)
+        self.board = Board(self.study, rdb, self.dists, self.worker, heartbeat)
+        if self.shared:
+            self._check_same_budget(storage)
+
+    def _check_same_budget(self, storage: str) -> None:
+        """Workers pool their results, so they must agree on what fits."""
+        mine = {"budget_gib": round(self.req.limits.budget / 2**30, 3), "limit_gib": round(self.req.limits.limit / 2**30, 3)}
+        theirs = self.study.user_attrs.get("limits")
+        if theirs is None:
+            self.study.set_user_attr("limits", mine)
+        elif theirs != mine:
+            raise StorageError(f"study {self.study.study_name} in {studymod.redact(storage)} was started by a worker with "
+                               f"a {theirs['budget_gib']} GiB budget; this one has {mine['budget_gib']} GiB: give every "
+                               "worker the same --gpu-memory (or GPU model)")
 
     def _load_previous(self) -> None:
         """Reload finished probes and make the study agree with probes.csv."""
+        rows = read_probes(self.run.probes)
+        if self.shared:
+            self._load_previous_shared(rows)
+            return
         from optuna.trial import TrialState
 
-        rows = read_probes(self.run.probes)
         trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
         for row in rows:
-            key = (row["strategy"], int(row["micro_batch"]), int(row["max_token"]), row["phase"], int(row["repeat"] or 0))
+            key = _row_key(row)
             r = result_from_row(row)
             self.cache[key] = r
+            self.mirrored.add(key)
             s = self.by_key.get(row["strategy"])
             t = trials.get(int(row["trial"])) if row["trial"] else None
             if s is not None and (t is None or t.state == TrialState.RUNNING):
@@ -155,65 +205,179 @@ class _Search:
                 if t is not None:
                     self.study.tell(t.number, state=TrialState.FAIL)
                 studymod.add_finished(self.study, self.dists, s, Shape(key[1], key[2]), r, peak_of(r),
-                                      self.req.limits.limit, key[3], key[4])
+                                      self.req.limits.limit, key[3], key[4], self._key_attrs(key))
         stale = studymod.fail_stale_running(self.study)
         if stale:
             self.progress.log(f"{stale} probe(s) were in flight when the last run died; they run again")
         if rows:
             self.progress.log(f"resuming: {len(rows)} finished probe(s) from {self.run.probes} will not run again")
 
+    def _load_previous_shared(self, rows: list[dict]) -> None:
+        """The shared study is the record; probes.csv only adds what the study lacks (a run dir first
+        searched with another storage). This worker's own RUNNING trials died with its last process."""
+        own = self.board.fail_own_leftovers()
+        if own:
+            self.progress.log(f"{own} probe(s) of this run dir were in flight when it died; they run again")
+        self.board.fail_stale()
+        self.board.refresh()
+        for row in rows:
+            key = _row_key(row)
+            self.mirrored.add(key)
+            s = self.by_key.get(row["strategy"])
+            if s is not None and self.board.result(key) is None and self.board.busy(key) is None:
+                r = result_from_row(row)
+                studymod.add_finished(self.study, self.dists, s, Shape(key[1], key[2]), r, peak_of(r),
+                                      self.req.limits.limit, key[3], key[4], self._key_attrs(key))
+        self.board.refresh()
+        self.progress.log(f"worker {self.worker}, shared study {self.study.study_name}: "
+                          f"{len(self.board.results())} finished probe(s) there will not run again")
+
+    def _key_attrs(self, key: Key) -> dict[str, str]:
+        return {KEY_ATTR: key_text(key), WORKER_ATTR: self.worker}
+
     # -- measuring ------------------------------------------------------------------------------
-    def measure(self, s: Strategy, shape: Shape, phase: str, repeat: int, trial=None) -> ProbeResult:
+    def measure(self, s: Strategy, shape: Shape, phase: str, repeat: int) -> ProbeResult:
         key = (s.key(), shape.micro_batch, shape.max_token, phase, repeat)
-        limits = self.req.limits
-        if key in self.cache:
-            r = self.cache[key]
-            if trial is not None:
-                self.study.tell(trial, state=_pruned(), skip_if_finished=True)
-            self.progress.done(r, limits.fits(r), peak_of(r), cached=True)
+        r = self._known(key)
+        if r is not None:
             return r
-        if trial is None:
-            self.study.enqueue_trial(studymod.params(s, shape), skip_if_exists=False)
-            trial = self.study.ask(self.dists)
+        claim = None if self.board.busy(key) is not None else self.board.claim(key, studymod.params(s, shape))
+        if claim is None:  # another worker has it (or has just finished it)
+            return self._known(key) or self._in_flight(key)
         session = self.pool.get(s)
         self.progress.start(s, shape, phase, session.phase)
-        r = session.probe(shape)
+        self.inflight = claim
+        with self.board.beating(claim):
+            r = session.probe(shape)
         self.probes_run += 1
-        peak = peak_of(r)
-        append_probe(self.run.probes, r, s, trial=trial.number, fits=limits.fits(r), finished_at=time.time(),
-                     phase=phase, repeat=repeat, peak=peak)
+        saved = self._save(key, s, claim, r)
+        self.inflight = None
+        return r if saved else (self._known(key) or self._in_flight(key))
+
+    def _save(self, key: Key, s: Strategy, claim: Claim, r: ProbeResult) -> bool:
+        limits, peak = self.req.limits, peak_of(r)
+        row = dict(trial=claim.number, fits=limits.fits(r), finished_at=time.time(), phase=key[3], repeat=key[4], peak=peak)
+        if not self.shared:
+            append_probe(self.run.probes, r, s, **row)
+            studymod.record(self.study, claim.trial, r, peak, limits.limit, key[3], key[4])
+        else:
+            try:
+                studymod.record(self.study, claim.trial, r, peak, limits.limit, key[3], key[4])
+            except Exception:
+                from optuna.trial import TrialState
+
+                if self.board.storage.get_trial(claim.trial_id).state == TrialState.RUNNING:
+                    raise
+                self.board.refresh()
+                got = self.board.result(key)
+                if got is None or got[0].number != claim.number:
+                    # Another worker took this one for dead (no heartbeat within the grace period) and
+                    # failed its trial; the key runs (or ran) again there.
+                    self.progress.log(f"{s.key()} mb={key[1]} T={key[2]}: this worker was presumed dead; "
+                                      "its result is dropped (raise --heartbeat if the database is slow)")
+                    return False
+            append_probe(self.run.probes, r, s, **row)
         self.cache[key] = r
-        studymod.record(self.study, trial, r, peak, limits.limit, phase, repeat)
+        self.mirrored.add(key)
+        self.announced.add(key)
         outputs.write_boundaries(self.run.boundaries, self.cache, limits)
         self.progress.done(r, limits.fits(r), peak)
+        return True
+
+    def _known(self, key: Key) -> ProbeResult | None:
+        """A finished result for key: this run's, or (shared study) any worker's, mirrored into probes.csv."""
+        r = self.cache.get(key)
+        if r is None:
+            self.board.refresh()
+            got = self.board.result(key)
+            if got is None:
+                return None
+            trial, r = got
+            self.cache[key] = r
+            s = self.by_key.get(key[0])
+            if key not in self.mirrored and s is not None:
+                done = trial.datetime_complete.timestamp() if trial.datetime_complete else time.time()
+                append_probe(self.run.probes, r, s, trial=trial.number, fits=self.req.limits.fits(r), finished_at=done,
+                             phase=key[3], repeat=key[4], peak=peak_of(r))
+                self.mirrored.add(key)
+        if key not in self.announced:
+            self.announced.add(key)
+            self.progress.done(r, self.req.limits.fits(r), peak_of(r), cached=True)
         return r
 
-    def explore(self, planner: Planner, out: Outcome) -> None:
-        """TPE proposes among what the escalation left open (max_token fixed to the target)."""
-        import optuna
+    def _in_flight(self, key: Key) -> ProbeResult:
+        """A placeholder for a probe another worker is running: this pass goes on without it (a crash is
+        no memory wall, so it caps nothing) and is replayed once the real result is in."""
+        number = self.board.busy(key)
+        if key not in self.busy:
+            self.busy[key] = -1 if number is None else number
+            msg = (f"{key[0]} mb={key[1]} T={key[2]} ({key[3]}) is being probed by another worker"
+                   + (f" (trial {number})" if number is not None else "") + "; going on with other probes")
+            if msg not in self.logged:
+                self.logged.add(msg)
+                self.progress.log(msg)
+        return ProbeResult(strategy=key[0], micro_batch=key[1], max_token=key[2], status=Status.CRASH,
+                           error="in flight on another worker")
 
-        cells = {(s.key(), mb) for s, mb in planner.open_cells(out)}
+    def _plan_log(self, msg: str) -> None:
+        """Planner messages once each; none from a pass that already met a placeholder (they may be wrong)."""
+        if self.busy or msg in self.logged:
+            return
+        self.logged.add(msg)
+        self.progress.log(msg)
+
+    def explore(self, planner: Planner, out: Outcome) -> None:
+        """TPE proposes among what the escalation left open (max_token fixed to the target). The
+        explored cells are the first --explore explore probes (by trial number) of the open cells,
+        whichever worker proposed them, so every worker's final pass uses the same ones."""
+        import optuna
+        from optuna.trial import TrialState
+
+        if self.busy:
+            raise _Wait  # the open cells depend on results still being measured
+        t = planner.target
+        cells = [(s.key(), mb) for s, mb in planner.open_cells(out)]
         if not cells or self.req.explore <= 0:
             return
-        self.progress.log(f"exploring with TPE: {len(cells)} open cell(s), at most {self.req.explore} probe(s)")
+        self._plan_log(f"exploring with TPE: {len(cells)} open cell(s), at most {self.req.explore} probe(s)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.study.sampler = optuna.samplers.PartialFixedSampler(
-                {"max_token": planner.target}, studymod.make_sampler(seed=len(self.study.trials)))
-        probes = 0
+                {"max_token": t}, studymod.make_sampler(seed=len(self.study.trials)))
         for _ in range(20):
-            if probes >= self.req.explore or not cells or planner.out_of_time():
+            taken = self._explore_keys(cells, t)
+            free = [c for c in cells if (c[0], c[1], t, "explore", 0) not in taken]
+            if len(taken) >= self.req.explore or not free or planner.out_of_time():
                 break
-            trial = self.study.ask(self.dists)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "heartbeat is meant for optimize()": we beat ourselves
+                trial = self.study.ask(self.dists)
             k, mb = trial.params["strategy"], trial.params["micro_batch"]
-            if (k, mb) not in cells:
-                trial.set_user_attr("not_run", "known, implied by a wall, or covered by a faster strategy")
-                self.study.tell(trial, state=_pruned())
-                continue
-            cells.discard((k, mb))
-            r = self.measure(self.by_key[k], Shape(mb, planner.target), "explore", 0, trial=trial)
-            planner.results[(k, mb, planner.target, "explore", 0)] = r
-            probes += 1
+            # A proposal only: the probe gets a trial of its own when it is claimed.
+            trial.set_user_attr("not_run", "proposal, probed as its own trial" if (k, mb) in free else
+                                "known, implied by a wall, or covered by a faster strategy")
+            self.study.tell(trial, state=TrialState.PRUNED)
+            if (k, mb) in free:
+                self.measure(self.by_key[k], Shape(mb, t), "explore", 0)
+        chosen = sorted(self._explore_keys(cells, t).items(), key=lambda kv: kv[1])[: self.req.explore]
+        for key, number in chosen:
+            r = self._known(key)
+            if r is None:
+                self.busy.setdefault(key, number)
+            else:
+                planner.results[key] = r
+        if self.busy:
+            raise _Wait
+
+    def _explore_keys(self, cells: list[tuple[str, int]], t: int) -> dict[Key, int]:
+        """Explore probes of the open cells, finished or in flight -> their trial numbers."""
+        self.board.refresh()
+        out = {k: tr.number for k, tr in self.board.owners.items()
+               if k[2] == t and k[3] == "explore" and (k[0], k[1]) in cells}
+        for k in self.cache:  # resumed from a study written before probe keys: probes.csv knows them
+            if k[2] == t and k[3] == "explore" and (k[0], k[1]) in cells and k not in out:
+                out[k] = 10**9 + len(out)
+        return out
 
     # -- the whole search -----------------------------------------------------------------------
     def go(self, header: str | None = None) -> SearchResult:
@@ -226,12 +390,25 @@ class _Search:
         deadline = self.t0 + self.req.budget_s if self.req.budget_s else None
         space = self.req.space
         cap = max(1, self.ctx.global_batch // self.ctx.num_gpus)
-        planner = Planner(self.strategies, space.micro_batches, self.tokens, self.req.max_token, cap, self.req.limits,
-                          lambda s, shape, ph, rep: self.measure(s, shape, ph, rep), deadline=deadline,
-                          log=self.progress.log)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        planner = None
         try:
-            out = planner.run(explore=self.explore)
+            while True:  # one pass for a single worker; with others, until a pass meets no probe in flight
+                self.busy, ran = {}, self.probes_run
+                planner = Planner(self.strategies, space.micro_batches, self.tokens, self.req.max_token, cap,
+                                  self.req.limits, self.measure, deadline=deadline,
+                                  log=self._plan_log)
+                try:
+                    out = planner.run(explore=self.explore)
+                    if not self.busy:
+                        break
+                except _Wait:
+                    pass
+                if self.probes_run == ran:
+                    time.sleep(POLL_S)
+                self.board.fail_stale()
+            if self.shared:
+                self._mirror_all()
         except KeyboardInterrupt:
             self._stop_after_interrupt(planner)
             raise Interrupted(f"interrupted: {len(self.cache)} finished probe(s) saved in {self.run.path}; "
@@ -241,11 +418,21 @@ class _Search:
             self.pool.close()
         return self._finish(out, planner)
 
-    def _stop_after_interrupt(self, planner: Planner) -> None:
+    def _stop_after_interrupt(self, planner: Planner | None) -> None:
         self.pool.close()
-        studymod.fail_stale_running(self.study)
+        if not self.shared:
+            studymod.fail_stale_running(self.study)
+        elif self.inflight is not None:
+            self.board.release(self.inflight)  # another worker may take it at once
         outputs.write_boundaries(self.run.boundaries, self.cache, self.req.limits)
         write_run_json(self.run, self.req.identity(), {"status": "interrupted", "probes": len(self.cache)})
+
+    def _mirror_all(self) -> None:
+        """Every result in the shared study goes into this run dir too, so each worker's files are whole."""
+        self.board.refresh()
+        for key in sorted(self.board.results()):
+            if key not in self.cache and key[0] in self.by_key:
+                self._known(key)
 
     def _finish(self, out: Outcome, planner: Planner) -> SearchResult:
         wall = time.time() - self.t0
@@ -257,16 +444,15 @@ class _Search:
         outputs.write_boundaries(self.run.boundaries, self.cache, self.req.limits, out)
         write_run_json(self.run, self.req.identity(), {
             "status": "done", "probes_run": self.probes_run, "probes_total": len(self.cache), "wall_time_s": round(wall, 1),
-            "workers_started": self.pool.count, "winner": best["config"] if best else None, "note": out.note or None})
+            "workers_started": self.pool.count, "winner": best["config"] if best else None, "note": out.note or None,
+            **({"study": self.study.study_name, "worker": self.worker} if self.shared else {})})
         return SearchResult(outcome=out, run=self.run, probes_run=self.probes_run,
                             probes_reused=len(self.cache) - self.probes_run, wall_time_s=wall, best=best,
                             summary=outputs.summary_table(out, self.cache, self.req.limits))
 
 
-def _pruned():
-    from optuna.trial import TrialState
-
-    return TrialState.PRUNED
+def _row_key(row: dict) -> Key:
+    return (row["strategy"], int(row["micro_batch"]), int(row["max_token"]), row["phase"], int(row["repeat"] or 0))
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: stop cleanly, keep everything

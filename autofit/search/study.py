@@ -13,21 +13,69 @@ from autofit.errors import StorageError
 from autofit.spec import ProbeResult, Shape, Strategy
 
 
-def open_study(storage: str, name: str, strategies: list[str], micro_batches: tuple[int, ...], max_tokens: tuple[int, ...]):
+def open_study(storage: str, name: str, strategies: list[str], micro_batches: tuple[int, ...], max_tokens: tuple[int, ...],
+               heartbeat_s: int | None = None):
+    """The study, its parameter distributions and its storage. With heartbeat_s, a RUNNING trial whose
+    worker has not beaten for 3 x heartbeat_s is presumed dead (see workers.Board.fail_stale)."""
+    import time
+    import warnings
+
     import optuna
     from optuna.distributions import CategoricalDistribution
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = make_sampler(seed=0)
-    try:
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
-                                    load_if_exists=True)
-    except Exception as exc:  # bad URL, server down, driver missing: all one clear line
-        raise StorageError(f"cannot open Optuna storage {storage!r}: {str(exc).splitlines()[0][:300]}") from None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                rdb = optuna.storages.RDBStorage(with_driver(storage), heartbeat_interval=heartbeat_s,
+                                                 grace_period=3 * heartbeat_s if heartbeat_s else None)
+            study = optuna.create_study(storage=rdb, study_name=name, direction="maximize", sampler=sampler,
+                                        load_if_exists=True)
+            break
+        except Exception as exc:  # bad URL, server down, driver missing: all one clear line
+            first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            if attempt < 2 and any(m in str(exc) for m in _CREATE_RACES):
+                time.sleep(0.5 + attempt)  # workers starting together on an empty database
+                continue
+            hint = ""
+            if isinstance(exc, ImportError) and storage.startswith("postgres"):
+                hint = " (install the PostgreSQL driver: pip install 'autofit[postgres]')"
+            raise StorageError(f"cannot open Optuna storage {redact(storage)!r}: {first}{hint}") from None
     dists = {"strategy": CategoricalDistribution(strategies),
              "micro_batch": CategoricalDistribution(list(micro_batches)),
              "max_token": CategoricalDistribution(sorted(set(max_tokens)))}
-    return study, dists
+    return study, dists, rdb
+
+
+# What PostgreSQL says when two workers create Optuna's tables or study at the same moment.
+_CREATE_RACES = ("already exists", "duplicate key", "deadlock", "UniqueViolation")
+
+
+def with_driver(url: str) -> str:
+    """postgresql://... names no driver, and SQLAlchemy's default differs between versions (psycopg2
+    in 2.0, psycopg 3 in 2.1): name the one that is installed."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres") or not sep:
+        return url
+    for module in ("psycopg", "psycopg2"):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        return f"postgresql+{module}://{rest}"
+    return url  # fails to open with ImportError: the message says what to install
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password (it goes into messages)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: it has no password field to hide either
+        return url
 
 
 def make_sampler(seed: int):
@@ -52,12 +100,18 @@ def attrs(r: ProbeResult, peak: int | None, limit: float, phase: str, repeat: in
 
 
 def record(study, trial, r: ProbeResult, peak: int | None, limit: float, phase: str, repeat: int) -> None:
-    """Tell the study how a probe went. OOM/over-headroom: COMPLETE with constraint > 0 (infeasible)."""
+    """Tell the study how a probe went. OOM/over-headroom: COMPLETE with constraint > 0 (infeasible).
+
+    `status` is written last: a trial that has it holds a whole result even if its worker died
+    before the tell (see workers.result_of)."""
     from optuna.trial import TrialState
 
-    for k, v in attrs(r, peak, limit, phase, repeat).items():
-        trial.set_user_attr(k, v)
     trial.set_constraint("memory_over_limit_gib", constraint(r, peak, limit))
+    a = attrs(r, peak, limit, phase, repeat)
+    status = a.pop("status")
+    for k, v in a.items():
+        trial.set_user_attr(k, v)
+    trial.set_user_attr("status", status)
     if r.status.value in ("ok", "oom"):
         study.tell(trial, r.tokens_per_s or 0.0)
     else:
@@ -65,7 +119,7 @@ def record(study, trial, r: ProbeResult, peak: int | None, limit: float, phase: 
 
 
 def add_finished(study, dists, s: Strategy, shape: Shape, r: ProbeResult, peak: int | None, limit: float,
-                 phase: str, repeat: int) -> int:
+                 phase: str, repeat: int, extra_attrs: dict[str, Any] | None = None) -> int:
     """A probe that probes.csv has but the study lacks (the driver died between the two writes)."""
     import optuna
     from optuna.trial import TrialState
@@ -74,7 +128,7 @@ def add_finished(study, dists, s: Strategy, shape: Shape, r: ProbeResult, peak: 
     t = optuna.trial.create_trial(params=params(s, shape), distributions=dists,
                                   value=(r.tokens_per_s or 0.0) if ok else None,
                                   state=TrialState.COMPLETE if ok else TrialState.FAIL,
-                                  user_attrs=attrs(r, peak, limit, phase, repeat),
+                                  user_attrs={**attrs(r, peak, limit, phase, repeat), **(extra_attrs or {})},
                                   constraints={"memory_over_limit_gib": constraint(r, peak, limit)})
     study.add_trial(t)
     return study.trials[-1].number
