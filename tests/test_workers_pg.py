@@ -145,9 +145,13 @@ def _fake_request(run_dir: Path, **kw):
 def _fake_hw():
     from tests.fakes import FakeHardware
 
-    return FakeHardware(capacity=80.0, fixed={f"{LORA}/nockpt/z0": 20.0, f"{LORA}/ckpt/z0": 19.0},
-                        per_token={f"{LORA}/nockpt/z0": 9.0 / 1024, f"{LORA}/ckpt/z0": 2.9 / 1024},
-                        speed={f"{LORA}/nockpt/z0": 10000.0, f"{LORA}/ckpt/z0": 7600.0})
+    # ckpt's throughput peaks between the micro-batches its escalation measured before jumping to
+    # 16: the cells it jumped over are explored, so the workers share the exploration too.
+    ck = f"{LORA}/ckpt/z0"
+    return FakeHardware(capacity=80.0, fixed={f"{LORA}/nockpt/z0": 20.0, ck: 19.0},
+                        per_token={f"{LORA}/nockpt/z0": 9.0 / 1024, ck: 2.9 / 1024},
+                        speed={f"{LORA}/nockpt/z0": 10000.0, ck: 7600.0},
+                        tokens_at={(ck, 1): 6200.0, (ck, 2): 6000.0, (ck, 4): 6600.0, (ck, 8): 6400.0, (ck, 16): 5800.0})
 
 
 def _fake_worker(url: str, run_dir: str, barrier, out) -> None:
@@ -197,6 +201,7 @@ def test_two_fake_workers_name_the_same_winner_as_one(tmp_path, pg_url):
     assert all(n >= 1 for *_, n in got)  # both did some of the work
     trials = _trials(pg_url)
     per_key = _results_per_key(trials)
+    assert any(k.endswith("|explore|0") for k in per_key)
     assert per_key and max(per_key.values()) == 1  # no probe ran twice
     assert sum(n for *_, n in got) == len(per_key)
     for run_dir, *_ in got:
