@@ -27,6 +27,7 @@ from autofit.models import ModelSource
 from autofit.results import append_probe, read_probes, result_from_row
 from autofit.search import outputs, study as studymod
 from autofit.search.planner import Limits, Outcome, Planner, peak_of
+from autofit.search.prior import analytic_slope
 from autofit.search.progress import Progress
 from autofit.search.rundir import RunDir, RunLock, check_resume, write_run_json
 from autofit.search.space import SearchSpace
@@ -397,7 +398,7 @@ class _Search:
                 self.busy, ran = {}, self.probes_run
                 planner = Planner(self.strategies, space.micro_batches, self.tokens, self.req.max_token, cap,
                                   self.req.limits, self.measure, deadline=deadline,
-                                  log=self._plan_log)
+                                  log=self._plan_log, slope_prior=analytic_slope(self.req.source, self.ctx))
                 try:
                     out = planner.run(explore=self.explore)
                     if not self.busy:
