@@ -145,6 +145,8 @@ def scenario_folders(results: Path) -> list[Path]:
     out = []
     for summary in sorted(results.glob("*/summary.json")):
         d = summary.parent
+        if d.name.startswith("demo-"):  # `make demo` runs: git-ignored, not in every checkout
+            continue
         s = json.loads(summary.read_text())
         if "search" not in s:
             continue
