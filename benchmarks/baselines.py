@@ -33,13 +33,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from autofit.hardware import memory_budget, parse_gpus
-from autofit.models import ModelSource, resolve_model
+from autofit.models import ModelSource
 from autofit.probe.runner import StandbyFactory, escalate
 from autofit.search.planner import Limits, peak_of
-from autofit.search.space import SearchSpace, load_space
+from autofit.search.space import SearchSpace
 from autofit.spec import Context, Shape, Strategy, to_jsonable
-from autofit.units import parse_memory
+from benchmarks.common import add_scenario_args, scenario_from_args
 
 BASELINES = ("hand", "hf-auto", "ds-autotune")
 ROOT = Path(__file__).resolve().parent.parent
@@ -356,15 +355,7 @@ def run_all(sc: Scenario, only: list[str], runners: dict[str, Callable[[], dict[
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--max-token", type=int, required=True)
-    ap.add_argument("--space", default="default")
-    ap.add_argument("--global-batch", type=int, default=32)
-    ap.add_argument("--gpu-memory", default=None)
-    ap.add_argument("--gpus", default=None)
-    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    ap.add_argument("--headroom", type=float, default=0.08)
-    ap.add_argument("--out", type=Path, required=True)
+    add_scenario_args(ap)
     ap.add_argument("--only", default=",".join(BASELINES), help=f"comma-separated subset of {', '.join(BASELINES)}")
     ap.add_argument("--hf-start-batch", type=int, default=HF_START_BATCH)
     ap.add_argument("--hf-steps", type=int, default=4, help="optimizer steps HF Trainer runs at the batch it settles on")
@@ -376,13 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     if bad or not only:
         ap.error(f"--only {a.only!r}: choose from {', '.join(BASELINES)}")
 
-    device, gpus = parse_gpus(a.gpus, a.device)
-    ctx = Context(model=a.model, device=device, gpus=gpus, gpu_memory=parse_memory(a.gpu_memory) if a.gpu_memory else None,
-                  global_batch=a.global_batch, measure_steps=2, max_positions=a.max_token)
-    space = load_space(a.space)
-    budget = memory_budget(ctx)
-    sc = Scenario(ctx=ctx, source=resolve_model(a.model), space=space, max_token=a.max_token,
-                  limits=Limits(budget, a.headroom), out=a.out / "baselines")
+    ctx, source, space, limits = scenario_from_args(a, max_positions=a.max_token)
+    device, gpus, budget = ctx.device, ctx.gpus, limits.budget
+    sc = Scenario(ctx=ctx, source=source, space=space, max_token=a.max_token, limits=limits, out=a.out / "baselines")
     sc.out.mkdir(parents=True, exist_ok=True)
     header = {"model": a.model, "max_token": a.max_token, "space": space.name, "global_batch": a.global_batch,
               "device": device, "gpus": list(gpus), "num_gpus": ctx.num_gpus, "gpu_memory": a.gpu_memory,

@@ -10,12 +10,7 @@ out=${1:?output folder}
 gpus=${2:-$(python3 -c "import torch; print(','.join(map(str, range(torch.cuda.device_count()))))")}
 n=$(echo "$gpus" | tr ',' '\n' | wc -l)
 mkdir -p "$out"
-step() {
-  local name=$1; shift
-  [ -e "$out/$name.done" ] || [ -e "$out/$name.failed" ] && return 0
-  echo "### $(date +%T) $name: $*" | tee -a "$out/steps.log"
-  if "$@" > "$out/$name.log" 2>&1; then touch "$out/$name.done"; else echo "$name failed: rc=$?" | tee -a "$out/steps.log"; touch "$out/$name.failed"; fi
-}
+source "$(dirname "$0")/steps.sh"
 step "full-${n}gpu" python3 -m autofit search --model THUDM/glm-4-9b-chat --method full --space full-zero \
   --max-token 1024 --global-batch 16 --gpus "$gpus" --budget 20m --run-dir "$out/search-glm4-full-${n}gpu"
 step "report-${n}gpu" python3 -m autofit report "$out/search-glm4-full-${n}gpu"

@@ -16,15 +16,10 @@ import sys
 from pathlib import Path
 
 from benchmarks import scenario_table
+from benchmarks.common import committed
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- tables:start (python -m benchmarks.readme_tables --write) -->", "<!-- tables:end -->"
-
-
-def committed(pattern: str) -> list[Path]:
-    """results/ files matching pattern, without the git-ignored `make demo` runs (results/demo-*/):
-    the README shows what every checkout has."""
-    return sorted(p for p in ROOT.glob(pattern) if not p.relative_to(ROOT / "results").parts[0].startswith("demo-"))
 
 
 def _gib(b: str) -> str:
@@ -38,7 +33,7 @@ def _short_gpu(name: str) -> str:
 def search_table() -> str:
     lines = ["| scenario | GPU | autofit: wall, probes | winner (micro-batch) | tokens/s | exhaustive grid: wall, probes | time vs grid | winner vs grid best |",
              "|---|---|---|---|---|---|---|---|"]
-    for summary in committed("results/*/summary.json"):
+    for summary in committed(ROOT / "results", "*/summary.json"):
         s = json.loads(summary.read_text())
         if "search" not in s:  # other results (e.g. estimate-error) have summaries of their own shape
             continue
@@ -115,7 +110,7 @@ def probe_table(folder: str) -> str:
 def verify_table() -> str:
     lines = ["| run | GPU | winner (micro-batch, max_token) | steps | tokens/s: verify / search | peak GiB: verify / search | budget GiB | passed |",
              "|---|---|---|---|---|---|---|---|"]
-    for path in committed("results/*/verify.json"):
+    for path in committed(ROOT / "results", "*/verify.json"):
         v = json.loads(path.read_text())
         lines.append(f"| [{path.parent.name}](results/{path.parent.name}) | {_short_gpu(v['device'])} | `{v['strategy']}` "
                      f"({v['micro_batch']}, {v['max_token']}) | {v['steps']} | {v['tokens_per_s']:.0f} / {v['probe_tokens_per_s']:.0f} "

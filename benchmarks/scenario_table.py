@@ -18,9 +18,9 @@ import csv
 import json
 import statistics
 from pathlib import Path
-from typing import Any
 
 from autofit.search import memmodel
+from benchmarks.common import committed
 from autofit.spec import compared_peak
 
 BASELINE_LABELS = {"hand": "hand-tuning (DeepSpeed tutorial)", "hf-auto": "HF auto_find_batch_size (from 64)",
@@ -143,10 +143,8 @@ def scenario_rows(folder: Path) -> tuple[str, list[str]]:
 def scenario_folders(results: Path) -> list[Path]:
     """Folders that make an issue-7 scenario: a search with its grid, or baselines.json."""
     out = []
-    for summary in sorted(results.glob("*/summary.json")):
+    for summary in committed(results, "*/summary.json"):
         d = summary.parent
-        if d.name.startswith("demo-"):  # `make demo` runs: git-ignored, not in every checkout
-            continue
         s = json.loads(summary.read_text())
         if "search" not in s:
             continue

@@ -7,12 +7,7 @@
 set -uo pipefail
 out=${1:?output folder}
 mkdir -p "$out"
-step() {
-  local name=$1; shift
-  [ -e "$out/$name.done" ] || [ -e "$out/$name.failed" ] && return 0
-  echo "### $(date +%T) $name: $*" | tee -a "$out/steps.log"
-  if "$@" > "$out/$name.log" 2>&1; then touch "$out/$name.done"; else echo "$name failed: rc=$?" | tee -a "$out/steps.log"; touch "$out/$name.failed"; fi
-}
+source "$(dirname "$0")/steps.sh"
 glm="--model THUDM/glm-4-9b-chat --max-token 1024 --global-batch 32"
 step bench80 python3 -m benchmarks.search_vs_grid $glm --space default --budget 8m --out "$out/bench-80"
 # Steps chosen so each verify takes about two minutes: the 24 GiB winner offloads to the CPU (~25 s a step).

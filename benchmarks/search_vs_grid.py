@@ -23,16 +23,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from autofit.hardware import memory_budget, parse_gpus
-from autofit.models import resolve_model
 from autofit.probe.runner import StandbyFactory, escalate
 from autofit.results import append_probe, read_probes
 from autofit.search.driver import SearchRequest, run_search
 from autofit.search.planner import Limits, peak_of
 from autofit.search.progress import Progress
-from autofit.search.space import load_space
 from autofit.spec import Context, Shape
-from autofit.units import parse_duration, parse_memory
+from autofit.units import parse_duration
+from benchmarks.common import add_scenario_args, scenario_from_args
 
 
 def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Path, progress: Progress) -> dict:
@@ -127,15 +125,8 @@ def summarize_cut_short(out: Path, log: Path, limits_max_token: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--max-token", type=int, required=True)
-    ap.add_argument("--space", default="default")
-    ap.add_argument("--global-batch", type=int, default=32)
-    ap.add_argument("--gpu-memory", default=None)
-    ap.add_argument("--gpus", default=None)
-    ap.add_argument("--headroom", type=float, default=0.08)
+    add_scenario_args(ap)
     ap.add_argument("--budget", default="15m")
-    ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--skip-grid", action="store_true")
     ap.add_argument("--no-warm-up", action="store_true", help="time the search from a cold start (see warm_up)")
     ap.add_argument("--grid-tokens", default=None,
@@ -150,13 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2))
         return 0
 
-    device, gpus = parse_gpus(a.gpus, "auto")
-    ctx = Context(model=a.model, device=device, gpus=gpus, gpu_memory=parse_memory(a.gpu_memory) if a.gpu_memory else None,
-                  global_batch=a.global_batch, measure_steps=2)
-    source = resolve_model(a.model)
-    space = load_space(a.space)
-    budget = memory_budget(ctx)
-    limits = Limits(budget, a.headroom)
+    ctx, source, space, limits = scenario_from_args(a)
+    budget = limits.budget
     a.out.mkdir(parents=True, exist_ok=True)
     progress = Progress()
 

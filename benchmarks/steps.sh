@@ -1,0 +1,9 @@
+# Sourced by the GPU evidence scripts: `step NAME CMD...` runs CMD once into $out/NAME.log and leaves
+# $out/NAME.done or $out/NAME.failed, so a script polled across device calls (or restarted on a fresh
+# machine with the same folder) never runs a finished or failed step again.
+step() {
+  local name=$1; shift
+  [ -e "$out/$name.done" ] || [ -e "$out/$name.failed" ] && return 0
+  echo "### $(date +%T) $name: $*" | tee -a "$out/steps.log"
+  if "$@" > "$out/$name.log" 2>&1; then touch "$out/$name.done"; else echo "$name failed: rc=$?" | tee -a "$out/steps.log"; touch "$out/$name.failed"; fi
+}
