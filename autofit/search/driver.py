@@ -393,12 +393,13 @@ class _Search:
         cap = max(1, self.ctx.global_batch // self.ctx.num_gpus)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         planner = None
+        slope_prior = analytic_slope(self.req.source, self.ctx)  # one cache for every pass
         try:
             while True:  # one pass for a single worker; with others, until a pass meets no probe in flight
                 self.busy, ran = {}, self.probes_run
                 planner = Planner(self.strategies, space.micro_batches, self.tokens, self.req.max_token, cap,
                                   self.req.limits, self.measure, deadline=deadline,
-                                  log=self._plan_log, slope_prior=analytic_slope(self.req.source, self.ctx))
+                                  log=self._plan_log, slope_prior=slope_prior)
                 try:
                     out = planner.run(explore=self.explore)
                     if not self.busy:
