@@ -123,6 +123,27 @@ def summarize_cut_short(out: Path, log: Path, limits_max_token: int) -> dict:
     return summary
 
 
+def reuse_grid(src: Path, out: Path, search: dict, max_token: int) -> dict:
+    """The grid half of summary.json, taken from an earlier run of the same scenario (same model, space,
+    budget and GPU model): the oracle does not depend on how the search plans, so a planner change can
+    be re-measured without paying for the grid again. The search's winner is looked up in that grid."""
+    prev = json.loads((src / "summary.json").read_text())
+    shutil.copyfile(src / "grid.csv", out / "grid.csv")
+    g = dict(prev["grid"], reused_from=src.name)
+    mine = next((r for r in read_probes(out / "grid.csv") if r["strategy"] == search["winner"]
+                 and int(r["micro_batch"]) == search["winner_micro_batch"] and int(r["max_token"]) == max_token
+                 and r["status"] == "ok"), None)
+    g["search_winner_tokens_per_s_in_grid"] = float(mine["tokens_per_s"]) if mine else None
+    part = {"grid": g}
+    if mine and g.get("best"):
+        part["quality"] = round(float(mine["tokens_per_s"]) / g["best"]["tokens_per_s"], 4)
+    if "wall_s" in g:
+        part["time_fraction"] = round(search["wall_s"] / g["wall_s"], 3)
+    else:  # the earlier grid was cut short: its wall time is a lower bound
+        part["time_fraction_at_most"] = round(search["wall_s"] / g["wall_s_at_least"], 3)
+    return part
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_scenario_args(ap)
@@ -132,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid-tokens", default=None,
                     help="comma-separated max_tokens the grid covers (default: the space's and --max-token). "
                          "Fewer makes the grid cheaper, so the search's time fraction only gets harder to meet.")
+    ap.add_argument("--grid-from", type=Path, metavar="DIR", default=None,
+                    help="skip the grid and compare with the one an earlier run of this scenario measured on the "
+                         "same GPU model (its grid.csv and summary.json are copied in, marked reused_from)")
     ap.add_argument("--summarize-cut-short", type=Path, metavar="LOG", default=None,
                     help="rebuild OUT/summary.json from OUT and this benchmark log after the grid was stopped early")
     a = ap.parse_args(argv)
@@ -166,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                    "winner_tokens_per_s": res.best["measured"]["tokens_per_s"] if res.best else None,
                    "note": res.outcome.note or None},
     }
-    if not a.skip_grid:
+    if a.grid_from:
+        summary.update(reuse_grid(a.grid_from, a.out, summary["search"], a.max_token))
+    elif not a.skip_grid:
         tokens = sorted({int(t) for t in a.grid_tokens.split(",")} | {a.max_token} if a.grid_tokens
                         else set(space.max_tokens) | {a.max_token})
         g = grid(replace(ctx, max_positions=max(tokens)), source, space, tokens, limits, a.out, progress)
