@@ -130,6 +130,11 @@ def reuse_grid(src: Path, out: Path, search: dict, max_token: int) -> dict:
     prev = json.loads((src / "summary.json").read_text())
     shutil.copyfile(src / "grid.csv", out / "grid.csv")
     g = dict(prev["grid"], reused_from=src.name)
+    # The grid's own log comes along: a cut-short grid's wall time was read from its stamps.
+    log = next((p for p in (src / "grid.log", src / "bench.log") if p.exists()), None)
+    if log is not None:
+        shutil.copyfile(log, out / "grid.log")
+        g["log"] = "grid.log"
     mine = next((r for r in read_probes(out / "grid.csv") if r["strategy"] == search["winner"]
                  and int(r["micro_batch"]) == search["winner_micro_batch"] and int(r["max_token"]) == max_token
                  and r["status"] == "ok"), None)

@@ -15,6 +15,7 @@ def test_reuse_grid_finds_the_winner_and_keeps_a_cut_short_grid_a_bound(tmp_path
     part = reuse_grid(src, tmp_path, search, 1024)
     assert (tmp_path / "grid.csv").read_bytes() == (src / "grid.csv").read_bytes()
     assert part["grid"]["reused_from"] == src.name
+    assert (tmp_path / part["grid"]["log"]).exists()  # the stamps its wall time was read from
     assert part["grid"]["search_winner_tokens_per_s_in_grid"] == 1374.9
     assert part["quality"] == 1.0
     assert "time_fraction" not in part  # that grid was stopped early: only an upper bound is honest
@@ -28,7 +29,8 @@ def test_reuse_grid_scores_a_slower_winner_and_a_complete_grid(tmp_path):
     out.mkdir()
     search = {"wall_s": 46.92, "winner": "lora-r8/bf16-pure/ckpt/z0", "winner_micro_batch": 8}
     part = reuse_grid(src, out, search, 1024)
-    grid_best = json.loads((src / "summary.json").read_text())["grid"]["best"]["tokens_per_s"]
+    grid = json.loads((src / "summary.json").read_text())["grid"]
+    grid_best = grid["best"]["tokens_per_s"]
     assert 0 < part["quality"] < 1
     assert part["quality"] == round(part["grid"]["search_winner_tokens_per_s_in_grid"] / grid_best, 4)
-    assert part["time_fraction"] == 0.2
+    assert part["time_fraction"] == round(46.92 / grid["wall_s"], 3)

@@ -407,4 +407,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    # Every result is on disk by now. Skipping the interpreter's teardown (torch, DeepSpeed and the
+    # CUDA context, 1-2 s) hands the GPU to the next strategy's worker sooner; the OS frees it all.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

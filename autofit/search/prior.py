@@ -10,6 +10,8 @@ so a wrong slope costs a probe, never a wrong wall.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future
 from typing import Callable
 
 from autofit.models import ModelSource
@@ -23,6 +25,14 @@ def analytic_slope(source: ModelSource, ctx: Context) -> Callable[[Strategy, int
     not model. Deterministic for a given model and context, so a resumed search plans the same.
     """
     cache: dict[tuple[str, int], float | None] = {}
+    arch: Future | None = None
+    if ctx.device == "cuda":
+        # Reading the architecture imports torch + transformers into this process (~12 s on the H100
+        # machine, where the search itself imports neither): start now, so it overlaps the first probe,
+        # which the planner needs before it asks for a slope anyway. A daemon thread, so Ctrl-C at the
+        # start of a search does not wait for the import.
+        arch = Future()
+        threading.Thread(target=_read_arch, args=(source, arch), daemon=True, name="autofit-arch").start()
 
     def slope(s: Strategy, t: int) -> float | None:
         if ctx.device != "cuda":
@@ -30,15 +40,24 @@ def analytic_slope(source: ModelSource, ctx: Context) -> Callable[[Strategy, int
         key = (s.key(), t)
         if key not in cache:
             try:
-                from autofit.estimate import arch_of, predict
+                from autofit.estimate import predict
 
-                arch = arch_of(source)
+                a = arch.result()
                 n = ctx.num_gpus
                 # Same accumulation on both sides: the difference is the micro-batch's own memory.
-                p1, p2 = (predict(arch, s, n, mb, t, 2, source.lora_targets).device for mb in (1, 2))
+                p1, p2 = (predict(a, s, n, mb, t, 2, source.lora_targets).device for mb in (1, 2))
                 cache[key] = (p2 - p1) / t if p2 > p1 else None
             except Exception:  # an architecture the estimate cannot read: plan without the prior
                 cache[key] = None
         return cache[key]
 
     return slope
+
+
+def _read_arch(source: ModelSource, into: Future) -> None:
+    try:
+        from autofit.estimate import arch_of
+
+        into.set_result(arch_of(source))
+    except BaseException as exc:  # handed to slope(), which then plans without the prior
+        into.set_exception(exc)
