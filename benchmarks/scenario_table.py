@@ -23,6 +23,12 @@ from autofit.search import memmodel
 from benchmarks.common import committed
 from autofit.spec import compared_peak
 
+def _first_sentence(reason: str) -> str:
+    """A failure reason short enough for a table cell (baselines.json keeps the whole message)."""
+    end = reason.find(". ", 40)
+    return reason if end < 0 else reason[:end + 1]
+
+
 BASELINE_LABELS = {"hand": "hand-tuning (DeepSpeed tutorial)", "hf-auto": "HF auto_find_batch_size (from 64)",
                    "ds-autotune": "DeepSpeed autotuner"}
 
@@ -121,7 +127,7 @@ def scenario_rows(folder: Path) -> tuple[str, list[str]]:
         w, g = _wall(b.get("wall_s"), gpus)
         probes = b.get("probes", "-")
         if b.get("status") != "ok":
-            rows.append(f"| {lab} | {w} | {g} | {probes} | failed: {b.get('reason', '?').replace('|', '/')} | - | - | - |")
+            rows.append(f"| {lab} | {w} | {g} | {probes} | failed: {_first_sentence(b.get('reason', '?')).replace('|', '/')} | - | - | - |")
             continue
         cell = by_cell.get((b["strategy"], int(b["micro_batch"]), T))
         from_grid = cell is not None and cell["status"] == "ok" and cell.get("tokens_per_s")
