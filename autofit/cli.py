@@ -66,22 +66,44 @@ def hardware_options(fn):
         click.option("--gpus", default=None, help="GPU indices to use, e.g. 0 or 0,1,2,3 (default: 0)."),
         click.option("--gpu-memory", default=None, help="Memory a probe may use per GPU, e.g. 24GiB: emulates a smaller card."),
         click.option("--global-batch", type=int, default=16, show_default=True, help="Samples per optimizer step (sets gradient accumulation)."),
+        click.option("--hostfile", default=None, type=click.Path(dir_okay=False),
+                     help="Several machines: DeepSpeed hostfile ('HOST slots=N' lines); a probe runs on every slot "
+                          "through DeepSpeed's launcher. See README, 'Several machines'."),
+        click.option("--master-addr", default=None, help="With --hostfile: the rendezvous address (default: first host's IP)."),
     ]):
         fn = opt(fn)
     return fn
 
 
 def _context(model: str, weights: str, trust_remote_code: bool, device: str, gpus: str | None,
-             gpu_memory: str | None, global_batch: int, **extra):
-    from autofit.hardware import parse_gpus
+             gpu_memory: str | None, global_batch: int, hostfile: str | None = None, master_addr: str | None = None,
+             **extra):
+    from autofit.hardware import detect_gpus, parse_gpus
     from autofit.spec import Context
     from autofit.units import parse_memory
 
     if global_batch < 1:
         raise UsageError(f"--global-batch must be at least 1, got {global_batch}")
+    if master_addr and not hostfile:
+        raise UsageError("--master-addr is for several machines; it needs --hostfile")
+    hosts: tuple[tuple[str, int], ...] = ()
+    if hostfile:
+        from autofit.hosts import parse_hostfile
+
+        if gpus:
+            raise UsageError("--gpus and --hostfile: give each host's GPU count as slots=N in the hostfile")
+        hosts = parse_hostfile(hostfile)
     dev, ids = parse_gpus(gpus, device)
+    if hosts and dev == "cpu" and sum(n for _, n in hosts) != 1:
+        raise UsageError(f"--hostfile {hostfile}: on the CPU a probe is one process; list one host with slots=1")
+    if hosts and dev == "cuda":
+        # This machine's cards stand for every host's (the budget is the smallest of them; pass
+        # --gpu-memory when the hosts differ).
+        ids = tuple(range(min(max(n for _, n in hosts), len(detect_gpus()))))
     return Context(model=model, weights=weights, trust_remote_code=trust_remote_code, device=dev, gpus=ids,
-                   gpu_memory=parse_memory(gpu_memory) if gpu_memory else None, global_batch=global_batch, **extra)
+                   gpu_memory=parse_memory(gpu_memory) if gpu_memory else None, global_batch=global_batch,
+                   hostfile=str(Path(hostfile).resolve()) if hostfile else None, hosts=hosts,
+                   master_addr=master_addr, **extra)
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -116,7 +138,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Append the results to this probes.csv.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per probe on stdout.")
 @handles_errors
-def probe(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, max_token, micro_batch, method,
+def probe(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, hostfile, master_addr, max_token, micro_batch, method,
           lora_r, lora_alpha, freeze_trainable_layers, precision, grad_ckpt, zero_stage, offload_optimizer,
           offload_params, warmup_steps, measure_steps, timeout, out, as_json):
     """Run real training probes for one strategy, escalating micro-batch until the first OOM."""
@@ -134,7 +156,7 @@ def probe(model, weights, trust_remote_code, device, gpus, gpu_memory, global_ba
         raise UsageError("--offload-params needs --zero 3 (DeepSpeed offloads parameters only under ZeRO-3)")
     if offload_optimizer and zero_stage == 0:
         raise UsageError("--offload-optimizer needs --zero 1, 2 or 3")
-    ctx = _context(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch,
+    ctx = _context(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, hostfile, master_addr,
                    warmup_steps=warmup_steps, measure_steps=measure_steps, probe_timeout_s=parse_duration(timeout),
                    max_positions=max_token)
     source = resolve_model(model, trust_remote_code=trust_remote_code)
@@ -161,6 +183,9 @@ def _where(ctx) -> str:
     from autofit.units import fmt_gib
 
     where = "CPU" if ctx.device == "cpu" else f"GPU {','.join(map(str, ctx.gpus))}"
+    if ctx.hosts:
+        where = (f"{ctx.num_gpus} {'GPU' if ctx.device == 'cuda' else 'CPU'} rank(s) over "
+                 + ", ".join(f"{h} ({n})" for h, n in ctx.hosts) + " (DeepSpeed launcher)")
     return where + (f" capped at {fmt_gib(ctx.gpu_memory)} GiB" if ctx.gpu_memory else "")
 
 
@@ -196,19 +221,20 @@ def _probe_line(r) -> str:
               help="Measured optimizer steps per probe (after one warm-up); close candidates are re-measured anyway.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @handles_errors
-def search(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, max_token, space, method, budget,
+def search(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, hostfile, master_addr, max_token, space, method, budget,
            headroom, run_dir, resume, storage, heartbeat, explore, probe_timeout, measure_steps, quiet):
     """Search for the fastest configuration that fits, writing results/<run>/best.yaml."""
     result = _run_search(model=model, weights=weights, trust_remote_code=trust_remote_code, device=device, gpus=gpus,
                          gpu_memory=gpu_memory, global_batch=global_batch, max_token=max_token, space=space,
                          method=method, budget=budget, headroom=headroom, run_dir=run_dir, resume=resume,
                          storage=storage, explore=explore, probe_timeout=probe_timeout, measure_steps=measure_steps,
-                         quiet=quiet, heartbeat=heartbeat)
+                         quiet=quiet, heartbeat=heartbeat, hostfile=hostfile, master_addr=master_addr)
     _print_result(result)
 
 
 def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, max_token, space, method,
-                budget, headroom, run_dir, resume, storage, explore, probe_timeout, quiet, measure_steps=1, heartbeat=10):
+                budget, headroom, run_dir, resume, storage, explore, probe_timeout, quiet, measure_steps=1, heartbeat=10,
+                hostfile=None, master_addr=None):
     import time
 
     from autofit.hardware import memory_budget
@@ -230,7 +256,7 @@ def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, 
     if resume and run_dir is None:
         raise UsageError("--resume needs --run-dir (the search to continue)")
     budget_s = parse_duration(budget)
-    ctx = _context(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch,
+    ctx = _context(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, hostfile, master_addr,
                    probe_timeout_s=parse_duration(probe_timeout), measure_steps=measure_steps)
     sp = load_space(space)
     if method:

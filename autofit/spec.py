@@ -89,9 +89,17 @@ class Context:
     max_positions: int | None = None   # longest max_token probed: caps the RoPE cache transformers precomputes
     probe_timeout_s: float = 300.0
     build_timeout_s: float = 600.0
+    # Several machines (--hostfile): ((hostname, GPUs there), ...); a probe runs one rank per GPU of
+    # every host through DeepSpeed's launcher. Empty: this machine only.
+    hostfile: str | None = None
+    hosts: tuple[tuple[str, int], ...] = ()
+    master_addr: str | None = None
 
     @property
     def num_gpus(self) -> int:
+        """GPUs (ranks) a probe runs on, over every host: global batch and tokens/s count them all."""
+        if self.hosts:
+            return sum(slots for _, slots in self.hosts)
         return len(self.gpus) if self.device == "cuda" else 1
 
     def grad_accum(self, micro_batch: int) -> int:
@@ -175,4 +183,5 @@ def strategy_from_dict(d: dict[str, Any]) -> Strategy:
 
 
 def context_from_dict(d: dict[str, Any]) -> Context:
-    return Context(**{**d, "gpus": tuple(d["gpus"])})
+    hosts = tuple((str(h), int(n)) for h, n in d.get("hosts") or ())
+    return Context(**{**d, "gpus": tuple(d["gpus"]), "hosts": hosts})

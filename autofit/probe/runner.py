@@ -34,6 +34,30 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
+def launcher_command(ctx: Context, module_args: list[str]) -> list[str]:
+    """`python -m MODULE ARGS` on every slot of ctx.hostfile through DeepSpeed's launcher.
+
+    One host: DeepSpeed launches here, without ssh (master 127.0.0.1). Several: pdsh over
+    passwordless ssh, the master being ctx.master_addr or the first host's `hostname -I`.
+    """
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(ctx.hostfile),
+           "--master_port", str(_free_port())]
+    if len(ctx.hosts) == 1:
+        cmd += ["--no_ssh_check", "--master_addr", ctx.master_addr or "127.0.0.1"]
+    elif ctx.master_addr:
+        cmd += ["--master_addr", ctx.master_addr]
+    return cmd + ["--module", *module_args]
+
+
+def _free_port() -> int:
+    """A TCP port free on this machine now: the standby worker and the current one each get their own."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
 class WorkerSession:
     """One warm worker (one process, or N ranks under torchrun) serving one strategy."""
 
@@ -50,6 +74,8 @@ class WorkerSession:
     # -- lifecycle ------------------------------------------------------------------------------
     def _command(self) -> list[str]:
         worker = ["-m", "autofit.probe.worker", str(self.io_dir)]
+        if self.ctx.hostfile:
+            return launcher_command(self.ctx, worker[1:])
         if self.ctx.device == "cuda" and self.ctx.num_gpus > 1:
             return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc_per_node={self.ctx.num_gpus}", *worker]
@@ -62,6 +88,10 @@ class WorkerSession:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         # A probe never touches a GPU it was not given.
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.ctx.gpus)) if self.ctx.device == "cuda" else ""
+        if self.ctx.hostfile and self.ctx.device == "cuda":
+            # DeepSpeed's launcher gives each host's ranks that host's slots; a mask set here would
+            # make it ignore the hostfile's GPU counts on this machine.
+            del env["CUDA_VISIBLE_DEVICES"]
         env.update(self.extra_env)
         return env
 
@@ -93,6 +123,14 @@ class WorkerSession:
     def kill(self) -> None:
         if self.proc is None:
             return
+        if self.proc.poll() is None and len(self.ctx.hosts) > 1:
+            # Ranks on other machines are not in our process group: DeepSpeed's runner stops them
+            # (pdsh pkill) when it gets SIGTERM, so give it that chance before the SIGKILL below.
+            try:
+                self.proc.terminate()
+                self.proc.wait(timeout=GRACE_S)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # the whole group: torchrun and its ranks

@@ -68,7 +68,8 @@ class SearchRequest:
         c = self.ctx
         return {"model": self.source.name, "max_token": self.max_token, "global_batch": c.global_batch,
                 "device": c.device, "gpus": list(c.gpus), "gpu_memory": c.gpu_memory, "weights": c.weights,
-                "space": f"{self.space.name}:{space_hash}", "headroom": self.limits.headroom}
+                "space": f"{self.space.name}:{space_hash}", "headroom": self.limits.headroom,
+                **({"hosts": [list(h) for h in c.hosts]} if c.hosts else {})}
 
     def study_name(self) -> str:
         """Workers share a study when they run the same search; which GPU each uses does not matter."""

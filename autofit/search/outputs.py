@@ -11,7 +11,7 @@ import yaml
 
 from autofit.results import write_rows
 from autofit.search.planner import Limits, Outcome, peak_of
-from autofit.spec import Context, ProbeResult, Shape, Strategy
+from autofit.spec import Context, ProbeResult, Shape
 from autofit.trainconfig import deepspeed_config, model_dtype, peft_config, training_args
 
 BOUNDARY_COLUMNS = ["strategy", "max_token", "largest_fit_micro_batch", "largest_fit_peak_gib",
@@ -74,6 +74,7 @@ def best_document(out: Outcome, ctx: Context, source, limits: Limits, results: d
                   "weights_probed": ctx.weights, "torch_dtype": model_dtype(s, ctx.num_gpus),
                   "attn_implementation": "sdpa", "trust_remote_code": source.trust_remote_code},
         "hardware": {"device": ctx.device, "gpu": r0.device_name, "num_gpus": ctx.num_gpus, "gpus": list(ctx.gpus),
+                     **({"hosts": [f"{h} slots={n}" for h, n in ctx.hosts]} if ctx.hosts else {}),
                      "memory_budget_gib": _gib(limits.budget), "headroom": limits.headroom,
                      "limit_gib": _gib(limits.limit), "emulated_gpu_memory": ctx.gpu_memory is not None},
         "search": {"space": space_name, "max_token_requested": out.requested_max_token, "global_batch": ctx.global_batch,

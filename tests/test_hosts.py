@@ -1,0 +1,89 @@
+"""Several machines (issue 6): the hostfile, the DeepSpeed launcher command, and a real probe launched
+through DeepSpeed's launcher from a one-host hostfile (what can be tested on one machine)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autofit.errors import UsageError
+from autofit.hosts import parse_hostfile
+from autofit.models import resolve_model
+from autofit.probe.runner import WorkerSession, launcher_command
+from autofit.spec import Context, Shape, Status, Strategy, context_from_dict, to_jsonable
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write(tmp_path, text: str) -> Path:
+    p = tmp_path / "hostfile"
+    p.write_text(text)
+    return p
+
+
+def test_hostfile_parses_deepspeed_format_with_comments(tmp_path):
+    p = _write(tmp_path, "# two nodes of 8\nnode-1 slots=8\n\nnode-2.cluster  slots = 8   # second\n")
+    assert parse_hostfile(p) == (("node-1", 8), ("node-2.cluster", 8))
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("node-1\n", "line 1: 'node-1' is not 'HOSTNAME slots=N'"),
+    ("node-1 slots=4\nnode-2 gpus=4\n", "line 2"),
+    ("node-1 slots=0\n", "slots=0"),
+    ("node-1 slots=4\nnode-1 slots=4\n", "listed twice"),
+    ("# nothing\n\n", "no 'HOSTNAME slots=N' line"),
+])
+def test_malformed_hostfile_is_a_usage_error_naming_file_and_line(tmp_path, text, fragment):
+    p = _write(tmp_path, text)
+    with pytest.raises(UsageError) as err:
+        parse_hostfile(p)
+    assert str(p) in str(err.value) and fragment in str(err.value)
+
+
+def test_missing_hostfile_is_one_line_and_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "autofit", "probe", "--model", "autofit/tiny-qwen2", "--device", "cpu",
+                        "--hostfile", str(tmp_path / "nope")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "--hostfile" in r.stderr and "cannot read" in r.stderr
+
+
+def test_cpu_hostfile_must_be_one_slot(tmp_path):
+    p = _write(tmp_path, "localhost slots=2\n")
+    r = subprocess.run([sys.executable, "-m", "autofit", "probe", "--model", "autofit/tiny-qwen2", "--device", "cpu",
+                        "--hostfile", str(p)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "slots=1" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_world_is_every_host_s_slots_and_survives_the_json_round_trip():
+    ctx = Context(model="m", hostfile="/shared/hosts", hosts=(("a", 8), ("b", 8)), master_addr="10.0.0.1", global_batch=64)
+    assert ctx.num_gpus == 16
+    assert ctx.grad_accum(2) == 2  # 2 x 16 ranks x 2 = 64
+    assert context_from_dict(to_jsonable(ctx)) == ctx
+
+
+def test_launcher_command_for_one_host_needs_no_ssh_and_for_several_uses_the_hostfile():
+    one = launcher_command(Context(model="m", hostfile="/h", hosts=(("gpu-box", 4),)), ["autofit.probe.worker", "io"])
+    assert one[1:4] == ["-m", "deepspeed.launcher.runner", "--hostfile"] and "/h" in one
+    assert "--no_ssh_check" in one and one[one.index("--master_addr") + 1] == "127.0.0.1"
+    assert one[-3:] == ["--module", "autofit.probe.worker", "io"]
+    two = launcher_command(Context(model="m", hostfile="/h", hosts=(("a", 8), ("b", 8)), master_addr="10.0.0.1"),
+                           ["autofit.probe.worker", "io"])
+    assert "--no_ssh_check" not in two and two[two.index("--master_addr") + 1] == "10.0.0.1"
+    auto = launcher_command(Context(model="m", hostfile="/h", hosts=(("a", 8), ("b", 8))), ["x"])
+    assert "--master_addr" not in auto  # DeepSpeed asks the first host (`hostname -I` over ssh)
+    ports = {int(c[c.index("--master_port") + 1]) for c in (one, two, auto)}
+    assert len(ports) == 3  # the standby worker and the current one never share a rendezvous port
+
+
+def test_real_probe_through_deepspeed_launcher_from_a_one_host_hostfile(tmp_path, tiny_model_dir):
+    p = _write(tmp_path, "localhost slots=1\n")
+    ctx = Context(model=str(tiny_model_dir), device="cpu", gpus=(), global_batch=4, warmup_steps=1, measure_steps=1,
+                  hostfile=str(p), hosts=parse_hostfile(p))
+    with WorkerSession(ctx, Strategy(precision="fp32"), resolve_model(str(tiny_model_dir)), tmp_path / "io") as s:
+        r = s.probe(Shape(1, 32))
+    assert r.status is Status.OK and r.tokens_per_s > 0 and r.num_gpus == 1
+    log = (tmp_path / "io" / "worker.log").read_text()
+    assert "deepspeed.launcher.launch" in log or "WORLD INFO DICT" in log, log[-2000:]
