@@ -79,6 +79,7 @@ class Winner:
     peft: dict[str, Any] | None
     tokens_per_s: float
     peak_gib: float
+    hosts: tuple[str, ...] = ()  # "HOST slots=N" lines when the search probed across machines
 
     def arg(self, key: str) -> Any:
         """A TrainingArguments value: best.yaml's, else the 4.40.2 default."""
@@ -126,7 +127,8 @@ def load_winner(run_dir: Path) -> Winner:
         micro_batch=c["micro_batch"], gradient_accumulation=c["gradient_accumulation"],
         num_gpus=1 if gpus is _MISSING else gpus,  # hardware is informational; a file without it: one GPU
         training_args=doc["training_args"], deepspeed=doc["deepspeed"], peft=doc["peft"],
-        tokens_per_s=float(r["tokens_per_s"]), peak_gib=float(r["peak_gib"]))
+        tokens_per_s=float(r["tokens_per_s"]), peak_gib=float(r["peak_gib"]),
+        hosts=tuple(str(h) for h in (_at(doc, "hardware.hosts") if isinstance(_at(doc, "hardware.hosts"), list) else ())))
 
 
 def _read_best(run_dir: Path) -> tuple[dict[str, Any], Path]:
@@ -336,7 +338,8 @@ def export_hf(w: Winner, out: Path) -> list[OutFile]:
     use = ("AutoModelForCausalLM.from_pretrained(model_id, **model_kwargs) with torch_dtype=getattr(torch, ...); "
            "peft.get_peft_model(model, LoraConfig(**peft)); Trainer(model, TrainingArguments(**training_args), ...)")
     notes = [] if w.deepspeed is None else [
-        f"note: launch DeepSpeed runs with `deepspeed --num_gpus={w.num_gpus} train.py` or torchrun"]
+        f"note: launch with `deepspeed --hostfile HOSTFILE train.py`, HOSTFILE listing {', '.join(w.hosts)}"
+        if w.hosts else f"note: launch DeepSpeed runs with `deepspeed --num_gpus={w.num_gpus} train.py` or torchrun"]
     head = header(w, use, [], notes + glm_notes(w))
     text = yaml_text(head, [(None, doc)], {
         "max_token": "every measured sample was this long: truncate or pad your data to it",

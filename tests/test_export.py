@@ -440,3 +440,14 @@ def test_unknown_format(tmp_path):
     shutil.copytree(LORA_PLAIN, run)
     with pytest.raises(UsageError, match=r"--format 'nemo': expected one of hf, deepspeed, llamafactory, glm4, axol"):
         export_run(run, "nemo", None)
+
+
+def test_multi_node_winner_says_how_to_launch_it(tmp_path):
+    def two_hosts(doc):
+        doc["hardware"]["hosts"] = ["node-1 slots=8", "node-2 slots=8"]
+        doc["hardware"]["num_gpus"] = 16
+
+    run, _ = _variant(tmp_path, "multi", two_hosts, src=LORA_ZERO3)
+    (path,) = [p for p in export_run(run, "hf", None) if p.suffix == ".yaml"]
+    head = "\n".join(_header(path))
+    assert "deepspeed --hostfile HOSTFILE" in head and "node-1 slots=8, node-2 slots=8" in head
