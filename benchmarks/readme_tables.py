@@ -131,7 +131,7 @@ def render() -> str:
         "the grid's best fitting cell at the requested max_token (* where the grid has no such cell: the method's own "
         "measurement). The memory error is autofit's per-strategy model (fitted to the search's probes only) against "
         "the grid's measured peaks on the cells the search never probed (`k of n`: cells of strategies it fitted a "
-        "model for, of all unprobed measured cells). `verify passed` reads `search/verify.json` (`-`: not run there).",
+        "model for, of all unprobed measured cells). `verify passed` reads `search/verify.json`, else a committed `autofit verify` folder of the same winner (model, max_token, strategy, micro-batch, memory budget and GPU model all equal; linked); `-`: none.",
         "### `autofit verify`: the winner trained through HF Trainer with the exported files", verify_table(),
         "Peaks are device-level (NVML), the figure the search compared with the budget; verify fails if the peak "
         "exceeds the budget or differs from the probe's by more than 5%.",

@@ -29,6 +29,25 @@ def _first_sentence(reason: str) -> str:
     return reason if end < 0 else reason[:end + 1]
 
 
+def verified_elsewhere(results: Path, s: dict) -> Path | None:
+    """A committed `autofit verify` of this very winner: same model, max_token, strategy, micro-batch
+    and memory budget, on the same GPU model (a verify run folder holds best.yaml + verify.json)."""
+    import yaml
+
+    srch = s["search"]
+    for v in committed(results, "*/verify.json"):
+        got = json.loads(v.read_text())
+        if (got.get("strategy"), got.get("micro_batch"), got.get("max_token"), got.get("device")) != (
+                srch["winner"], srch["winner_micro_batch"], s["max_token"], s.get("gpu")):
+            continue
+        best_path = v.parent / "best.yaml"
+        best = yaml.safe_load(best_path.read_text()) if best_path.exists() else {}
+        if (best.get("model") or {}).get("id") == s["model"] and \
+                abs(float((best.get("hardware") or {}).get("memory_budget_gib", -1)) - float(s["budget_gib"])) < 0.1:
+            return v.parent
+    return None
+
+
 BASELINE_LABELS = {"hand": "hand-tuning (DeepSpeed tutorial)", "hf-auto": "HF auto_find_batch_size (from 64)",
                    "ds-autotune": "DeepSpeed autotuner"}
 
@@ -113,6 +132,10 @@ def scenario_rows(folder: Path) -> tuple[str, list[str]]:
     srch = s["search"]
     verify_path = next((p for p in (folder / "search" / "verify.json", folder / "verify.json") if p.exists()), None)
     verified = "-" if verify_path is None else ("yes" if json.loads(verify_path.read_text()).get("passed") else "no")
+    if verify_path is None and srch.get("winner"):
+        other = verified_elsewhere(folder.parent, s)
+        if other is not None:
+            verified = f"{'yes' if json.loads((other / 'verify.json').read_text()).get('passed') else 'no'} ([{other.name}](results/{other.name}))"
     errs, unprobed = memory_errors(search_rows, grid_rows) if search_rows and grid_rows else ([], 0)
     mem = (f"{statistics.median(errs):.1f}% / {max(errs):.1f}% ({len(errs)} of {unprobed})" if errs
            else "-")

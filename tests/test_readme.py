@@ -1,5 +1,7 @@
 """The README's result tables are exactly what the committed results files regenerate."""
 
+from pathlib import Path
+
 from benchmarks import readme_tables
 
 
@@ -12,3 +14,16 @@ def test_readme_tables_match_results():
 def test_readme_names_the_two_commands():
     text = (readme_tables.ROOT / "README.md").read_text()
     assert "make demo" in text and "make test" in text
+
+
+def test_verify_is_matched_to_a_scenario_only_for_the_same_winner_and_budget():
+    import json
+
+    from benchmarks.scenario_table import verified_elsewhere
+
+    results = Path(__file__).resolve().parent.parent / "results"
+    s = json.loads((results / "bench-h100-glm4-lora-T1024" / "summary.json").read_text())
+    assert verified_elsewhere(results, s).name == "verify-h100-glm4-lora-T1024"
+    assert verified_elsewhere(results, {**s, "budget_gib": 24.0}) is None
+    assert verified_elsewhere(results, {**s, "search": {**s["search"], "winner_micro_batch": 8}}) is None
+    assert verified_elsewhere(results, {**s, "gpu": "NVIDIA H200"}) is None
