@@ -121,7 +121,7 @@ def verify_table() -> str:
 
 def render() -> str:
     return "\n\n".join([
-        "### Search against the exhaustive grid (GLM-4-9B-chat shape, random weights)", search_table(),
+        "### Search against the exhaustive grid (published architectures, random weights)", search_table(),
         "Memory in GiB. `time vs grid` is autofit's wall time over the grid's; `winner vs grid best` is the "
         "tokens/s the grid itself measured for autofit's winner over the grid's best (same cell, same measurement).",
         "### Against what users do today: hand-tuning, HF auto_find_batch_size, DeepSpeed's autotuner",
