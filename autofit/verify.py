@@ -80,7 +80,7 @@ def _strategy_and_context(best: dict[str, Any]):
     return strategy, ctx
 
 
-class _SyntheticTokens:
+class SyntheticTokens:
     """Every sample at full length: the worst case real data can reach (as in the probes)."""
 
     def __init__(self, n: int, length: int, vocab: int):
@@ -128,13 +128,13 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
 
     from autofit.models import build_config, resolve_model
     from autofit.probe.measure import PeakSampler
-    from autofit.probe.worker import _setup_device, apply_method, build_model
+    from autofit.probe.worker import setup_device, apply_method, build_model
     from autofit.spec import compared_peak
 
     on_cuda = ctx.device == "cuda"
     if on_cuda and not torch.cuda.is_available():
         raise NoGPUError("this winner was measured on a GPU; verify needs one too")
-    device, _ = _setup_device(torch, ctx, 0)
+    device, _ = setup_device(torch, ctx, 0)
     source = resolve_model(ctx.model, trust_remote_code=ctx.trust_remote_code)
     ds_path = run_dir / "ds_config.json"
     with tempfile.TemporaryDirectory(prefix="autofit-verify-") as out:
@@ -153,7 +153,7 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
         vocab = int(build_config(source).vocab_size)
         c = best["config"]
         world = max(1, len(ctx.gpus)) if on_cuda else 1
-        data = _SyntheticTokens(steps * c["micro_batch"] * c["gradient_accumulation"] * world, c["max_token"], vocab)
+        data = SyntheticTokens(steps * c["micro_batch"] * c["gradient_accumulation"] * world, c["max_token"], vocab)
         timer = _step_timer(torch, on_cuda)
         trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=default_data_collator, callbacks=[timer])
         if on_cuda:

@@ -25,7 +25,7 @@ def main() -> int:
     import torch
 
     from autofit.models import ModelSource
-    from autofit.probe.worker import _setup_device, apply_method, build_model
+    from autofit.probe.worker import setup_device, apply_method, build_model
     from autofit.spec import context_from_dict, strategy_from_dict
     from autofit.trainconfig import LEARNING_RATE
 
@@ -39,7 +39,7 @@ def main() -> int:
     ctx, strategy = context_from_dict(plan["context"]), strategy_from_dict(plan["strategy"])
     source = ModelSource.from_dict(plan["source"])
 
-    device, _ = _setup_device(torch, ctx, args.local_rank)
+    device, _ = setup_device(torch, ctx, args.local_rank)
     deepspeed.init_distributed()
     model = apply_method(build_model(torch, source, ctx, strategy, device, None), source, strategy)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -3,7 +3,7 @@
     python -m benchmarks.hf_auto_train PLAN.json      (under torchrun for several GPUs: plain DDP)
 
 The model is built as `autofit verify` builds it (autofit.probe.worker.build_model / apply_method,
-random weights, the --gpu-memory cap applied by _setup_device), then trained by transformers.Trainer
+random weights, the --gpu-memory cap applied by setup_device), then trained by transformers.Trainer
 with the strategy's TrainingArguments, per_device_train_batch_size = the start batch (64) and
 auto_find_batch_size=True. With transformers 4.40.2 that hands the training loop to accelerate's
 find_executable_batch_size, which multiplies the batch by 0.9 after each OOM (transformers' docstring
@@ -54,10 +54,10 @@ def train(plan: dict, local_rank: int, world: int, result: dict) -> dict:
 
     from autofit.models import ModelSource
     from autofit.probe.measure import PeakSampler
-    from autofit.probe.worker import _limit_host_memory, _setup_device, apply_method, build_model
+    from autofit.probe.worker import limit_host_memory, setup_device, apply_method, build_model
     from autofit.spec import Shape, compared_peak, context_from_dict, strategy_from_dict
     from autofit.trainconfig import training_args
-    from autofit.verify import _SyntheticTokens
+    from autofit.verify import SyntheticTokens
 
     ctx = context_from_dict(plan["context"])
     strategy = strategy_from_dict(plan["strategy"])
@@ -65,7 +65,7 @@ def train(plan: dict, local_rank: int, world: int, result: dict) -> dict:
     on_cuda = ctx.device == "cuda"
     # Plain DDP under torchrun, no DeepSpeed: build as a one-GPU job would (the dtype rule keys on it).
     ctx1 = replace(ctx, gpus=ctx.gpus[:1])
-    device, device_name = _setup_device(torch, ctx1, local_rank)
+    device, device_name = setup_device(torch, ctx1, local_rank)
     T, start, accum, steps = plan["max_token"], plan["start_batch"], plan["grad_accum"], plan["steps"]
     result["device_name"] = device_name
 
@@ -77,7 +77,7 @@ def train(plan: dict, local_rank: int, world: int, result: dict) -> dict:
         targs = TrainingArguments(**args)
         model = apply_method(build_model(torch, source, ctx1, strategy, device, None), source, strategy)
         vocab = int(model.get_input_embeddings().num_embeddings)
-        data = _SyntheticTokens(steps * start * accum * world, T, vocab)
+        data = SyntheticTokens(steps * start * accum * world, T, vocab)
         sampler = PeakSampler(local_rank if on_cuda else None)
         attempts = result["attempts"]
 
@@ -102,7 +102,7 @@ def train(plan: dict, local_rank: int, world: int, result: dict) -> dict:
                 attempts[-1].setdefault("first_step_at", round(time.time() - T_START, 2))
 
         trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=default_data_collator, callbacks=[Watch()])
-        _limit_host_memory()  # test hook (AUTOFIT_TEST_HOST_LIMIT): a real allocation failure on the CPU
+        limit_host_memory()  # test hook (AUTOFIT_TEST_HOST_LIMIT): a real allocation failure on the CPU
         try:
             trainer.train()
         finally:

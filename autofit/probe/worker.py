@@ -85,7 +85,7 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def _setup_device(torch: Any, ctx: Context, local_rank: int) -> tuple[Any, str]:
+def setup_device(torch: Any, ctx: Context, local_rank: int) -> tuple[Any, str]:
     if ctx.device == "cpu":
         return torch.device("cpu"), f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     if not torch.cuda.is_available():
@@ -168,7 +168,7 @@ def setup(plan: dict[str, Any], first_shape: Shape, import_s: float) -> Rig:
         import deepspeed
     if strategy.method.kind == "lora":
         import peft  # noqa: F401
-    device, device_name = _setup_device(torch, ctx, local_rank)
+    device, device_name = setup_device(torch, ctx, local_rank)
     t_import = import_s
 
     t = time.time()
@@ -337,7 +337,7 @@ def _wait_request(io_dir: Path, k: int) -> dict[str, Any]:
         time.sleep(POLL_S)
 
 
-def _limit_host_memory() -> None:
+def limit_host_memory() -> None:
     """Test hook: AUTOFIT_TEST_HOST_LIMIT=<bytes> caps address-space growth after the build, so a
     CPU probe meets a real allocation failure (the host-OOM path) at a small shape."""
     extra = os.environ.get("AUTOFIT_TEST_HOST_LIMIT")
@@ -389,7 +389,7 @@ def main(argv: list[str]) -> int:
         status = Status.OOM if is_oom(exc) else Status.ERROR
         protocol.write_json(protocol.fatal_path(io_dir, rank), {"status": status.value, "error": last_line(exc)})
         return 1
-    _limit_host_memory()
+    limit_host_memory()
     k = 0
     while True:
         if rank == 0:
