@@ -68,7 +68,7 @@ def hardware_options(fn):
         click.option("--global-batch", type=int, default=16, show_default=True, help="Samples per optimizer step (sets gradient accumulation)."),
         click.option("--hostfile", default=None, type=click.Path(dir_okay=False),
                      help="Several machines: DeepSpeed hostfile ('HOST slots=N' lines); a probe runs on every slot "
-                          "through DeepSpeed's launcher. See README, 'Several machines'."),
+                          "through DeepSpeed's launcher (README: 'Several GPUs, several machines')."),
         click.option("--master-addr", default=None, help="With --hostfile: the rendezvous address (default: first host's IP)."),
     ]):
         fn = opt(fn)
