@@ -87,3 +87,17 @@ def test_real_probe_through_deepspeed_launcher_from_a_one_host_hostfile(tmp_path
     assert r.status is Status.OK and r.tokens_per_s > 0 and r.num_gpus == 1
     log = (tmp_path / "io" / "worker.log").read_text()
     assert "deepspeed.launcher.launch" in log or "WORLD INFO DICT" in log, log[-2000:]
+
+
+def test_stopping_a_multi_host_worker_lets_the_launcher_clean_up_first(tmp_path):
+    """DeepSpeed's runner pkills remote ranks through pdsh on SIGTERM; a SIGKILL alone would orphan them."""
+    mark = tmp_path / "got-sigterm"
+    code = (f"import signal, sys, time\n"
+            f"def bye(*_):\n    open({str(mark)!r}, 'w').write('cleaned up remote ranks')\n    sys.exit(0)\n"
+            f"signal.signal(signal.SIGTERM, bye)\nprint('ready', flush=True)\ntime.sleep(60)\n")
+    ctx = Context(model="m", device="cpu", gpus=(), hostfile="/h", hosts=(("a", 1), ("b", 1)))
+    s = WorkerSession(ctx, Strategy(), resolve_model("autofit/tiny-qwen2"), tmp_path / "io")
+    s.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
+    assert s.proc.stdout.readline().strip() == b"ready"
+    s.kill()
+    assert s.proc.poll() is not None and mark.read_text() == "cleaned up remote ranks"
