@@ -451,3 +451,17 @@ def test_multi_node_winner_says_how_to_launch_it(tmp_path):
     (path,) = [p for p in export_run(run, "hf", None) if p.suffix == ".yaml"]
     head = "\n".join(_header(path))
     assert "deepspeed --hostfile HOSTFILE" in head and "node-1 slots=8, node-2 slots=8" in head
+
+
+@pytest.mark.parametrize("fmt, fragments", [
+    ("llamafactory", ["NNODES=2", "NODE_RANK=<0..1>", "MASTER_ADDR=node-1"]),
+    ("glm4", ["torchrun --nnodes=2", "--node_rank=<0..1>", "--master_addr=node-1", "--nproc_per_node=8"]),
+])
+def test_multi_node_winner_gets_a_per_host_launch_line(tmp_path, fmt, fragments):
+    def two_hosts(doc):
+        doc["hardware"]["hosts"] = ["node-1 slots=8", "node-2 slots=8"]
+        doc["hardware"]["num_gpus"] = 16
+
+    run, _ = _variant(tmp_path, "multi", two_hosts, src=LORA_ZERO3)
+    head = "\n".join(line for p in export_run(run, fmt, None) if p.suffix in (".yaml", ".yml") for line in _header(p))
+    assert all(f in head for f in fragments), head
