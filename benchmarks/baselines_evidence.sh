@@ -10,7 +10,7 @@ out=${1:?output folder}; shift
 which=${*:-80 24}
 mkdir -p "$out"
 source "$(dirname "$0")/steps.sh"
-b="python3 -m benchmarks.baselines --model THUDM/glm-4-9b-chat --max-token 1024 --global-batch 32 --ds-timeout 300"
+b="python3 -m benchmarks.baselines --model THUDM/glm-4-9b-chat --max-token 1024 --global-batch 32 --ds-timeout 600"
 for w in $which; do
   case $w in
     80) step baselines80 $b --space default --out "$out/bench-80" ;;

@@ -49,7 +49,8 @@ def verified_elsewhere(results: Path, s: dict) -> Path | None:
 
 
 BASELINE_LABELS = {"hand": "hand-tuning (DeepSpeed tutorial)", "hf-auto": "HF auto_find_batch_size (from 64)",
-                   "ds-autotune": "DeepSpeed autotuner"}
+                   "ds-autotune": "DeepSpeed autotuner",
+                   "ds-autotune-told": "DeepSpeed autotuner, told LoRA's real footprint"}
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -198,3 +198,57 @@ def test_render_lists_only_scenario_folders_and_marks_missing_verify(tmp_path):
     text = scenario_table.render(tmp_path)
     assert "bench-x" in text and "estimate-error" not in text
     assert "| 0.0% / 0.0% (1 of 4) | - |" in text
+
+
+def test_told_autotuner_reruns_on_a_profile_with_lora_s_footprint(tmp_path, monkeypatch):
+    """ds-autotune-told's two passes, with a stand-in for the DeepSpeed autotuner process (the real one
+    needs a GPU to refuse LoRA): pass 1 profiles and refuses; pass 2 must see the rewritten profile and
+    overwrite off (DeepSpeed's scheduler then skips the profile experiment whose result exists)."""
+    import argparse
+
+    from benchmarks.common import add_scenario_args, scenario_from_args
+
+    ap = argparse.ArgumentParser()
+    add_scenario_args(ap)
+    a = ap.parse_args([*TINY, "--out", str(tmp_path)])
+    ctx, source, space, limits = scenario_from_args(a, max_positions=128)
+    sc = baselines.Scenario(ctx=ctx, source=source, space=space, max_token=128, limits=limits, out=tmp_path / "baselines")
+    calls = []
+
+    def fake_autotuner(cmd, log_path, env, timeout_s, cwd=None):
+        results = Path(cwd) / "autotuning_results"
+        cfg = json.loads((Path(cwd) / "ds_config.json").read_text())
+        calls.append(cfg["autotuning"]["overwrite"])
+        if len(calls) == 1:
+            prof = results / "profile_model_info"
+            prof.mkdir(parents=True)
+            (prof / "model_info.json").write_text(json.dumps(
+                {"num_params": 9407979520, "trainable_num_params": 8028160, "activation_mem_per_gpu": 1635791872}))
+            (prof / "stderr.log").write_text("")
+            log_path.write_text("[2026-11-28 00:54:01,000] [INFO] [autotuner.py:517:tune] The model has 9407979520 "
+                                "parameters and requires at least 141.71 GB memory per GPU. No tuning is performed.\n")
+            return 0, 40.0
+        told = json.loads((results / "profile_model_info" / "model_info.json").read_text())["num_params"]
+        wb = 4 if sc.hand_strategy().precision == "fp32" else 2  # cpu-tiny trains in fp32
+        assert told == -(-(wb * 9407979520 + 16 * 8028160) // 16)  # the weights + Adam on the LoRA weights
+        exp = results / "z0_mbs8"
+        exp.mkdir()
+        best = {"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1, "zero_optimization": {"stage": 0}}
+        (exp / "ds_config.json").write_text(json.dumps(best))
+        (exp / "metrics.json").write_text(json.dumps({"throughput": 10.0}))
+        (results / "ds_config_optimal.json").write_text(json.dumps(best))
+        log_path.write_text("tuning done\n")
+        return 0, 100.0
+
+    monkeypatch.setattr(baselines, "_run_logged", fake_autotuner)
+    r = baselines.run_ds_autotune(sc, 600, told=True)
+    assert calls == [True, False]
+    assert r["status"] == "ok" and r["name"] == "ds-autotune-told" and r["micro_batch"] == 8
+    assert r["tokens_per_s"] == 10.0 * 128 and r["wall_s"] == 140.0
+    assert r["told"]["num_params_profiled"] == 9407979520 and r["told"]["trainable_num_params"] == 8028160
+    log = (sc.out / "ds-autotune-told.log").read_text()
+    assert "No tuning is performed" in log and "second pass" in log and "tuning done" in log
+    # Unaided (told=False) the same refusal is the recorded result.
+    calls.clear()
+    plain = baselines.run_ds_autotune(sc, 600)
+    assert calls == [True] and plain["status"] == "failed" and "No tuning is performed" in plain["reason"]
