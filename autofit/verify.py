@@ -122,6 +122,12 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
     if steps <= WARMUP_STEPS:
         raise click.UsageError(f"--steps must be more than {WARMUP_STEPS} (the warm-up steps are not timed)")
     best = _load_best(run_dir)
+    hosts = (best.get("hardware") or {}).get("hosts")
+    if hosts:
+        # One process on this machine cannot reproduce a world spread over several: the batch, the
+        # ZeRO partitions and the peaks would all differ from what was measured.
+        raise RunDirError(f"{run_dir} was searched across machines ({', '.join(map(str, hosts))}); verify trains on "
+                          f"this machine only: train it with `deepspeed --hostfile` and the exported config instead")
     strategy, ctx = _strategy_and_context(best)
     import torch
     from transformers import Trainer, TrainingArguments, default_data_collator

@@ -65,3 +65,17 @@ def test_verify_bad_inputs(tmp_path):
     (tmp_path / "empty").mkdir()
     nobest = runner.invoke(cli, ["verify", str(tmp_path / "empty")])
     assert nobest.exit_code == 2 and "no winner to verify" in nobest.stderr
+
+
+def test_verify_refuses_a_winner_searched_across_machines(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    run = tmp_path / "multi"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "results" / "bench-h100-glm4-lora-T1024" / "search", run)
+    doc = yaml.safe_load((run / "best.yaml").read_text())
+    doc["hardware"]["hosts"] = ["node-1 slots=8", "node-2 slots=8"]
+    (run / "best.yaml").write_text(yaml.safe_dump(doc))
+    r = CliRunner().invoke(cli, ["verify", str(run)])
+    assert r.exit_code == 2 and "across machines" in r.stderr and "deepspeed --hostfile" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
