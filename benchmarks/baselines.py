@@ -337,10 +337,7 @@ def run_ds_autotune(sc: Scenario, timeout_s: float, told: bool = False) -> dict[
         (work / "ds_config.json").write_text(json.dumps(user_cfg, indent=2))
         with open(log, "a") as f:
             f.write(f"\n### second pass, the profile's num_params told: {json.dumps(hint)}\n")
-        rc, wall2 = _run_logged(cmd, log.with_suffix(".pass2.log"), env, max(1.0, timeout_s - wall), cwd=work)
-        with open(log, "a") as f:
-            f.write(log.with_suffix(".pass2.log").read_text())
-        log.with_suffix(".pass2.log").unlink()
+        rc, wall2 = _run_logged(cmd, log, env, max(1.0, timeout_s - wall), cwd=work)  # appends to the same log
         wall += wall2
     found = read_autotune_results(work / "autotuning_results", sc.max_token)
     # Each experiment's own log is where an error shows; keep the last one beside the tuner's log.

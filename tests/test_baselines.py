@@ -215,7 +215,7 @@ def test_told_autotuner_reruns_on_a_profile_with_lora_s_footprint(tmp_path, monk
     sc = baselines.Scenario(ctx=ctx, source=source, space=space, max_token=128, limits=limits, out=tmp_path / "baselines")
     calls = []
 
-    def fake_autotuner(cmd, log_path, env, timeout_s, cwd=None):
+    def fake_autotuner(cmd, log_path, env, timeout_s, cwd=None):  # appends to its log, as _run_logged does
         results = Path(cwd) / "autotuning_results"
         cfg = json.loads((Path(cwd) / "ds_config.json").read_text())
         calls.append(cfg["autotuning"]["overwrite"])
@@ -225,8 +225,9 @@ def test_told_autotuner_reruns_on_a_profile_with_lora_s_footprint(tmp_path, monk
             (prof / "model_info.json").write_text(json.dumps(
                 {"num_params": 9407979520, "trainable_num_params": 8028160, "activation_mem_per_gpu": 1635791872}))
             (prof / "stderr.log").write_text("")
-            log_path.write_text("[2026-11-28 00:54:01,000] [INFO] [autotuner.py:517:tune] The model has 9407979520 "
-                                "parameters and requires at least 141.71 GB memory per GPU. No tuning is performed.\n")
+            with open(log_path, "a") as f:
+                f.write("[2026-11-28 00:54:01,000] [INFO] [autotuner.py:517:tune] The model has 9407979520 "
+                        "parameters and requires at least 141.71 GB memory per GPU. No tuning is performed.\n")
             return 0, 40.0
         told = json.loads((results / "profile_model_info" / "model_info.json").read_text())["num_params"]
         wb = 4 if sc.hand_strategy().precision == "fp32" else 2  # cpu-tiny trains in fp32
@@ -237,7 +238,8 @@ def test_told_autotuner_reruns_on_a_profile_with_lora_s_footprint(tmp_path, monk
         (exp / "ds_config.json").write_text(json.dumps(best))
         (exp / "metrics.json").write_text(json.dumps({"throughput": 10.0}))
         (results / "ds_config_optimal.json").write_text(json.dumps(best))
-        log_path.write_text("tuning done\n")
+        with open(log_path, "a") as f:
+            f.write("tuning done\n")
         return 0, 100.0
 
     monkeypatch.setattr(baselines, "_run_logged", fake_autotuner)
