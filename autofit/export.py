@@ -128,7 +128,7 @@ def load_winner(run_dir: Path) -> Winner:
         num_gpus=1 if gpus is _MISSING else gpus,  # hardware is informational; a file without it: one GPU
         training_args=doc["training_args"], deepspeed=doc["deepspeed"], peft=doc["peft"],
         tokens_per_s=float(r["tokens_per_s"]), peak_gib=float(r["peak_gib"]),
-        hosts=tuple(str(h) for h in (_at(doc, "hardware.hosts") if isinstance(_at(doc, "hardware.hosts"), list) else ())))
+        hosts=tuple(map(str, hosts)) if isinstance(hosts := _at(doc, "hardware.hosts"), list) else ())
 
 
 def _read_best(run_dir: Path) -> tuple[dict[str, Any], Path]:
@@ -232,17 +232,14 @@ def glm_notes(w: Winner) -> list[str]:
             f"true{lora}; the names here are those of the same-shape architecture autofit probed"]
 
 
-def launch(w: Winner, single: str, distributed: str, multi_node: str | None = None) -> str:
+def launch(w: Winner, single: str, distributed: str,
+           multi_node: Callable[[int, str, str], str] | None = None) -> str:
+    """The launch line; multi_node(hosts, GPUs per host, first host) for a winner probed across machines."""
     if w.hosts and multi_node:
-        return multi_node
+        slots = [h.rsplit("slots=", 1)[-1] for h in w.hosts]
+        per_node = slots[0] if len(set(slots)) == 1 else "N"  # torchrun needs one count; uneven hosts: fill it in
+        return multi_node(len(w.hosts), per_node, w.hosts[0].split()[0])
     return distributed if w.deepspeed is not None or w.num_gpus > 1 else single
-
-
-def nodes(w: Winner) -> tuple[int, str, str]:
-    """(hosts, GPUs per host as torchrun wants it, first host) of a winner probed across machines."""
-    slots = [h.rsplit("slots=", 1)[-1] for h in w.hosts]
-    per_node = slots[0] if len(set(slots)) == 1 else "N"  # torchrun needs one count; uneven hosts: fill it in
-    return len(w.hosts), per_node, w.hosts[0].split()[0]
 
 
 # -- DeepSpeed -----------------------------------------------------------------------------------------
@@ -406,10 +403,9 @@ def export_llamafactory(w: Winner, out: Path) -> list[OutFile]:
     if w.precision == "bf16-pure" and not pure:
         notes.append("note: pure_bf16 is left off under DeepSpeed (LLaMA-Factory refuses it with ZeRO-3); "
                      "DeepSpeed's bf16 mode keeps the weights in bf16, as measured")
-    n, _, first = nodes(w) if w.hosts else (1, "", "")
     use = launch(w, f"llamafactory-cli train {out}", f"FORCE_TORCHRUN=1 llamafactory-cli train {out}",
-                 f"on each of the {n} hosts: FORCE_TORCHRUN=1 NNODES={n} NODE_RANK=<0..{n - 1}> MASTER_ADDR={first} "
-                 f"MASTER_PORT=29500 llamafactory-cli train {out}")
+                 lambda n, _, first: f"on each of the {n} hosts: FORCE_TORCHRUN=1 NNODES={n} NODE_RANK=<0..{n - 1}> "
+                                     f"MASTER_ADDR={first} MASTER_PORT=29500 llamafactory-cli train {out}")
     head = header(w, use, ["dataset", "template"], notes + glm_notes(w))
     text = yaml_text(head, sections, {
         "cutoff_len": "= max_token: the sample length autofit measured",
@@ -449,9 +445,9 @@ def export_glm4(w: Winner, out: Path) -> list[OutFile]:
     use = launch(w, f"cd GLM-4/finetune_demo && python finetune.py DATA_DIR {w.model_id} {out}",
                  f"cd GLM-4/finetune_demo && torchrun --standalone --nproc_per_node={w.num_gpus} finetune.py "
                  f"DATA_DIR {w.model_id} {out}",
-                 (lambda n, per, first: f"on each of the {n} hosts: cd GLM-4/finetune_demo && torchrun --nnodes={n} "
-                  f"--node_rank=<0..{n - 1}> --master_addr={first} --master_port=29500 --nproc_per_node={per} "
-                  f"finetune.py DATA_DIR {w.model_id} {out}")(*nodes(w)) if w.hosts else None)
+                 lambda n, per, first: f"on each of the {n} hosts: cd GLM-4/finetune_demo && torchrun --nnodes={n} "
+                                       f"--node_rank=<0..{n - 1}> --master_addr={first} --master_port=29500 "
+                                       f"--nproc_per_node={per} finetune.py DATA_DIR {w.model_id} {out}")
     head = header(w, use, ["data_config.train_file", "data_config.val_file", "data_config.test_file",
                            "training_args.max_steps"], _glm4_notes(w))
     text = yaml_text(head, [(None, doc)], {
