@@ -82,6 +82,12 @@ def warm_up(offload: bool) -> float:
     return round(time.time() - t0, 1)
 
 
+def measured_cell(rows: list[dict], strategy: str, micro_batch: int, max_token: int) -> dict | None:
+    """The grid.csv row that measured this cell (status ok), if the grid ran it."""
+    return next((r for r in rows if r["strategy"] == strategy and int(r["micro_batch"]) == micro_batch
+                 and int(r["max_token"]) == max_token and r["status"] == "ok"), None)
+
+
 def summarize_cut_short(out: Path, log: Path, limits_max_token: int) -> dict:
     """Rebuild summary.json for a benchmark whose grid was stopped before the end (the GPU machine's
     time ran out), from what it wrote: OUT/search/, OUT/grid.csv and its own log, whose "[  Ns]" stamps
@@ -101,8 +107,7 @@ def summarize_cut_short(out: Path, log: Path, limits_max_token: int) -> dict:
     cfg, hw = best["config"], best["hardware"]
     fitting = [r for r in rows if int(r["max_token"]) == limits_max_token and r["fits"] == "True"]
     top = max(fitting, key=lambda r: float(r["tokens_per_s"])) if fitting else None
-    mine = next((r for r in rows if r["strategy"] == cfg["strategy"] and int(r["micro_batch"]) == cfg["micro_batch"]
-                 and int(r["max_token"]) == limits_max_token and r["status"] == "ok"), None)
+    mine = measured_cell(rows, cfg["strategy"], cfg["micro_batch"], limits_max_token)
     run = best["search"]
     summary = {
         "model": best["model"]["id"], "max_token": limits_max_token, "space": run["space"],
@@ -135,9 +140,7 @@ def reuse_grid(src: Path, out: Path, search: dict, max_token: int) -> dict:
     if log is not None:
         shutil.copyfile(log, out / "grid.log")
         g["log"] = "grid.log"
-    mine = next((r for r in read_probes(out / "grid.csv") if r["strategy"] == search["winner"]
-                 and int(r["micro_batch"]) == search["winner_micro_batch"] and int(r["max_token"]) == max_token
-                 and r["status"] == "ok"), None)
+    mine = measured_cell(read_probes(out / "grid.csv"), search["winner"], search["winner_micro_batch"], max_token)
     g["search_winner_tokens_per_s_in_grid"] = float(mine["tokens_per_s"]) if mine else None
     part = {"grid": g}
     if mine and g.get("best"):
