@@ -680,6 +680,9 @@ VALIDATION_SETS = (
     ("results/probe-evidence-h100/probes.csv", {"lora": "THUDM/glm-4-9b-chat", "full": "Qwen/Qwen2-1.5B"}),
     ("results/bench-h200-glm4-lora-T1024/grid.csv", {"lora": "THUDM/glm-4-9b-chat"}),
     ("results/probe-evidence-2gpu-zero2/probes.csv", {"full": "Qwen/Qwen2-1.5B"}),
+    ("results/grid-2xh100-qwen2-1.5b-full-T1024/grid.csv", {"full": "Qwen/Qwen2-1.5B"}),
+    ("results/search-2xh100-glm4-full-T1024/search/probes.csv", {"full": "THUDM/glm-4-9b-chat"}),
+    ("results/search-4xh100-glm4-full-T1024/search/probes.csv", {"full": "THUDM/glm-4-9b-chat"}),
 )
 # Calibration is validated as a search would use it: a strategy's first, smallest probes calibrate
 # the prediction of its larger micro-batches (micro-batch 1 alone where only 1 and 4 were run).
@@ -835,7 +838,8 @@ def _summary(rows: list[dict[str, Any]], measured: list[Measured], roles: dict) 
                      "calibrated_median_pct": calib["held_out"]["calibrated"].get("median_abs_pct"),
                      "calibrated_max_pct": calib["held_out"]["calibrated"].get("max_abs_pct")},
         "overall": overall,
-        "glm4_lora": {c: _stats([r[f"err_{c}_pct"] for r in ok if r["model"] == "THUDM/glm-4-9b-chat"]) for c in cols},
+        "glm4_lora": {c: _stats([r[f"err_{c}_pct"] for r in ok if r["model"] == "THUDM/glm-4-9b-chat"
+                                   and r["strategy"].startswith("lora")]) for c in cols},
         "per_strategy": per_strategy,
         "calibration": calib,
         "walls": {"outcomes_predicted_right": sum(agree), "outcomes": len(agree),

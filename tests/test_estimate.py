@@ -38,7 +38,7 @@ def validation():
 
 def test_glm4_lora_predictions_within_the_reported_error(validation):
     rows, summary = validation
-    glm = [r for r in rows if r["model"] == GLM and r["status"] == "ok"]
+    glm = [r for r in rows if r["model"] == GLM and r["status"] == "ok" and r["strategy"].startswith("lora")]
     assert len(glm) == 47, "every GLM-4 LoRA peak in probe-evidence-h100 and the H200 grid is compared"
     nvml = sorted(abs(r["err_nvml_pct"]) for r in glm)
     alloc = sorted(abs(r["err_allocated_pct"]) for r in glm)
@@ -51,8 +51,9 @@ def test_glm4_lora_predictions_within_the_reported_error(validation):
 def test_measured_outcomes_and_walls_are_predicted(validation):
     _, summary = validation
     walls = summary["walls"]
-    # every ok/oom probe on an 80 GB H100, a 141 GB H200 and under a 24 GiB cap; one miss, below
-    assert walls["outcomes"] == 61 and walls["outcomes_predicted_right"] == 60
+    # every ok/oom probe on 80 GB H100s (1, 2 and 4 of them), a 141 GB H200 and under a 24 GiB cap;
+    # one miss, below. The 2- and 4-GPU full fine-tuning walls (z0/z2/z3, offload) are all right.
+    assert walls["outcomes"] == 124 and walls["outcomes_predicted_right"] == 123
     for s in walls["sessions"]:
         if s["capacity_is"] == "card":
             assert s["predicted_largest_fit"] == s["measured_largest_fit"], s
@@ -66,12 +67,18 @@ def test_calibration_on_small_probes_lowers_the_error(validation):
     rows, summary = validation
     held = summary["calibration"]["held_out"]
     assert held["calibrated"]["rows"] == held["uncalibrated"]["rows"] >= 20
-    assert held["calibrated"]["max_abs_pct"] < held["uncalibrated"]["max_abs_pct"] / 4
-    assert held["calibrated"]["median_abs_pct"] <= held["uncalibrated"]["median_abs_pct"]
-    # where the analytic model misses (DeepSpeed's allocator), one measured micro-batch fixes the rest
+    assert held["calibrated"]["median_abs_pct"] < held["uncalibrated"]["median_abs_pct"] / 2
+    assert held["calibrated"]["max_abs_pct"] < held["uncalibrated"]["max_abs_pct"]
+    # Where the analytic model misses low (ZeRO-3 + offload: DeepSpeed's allocator), one measured
+    # micro-batch fixes the rest.
     ds = [r for r in rows if r["calibration_role"] == "held-out" and r["deepspeed"]]
-    assert ds and all(abs(r["err_nvml_calibrated_pct"]) < min(abs(r["err_nvml_pct"]), 5.0) for r in ds)
-    assert max(abs(r["err_nvml_pct"]) for r in ds) > 20.0  # ZeRO-3 + offload: 24% low before calibration
+    low = [r for r in ds if r["err_nvml_pct"] < -15.0]
+    assert len(low) >= 3 and all(abs(r["err_nvml_calibrated_pct"]) < 6.0 for r in low)
+    # What it does not fix (Qwen2-1.5B full fine-tuning on 2 GPUs): micro-batch 1-2 peaks sit on an
+    # allocator plateau, below the line the larger ones follow, so the calibrated prediction of
+    # micro-batch 8-16 stays 6-17% high. High is the safe side: no wall is predicted too far out.
+    high = [r for r in ds if r["err_nvml_calibrated_pct"] > 6.0]
+    assert high and all(r["err_nvml_calibrated_pct"] < 17.0 and r["err_nvml_pct"] > 0 for r in high)
     # simpler calibrations do worse than the one used (small probes' allocator scatter gets extrapolated)
     assert held["memmodel_fit_alone"]["median_abs_pct"] > held["calibrated"]["median_abs_pct"]
 
