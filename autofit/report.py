@@ -275,10 +275,11 @@ def _winner(best: dict) -> Winner | None:
 
 
 def _wall(row: dict[str, str]) -> Wall | None:
-    if row.get("first_fail_source") != "predicted" or not str(row.get("first_fail_micro_batch", "")).isdigit():
+    # predicted: the memory model fitted to this strategy's probes; estimated: autofit estimate, unprobed.
+    if row.get("first_fail_source") not in ("predicted", "estimated") or not str(row.get("first_fail_micro_batch", "")).isdigit():
         return None
     reason = row.get("first_fail_status", "") or "predicted over the limit"
-    m = re.search(r"predicted ([0-9.]+) GiB", reason)
+    m = re.search(r"(?:predicted|estimated) ([0-9.]+) GiB", reason)
     return Wall(row["strategy"], int(row["max_token"]), int(row["first_fail_micro_batch"]), reason,
                 float(m.group(1)) if m else None)
 
@@ -414,8 +415,11 @@ def _why(c: Cell, limit: float | None) -> str:
 
 
 def _why_predicted(w: Wall, limit: float | None) -> str:
+    lim = f" {limit:.2f} GiB" if limit is not None else ""
+    if w.predicted_gib is not None and w.reason.startswith("estimated"):
+        return (f"not run: autofit estimate puts it at {w.predicted_gib:.1f} GiB, over the{lim} limit "
+                "by more than the estimate's measured error")
     if w.predicted_gib is not None:
-        lim = f" {limit:.2f} GiB" if limit is not None else ""
         return f"not run: the memory model predicts {w.predicted_gib:.1f} GiB, over the{lim} limit"
     return f"not run: {w.reason}"
 

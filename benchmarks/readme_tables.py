@@ -40,7 +40,8 @@ def search_table() -> str:
         cap = f", {s['budget_gib']:.0f} GiB cap" if "24GiB" in summary.parent.name else ""
         # Cold: timed on a bare machine without the benchmark's warm-up (see benchmarks/search_vs_grid.warm_up).
         cold = ", cold start" if summary.parent.name.endswith("-cold") or "-cold-" in summary.parent.name else ""
-        scen = f"{s['model'].split('/')[-1]} LoRA, T={s['max_token']}, space `{s['space']}`{cap}{cold}"
+        method = "full FT" if str(s["search"].get("winner") or "").startswith("full/") else "LoRA"
+        scen = f"{s['model'].split('/')[-1]} {method}, T={s['max_token']}, space `{s['space']}`{cap}{cold}"
         srch, grid = s["search"], s.get("grid")
         if not grid:
             g = "not run"

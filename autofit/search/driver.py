@@ -27,7 +27,7 @@ from autofit.models import ModelSource
 from autofit.results import append_probe, read_probes, result_from_row
 from autofit.search import outputs, study as studymod
 from autofit.search.planner import Limits, Outcome, Planner, peak_of
-from autofit.search.prior import analytic_slope
+from autofit.search.prior import AnalyticPrior
 from autofit.search.progress import Progress
 from autofit.search.rundir import RunDir, RunLock, check_resume, write_run_json
 from autofit.search.space import SearchSpace
@@ -394,13 +394,13 @@ class _Search:
         cap = max(1, self.ctx.global_batch // self.ctx.num_gpus)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         planner = None
-        slope_prior = analytic_slope(self.req.source, self.ctx)  # one cache for every pass
+        prior = AnalyticPrior(self.req.source, self.ctx)  # one cache for every pass
         try:
             while True:  # one pass for a single worker; with others, until a pass meets no probe in flight
                 self.busy, ran = {}, self.probes_run
                 planner = Planner(self.strategies, space.micro_batches, self.tokens, self.req.max_token, cap,
                                   self.req.limits, self.measure, deadline=deadline,
-                                  log=self._plan_log, slope_prior=slope_prior)
+                                  log=self._plan_log, slope_prior=prior.slope, estimate=prior.peak)
                 try:
                     out = planner.run(explore=self.explore)
                     if not self.busy:

@@ -47,11 +47,20 @@ def boundary_rows(results: dict[Key, ProbeResult], limits: Limits, outcome: Outc
             "first_fail_source": "measured" if fr is not None else "",
             "budget_gib": _gib(limits.budget), "limit_gib": _gib(limits.limit),
         })
-    # Walls the memory model (or a more frugal strategy's wall) settled without a probe.
+    # Walls the memory model, the estimate or a more frugal strategy's wall settled without a probe;
+    # a strategy the estimate ruled out has no probe at all, and gets its row here.
+    seen = {(row["strategy"], row["max_token"]) for row in rows}
+    for so in (outcome.strategies.values() if outcome else ()):
+        if so.predicted_fail and (so.strategy.key(), so.max_token) not in seen:
+            rows.append({**dict.fromkeys(BOUNDARY_COLUMNS, ""), "strategy": so.strategy.key(), "max_token": so.max_token,
+                         "largest_fit_micro_batch": None, "first_fail_micro_batch": None,
+                         "budget_gib": _gib(limits.budget), "limit_gib": _gib(limits.limit)})
     for row in rows:
         so = outcome.strategies.get(row["strategy"]) if outcome else None
         if so and so.predicted_fail and so.max_token == row["max_token"] and row["first_fail_micro_batch"] is None:
-            row.update(first_fail_micro_batch=so.fail_min, first_fail_status=so.fail_status, first_fail_source="predicted")
+            source = "estimated" if so.fail_status.startswith("estimated") else "predicted"
+            row.update(first_fail_micro_batch=so.fail_min, first_fail_status=so.fail_status, first_fail_source=source)
+    rows.sort(key=lambda r: (r["strategy"], r["max_token"]))
     return rows
 
 
@@ -121,7 +130,7 @@ def summary_table(out: Outcome, results: dict[Key, ProbeResult], limits: Limits)
         best = max(ok) if ok else None
         fail = "-"
         if b["first_fail_micro_batch"]:
-            fail = f"mb={b['first_fail_micro_batch']} " + ("predicted" if b["first_fail_source"] == "predicted" else b["first_fail_status"])
+            fail = f"mb={b['first_fail_micro_batch']} " + (b["first_fail_source"] if b["first_fail_source"] in ("predicted", "estimated") else b["first_fail_status"])
         lines.append(f"{k:40s} {t:6d} {str(b['largest_fit_micro_batch'] or '-'):>10s} {fail:>18s} "
                      f"{(f'{best[0]:.1f}' if best else '-'):>11s} {(f'{best[1] / 2**30:.2f}' if best else '-'):>9s}")
     for k, so in out.strategies.items():

@@ -14,6 +14,10 @@ Rules, each one a saving:
   first probe of a strategy, an analytic slope (autofit.estimate, when the driver supplies one)
   stands in for the second point, so the jump comes one probe earlier; a wall is only ever
   predicted from measured points.
+- A strategy whose analytic peak (autofit.estimate, when the driver supplies it) at its first
+  micro-batch is over the limit by more than the estimate's largest measured error is a wall without
+  probing it: full fine-tuning of a 9 B model does not try DDP on two 80 GB cards. The most frugal
+  strategy is always probed, so a search never ends on estimates alone.
 - Top candidates within measurement noise of each other are re-measured before a winner is named.
 """
 
@@ -29,11 +33,16 @@ from autofit.spec import ProbeResult, Shape, Status, Strategy, compared_peak
 
 Measure = Callable[[Strategy, Shape, str, int], ProbeResult]
 SlopePrior = Callable[[Strategy, int], "float | None"]  # (strategy, max_token) -> peak bytes per token
+PeakEstimate = Callable[[Strategy, int, int], "float | None"]  # (strategy, micro_batch, max_token) -> bytes
 
 SATURATION_GAIN = 1.03   # doubling micro-batch gained less than 3%: the curve is flat
 NOISE = 0.05             # candidates within 5% of the best are re-measured
 PREDICT_MARGIN = 0.97    # jump only to micro-batches predicted to stay 3% under the limit
 PREDICT_OVER = 1.15      # a micro-batch predicted 15% over the limit is a wall without probing it
+# The analytic estimate, with no measured point of the strategy, needs a wider margin: its largest
+# over-prediction of a measured peak is 14% (results/estimate-error: 101 peaks on H100/H200, 1-4 GPUs,
+# LoRA and full fine-tuning, ZeRO 0-3 and offload); tests/test_search_prior.py keeps that below this.
+ESTIMATE_OVER = 1.3
 
 
 def peak_of(r: ProbeResult) -> int | None:
@@ -113,7 +122,7 @@ class Planner:
     def __init__(self, strategies: list[Strategy], micro_batches: tuple[int, ...], max_tokens: tuple[int, ...],
                  target_max_token: int, micro_batch_cap: int, limits: Limits, measure: Measure,
                  deadline: float | None = None, confirm_top: int = 3, log: Callable[[str], None] = lambda s: None,
-                 slope_prior: SlopePrior | None = None):
+                 slope_prior: SlopePrior | None = None, estimate: PeakEstimate | None = None):
         if not strategies:
             raise ValueError("no strategies to search")
         self.order = sorted(strategies, key=speed_rank)
@@ -126,6 +135,7 @@ class Planner:
         self.confirm_top = confirm_top
         self.log = log
         self.slope_prior = slope_prior
+        self.estimate = estimate
         self.results: dict[tuple[str, int, int, str, int], ProbeResult] = {}
         self.by_key = {s.key(): s for s in strategies}
 
@@ -252,6 +262,8 @@ class Planner:
         # Frugal strategies already escalated bound this one's wall from above.
         ceiling = min([f.fail_min for f in out.strategies.values()
                        if f.memory_wall and slower_or_equal(f.strategy, s)], default=None)
+        if self._estimated_out(s, so, self.mbs[i], t):
+            return so
         self.log(f"escalating {s.key()} at T={t} from micro-batch {self.mbs[i]}"
                  + (f" (below {ceiling}, the wall of a more frugal strategy)" if ceiling else ""))
         while i < len(self.mbs):
@@ -283,6 +295,19 @@ class Planner:
                 return so
             i += 1
         return so
+
+    def _estimated_out(self, s: Strategy, so: StrategyOutcome, mb: int, t: int) -> bool:
+        """The estimate rules the strategy out from micro-batch mb up (monotone shapes), by a margin."""
+        if self.estimate is None or s == self.order[-1]:
+            return False
+        est = self.estimate(s, mb, t)
+        if est is None or est <= self.limits.limit * ESTIMATE_OVER:
+            return False
+        so.fail_min, so.predicted_fail = mb, True
+        so.fail_status = (f"estimated {est / 2**30:.1f} GiB at micro-batch {mb}, "
+                          f"over the {self.limits.limit / 2**30:.1f} GiB limit by more than the estimate's error")
+        self.log(f"skip {s.key()}: {so.fail_status} (autofit estimate); wall taken without probing it")
+        return True
 
     def _jump_target(self, s: Strategy, i: int, t: int, ceiling: int | None = None) -> int | None:
         """Index of the largest micro-batch the model predicts to fit, if that skips at least one."""

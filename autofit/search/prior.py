@@ -1,11 +1,15 @@
-"""The analytic slope the planner may use before a strategy has two measured peaks.
+"""What the architecture alone tells the planner before (and between) probes: autofit.estimate's
+analytic model, used in two ways that can each cost a probe but never a wrong answer.
 
-autofit.estimate predicts a strategy's peak from the architecture; its activation term (bytes per
-token of a micro-batch) was within a few percent of the measured slopes on the H100 (e.g. GLM-4-9B
-LoRA with checkpointing: 3.03 GiB predicted vs 3.05 GiB measured per 1024-token sequence). Only the
-slope is taken, never the absolute peak: the measured first probe anchors the line, which absorbs
-what the estimate misses (DeepSpeed's reserved-but-unused memory). The planner uses it only to jump,
-so a wrong slope costs a probe, never a wrong wall.
+- A slope. Its activation term (bytes per token of a micro-batch) was within a few percent of the
+  measured slopes on the H100 (e.g. GLM-4-9B LoRA with checkpointing: 3.03 GiB predicted vs 3.05 GiB
+  measured per 1024-token sequence). Only the slope is taken, never the absolute peak: the measured
+  first probe anchors the line, which absorbs what the estimate misses (DeepSpeed's reserved-but-unused
+  memory). The planner uses it only to jump, so a wrong slope costs a probe, never a wrong wall.
+- A peak, for strategies that cannot fit by far: DDP or ZeRO-2 for full fine-tuning of a 9 B model on
+  two 80 GB cards needs 120-230 GiB per GPU of model states alone. The planner takes such a wall without
+  probing it only when the estimate exceeds the limit by more than its largest measured over-prediction
+  (planner.ESTIMATE_OVER), so what it skips would have gone out of memory anyway.
 """
 
 from __future__ import annotations
@@ -18,40 +22,51 @@ from autofit.models import ModelSource
 from autofit.spec import Context, Strategy
 
 
-def analytic_slope(source: ModelSource, ctx: Context) -> Callable[[Strategy, int], float | None]:
-    """(strategy, max_token) -> peak bytes per token, or None where the estimate cannot say.
+class AnalyticPrior:
+    """slope(strategy, max_token) -> peak bytes per token; peak(strategy, micro_batch, max_token) ->
+    predicted device bytes of one GPU. Both None where the estimate cannot say.
 
-    GPU searches only: on the CPU the compared peak is the process's RSS, which the estimate does
-    not model. Deterministic for a given model and context, so a resumed search plans the same.
+    GPU searches only: on the CPU the compared peak is the process's RSS, which the estimate does not
+    model. Deterministic for a given model and context, so a resumed search plans the same.
     """
-    cache: dict[tuple[str, int], float | None] = {}
-    arch: Future | None = None
-    if ctx.device == "cuda":
-        # Reading the architecture imports torch + transformers into this process (~12 s on the H100
-        # machine, where the search itself imports neither): start now, so it overlaps the first probe,
-        # which the planner needs before it asks for a slope anyway. A daemon thread, so Ctrl-C at the
-        # start of a search does not wait for the import.
-        arch = Future()
-        threading.Thread(target=_read_arch, args=(source, arch), daemon=True, name="autofit-arch").start()
 
-    def slope(s: Strategy, t: int) -> float | None:
-        if ctx.device != "cuda":
+    def __init__(self, source: ModelSource, ctx: Context):
+        self.source, self.ctx = source, ctx
+        self._slopes: dict[tuple[str, int], float | None] = {}
+        self._arch: Future | None = None
+        if ctx.device == "cuda":
+            # Reading the architecture imports torch + transformers into this process (~12 s on the H100
+            # machine, where the search itself imports neither): start now, so it overlaps the first
+            # probe, which the planner needs before it asks the prior anything. A daemon thread, so
+            # Ctrl-C at the start of a search does not wait for the import.
+            self._arch = Future()
+            threading.Thread(target=_read_arch, args=(source, self._arch), daemon=True, name="autofit-arch").start()
+
+    def _predict(self, s: Strategy, micro_batch: int, max_token: int, grad_accum: int) -> float | None:
+        if self._arch is None:
             return None
+        try:
+            from autofit.estimate import predict
+
+            return predict(self._arch.result(), s, self.ctx.num_gpus, micro_batch, max_token, grad_accum,
+                           self.source.lora_targets).device
+        except Exception:  # an architecture the estimate cannot read: plan without the prior
+            return None
+
+    def slope(self, s: Strategy, t: int) -> float | None:
         key = (s.key(), t)
-        if key not in cache:
-            try:
-                from autofit.estimate import predict
+        if key not in self._slopes:
+            # Same accumulation on both sides: the difference is the micro-batch's own memory.
+            p1, p2 = (self._predict(s, mb, t, 2) for mb in (1, 2))
+            self._slopes[key] = (p2 - p1) / t if p1 is not None and p2 is not None and p2 > p1 else None
+        return self._slopes[key]
 
-                a = arch.result()
-                n = ctx.num_gpus
-                # Same accumulation on both sides: the difference is the micro-batch's own memory.
-                p1, p2 = (predict(a, s, n, mb, t, 2, source.lora_targets).device for mb in (1, 2))
-                cache[key] = (p2 - p1) / t if p2 > p1 else None
-            except Exception:  # an architecture the estimate cannot read: plan without the prior
-                cache[key] = None
-        return cache[key]
+    def peak(self, s: Strategy, micro_batch: int, t: int) -> float | None:
+        return self._predict(s, micro_batch, t, self.ctx.grad_accum(micro_batch))
 
-    return slope
+
+def analytic_slope(source: ModelSource, ctx: Context) -> Callable[[Strategy, int], float | None]:
+    return AnalyticPrior(source, ctx).slope
 
 
 def _read_arch(source: ModelSource, into: Future) -> None:
@@ -59,5 +74,5 @@ def _read_arch(source: ModelSource, into: Future) -> None:
         from autofit.estimate import arch_of
 
         into.set_result(arch_of(source))
-    except BaseException as exc:  # handed to slope(), which then plans without the prior
+    except BaseException as exc:  # handed to _predict, which then plans without the prior
         into.set_exception(exc)
