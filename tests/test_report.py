@@ -28,6 +28,7 @@ EXAMPLES = [
     ("search-h100-glm4-lora-T1024-24GiB", None, "lora-r8/bf16-pure/ckpt/z3/offopt/offparam", "NVIDIA H100 80GB HBM3"),
     ("bench-h100-glm4-lora-T1024", "grid.csv", "lora-r8/bf16-pure/nockpt/z0", "NVIDIA H100 80GB HBM3"),
     ("bench-h200-glm4-lora-T1024", "grid.csv", "lora-r8/bf16-pure/nockpt/z0", "NVIDIA H200"),
+    ("search-2xh100-glm4-full-T1024", None, "full/bf16/ckpt/z3/offopt/offparam", "NVIDIA H100 80GB HBM3"),
 ]
 IDS = [e[0] for e in EXAMPLES]
 
@@ -250,3 +251,35 @@ def test_corrupted_side_files_name_the_file(tmp_path, file, text, message):
     with pytest.raises(RunDirError, match=re.escape(message)) as exc:
         write_report(run, tmp_path / "out")
     assert file in str(exc.value)
+
+
+def test_walls_taken_from_the_estimate_are_reported_as_such(tmp_path):
+    # The 2-GPU GLM-4 full fine-tuning run as today's planner would leave it: its six OOM probes
+    # (DDP, ZeRO-2, ZeRO-3 without offload) not run, their walls in boundaries.csv as estimated.
+    run, _ = _copy_example("search-2xh100-glm4-full-T1024", tmp_path)
+    with open(run / "probes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = [r for r in rows if r["status"] == "oom"]
+    assert len(out) == 6
+    with open(run / "probes.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in rows if r["status"] != "oom")
+    with open(run / "boundaries.csv", newline="") as f:
+        bounds = list(csv.DictReader(f))
+    for b in bounds:
+        if b["first_fail_source"] == "measured":
+            b.update(first_fail_source="estimated",
+                     first_fail_status="estimated 118.8 GiB at micro-batch 1, over the 73.3 GiB limit by more "
+                                       "than the estimate's error")
+    with open(run / "boundaries.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(bounds[0]))
+        w.writeheader()
+        w.writerows(bounds)
+    rows = {r.strategy: r for r in strategy_rows(load_run(run))}
+    for r in out:
+        row = rows[r["strategy"]]
+        assert row.fail_mb == 1 and row.n_probes == 0
+        assert row.fail_why.startswith("not run: autofit estimate puts it at 118.8 GiB"), row.fail_why
+    page = write_report(run, tmp_path / "report", None)
+    assert "autofit estimate puts it at" in page.read_text()

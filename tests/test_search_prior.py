@@ -15,7 +15,7 @@ import pytest
 
 from autofit.models import resolve_model
 from autofit.results import read_probes, result_from_row
-from autofit.search.outputs import boundary_rows
+from autofit.search.outputs import boundary_rows, summary_table
 from autofit.search.planner import ESTIMATE_OVER, Limits, Planner
 from autofit.search.prior import AnalyticPrior
 from autofit.search.space import load_space
@@ -53,13 +53,16 @@ def test_a_strategy_estimated_far_over_is_a_wall_without_probing_it():
                       speed={s.key(): 1000.0 for s in strategies})
     est = {z0.key(): 3.0, z3.key(): 1.2}  # x the limit; z3 within the margin is probed as usual
     limit = Limits(80 * GiB, 0.08).limit
-    out = _planner(hw, lambda s, mb, t: est.get(s.key(), 0.5) * limit, strategies).run()
+    planner = _planner(hw, lambda s, mb, t: est.get(s.key(), 0.5) * limit, strategies)
+    out = planner.run()
     asked = {k for k, _, _ in hw.calls}
     assert z0.key() not in asked and z3.key() in asked
     so = out.strategies[z0.key()]
     assert so.predicted_fail and so.fail_min == 1 and so.fail_status.startswith("estimated")
     rows = {r["strategy"]: r for r in boundary_rows({}, Limits(80 * GiB, 0.08), out)}
     assert rows[z0.key()]["first_fail_source"] == "estimated" and rows[z0.key()]["first_fail_micro_batch"] == 1
+    line = next(ln for ln in summary_table(out, planner.results, planner.limits).splitlines() if ln.startswith(z0.key() + " "))
+    assert "mb=1 estimated" in line
     # the most frugal strategy is always measured, however bad its estimate
     hw.calls.clear()
     _planner(hw, lambda s, mb, t: 10 * limit, strategies).run()
