@@ -504,7 +504,12 @@ def export_axolotl(w: Winner, out: Path) -> list[OutFile]:
     if w.precision in ("bf16", "fp16"):
         notes.append(f"note: axolotl loads the weights in the {w.precision} dtype; autofit measured fp32 weights "
                      "with autocast (more memory), so this fits")
-    head = header(w, f"axolotl train {out}", placeholders, notes + glm_notes(w))
+    # axolotl's docs/multi-node.qmd: its CLI hands everything after `--` to torchrun on each node.
+    use = launch(w, f"axolotl train {out}", f"axolotl train {out}",
+                 lambda n, per, first: f"on each of the {n} hosts: axolotl train {out} --launcher torchrun -- "
+                                       f"--nnodes {n} --nproc_per_node {per} --rdzv_id autofit --rdzv_backend c10d "
+                                       f"--rdzv_endpoint {first}:29400")
+    head = header(w, use, placeholders, notes + glm_notes(w))
     text = yaml_text(head, [(None, doc)], {
         "path": "placeholder", "type": "placeholder: your dataset format",
         "attn_implementation": "older axolotl: sdp_attention / flash_attention: true",

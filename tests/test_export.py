@@ -456,6 +456,7 @@ def test_multi_node_winner_says_how_to_launch_it(tmp_path):
 @pytest.mark.parametrize("fmt, fragments", [
     ("llamafactory", ["NNODES=2", "NODE_RANK=<0..1>", "MASTER_ADDR=node-1"]),
     ("glm4", ["torchrun --nnodes=2", "--node_rank=<0..1>", "--master_addr=node-1", "--nproc_per_node=8"]),
+    ("axolotl", ["--launcher torchrun -- --nnodes 2 --nproc_per_node 8", "--rdzv_endpoint node-1:29400"]),
 ])
 def test_multi_node_winner_gets_a_per_host_launch_line(tmp_path, fmt, fragments):
     def two_hosts(doc):
