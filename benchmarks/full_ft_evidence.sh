@@ -18,9 +18,6 @@ out=${1:?output folder}
 here=$(dirname "$0")
 mkdir -p "$out"
 source "$here/steps.sh"
-half=$(( $(nproc) / 2 ))
-# Pins the calling (sub)shell, and so everything it starts, to CPU cores $1.
-pin() { command -v taskset > /dev/null && taskset -pc "$1" "$BASHPID" > /dev/null; }
 name=bench-2xh100-qwen2-1.5b-full-T1024
 sc=(--model Qwen/Qwen2-1.5B --max-token 1024 --global-batch 32 --space full-zero --gpus 0,1)
 verify() {  # verify NAME RESULTS_FOLDER GPU: a copy of the committed run dir, so results/ stays as committed
@@ -28,16 +25,16 @@ verify() {  # verify NAME RESULTS_FOLDER GPU: a copy of the committed run dir, s
   CUDA_VISIBLE_DEVICES=$3 step "$1" python3 -m autofit verify "$out/$1" --steps 30
 }
 
-( pin "0-$((half - 1))"
+( pin_half 0
   step "bench-$name" python3 -m benchmarks.search_vs_grid "${sc[@]}" --budget 8m \
     --grid-from results/grid-2xh100-qwen2-1.5b-full-T1024 --out "$out/$name" ) &
-( pin "$half-$((2 * half - 1))"; verify verify-h100-llama3-8b-lora-T1024 bench-h100-llama3-8b-lora-T1024 2 ) &
-( pin "$half-$((2 * half - 1))"; verify verify-h100-glm4-lora-T2048 bench-h100-glm4-lora-T2048 3 ) &
+( pin_half 1; verify verify-h100-llama3-8b-lora-T1024 bench-h100-llama3-8b-lora-T1024 2 ) &
+( pin_half 1; verify verify-h100-glm4-lora-T2048 bench-h100-glm4-lora-T2048 3 ) &
 wait
-( pin "0-$((half - 1))"
+( pin_half 0
   step "baselines-$name" python3 -m benchmarks.baselines "${sc[@]}" --only hand,hf-auto,ds-autotune \
     --ds-timeout "${DS_TIMEOUT:-480}" --out "$out/$name" ) &
-( pin "$half-$((2 * half - 1))"; BUDGET=${BUDGET2:-12m} bash "$here/multi_gpu_evidence.sh" "$out" 2,3 ) &
+( pin_half 1; BUDGET=${BUDGET2:-12m} bash "$here/multi_gpu_evidence.sh" "$out" 2,3 ) &
 wait
 echo "### $(date +%T) full_ft_evidence done" | tee -a "$out/steps.log"
 touch "$out/DONE"

@@ -7,3 +7,10 @@ step() {
   echo "### $(date +%T) $name: $*" | tee -a "$out/steps.log"
   if "$@" > "$out/$name.log" 2>&1; then touch "$out/$name.done"; else echo "$name failed: rc=$?" | tee -a "$out/steps.log"; touch "$out/$name.failed"; fi
 }
+
+# Pins the calling (sub)shell, and so everything it starts, to the first (0) or second (1) half of the
+# CPU cores: two jobs on two GPU pairs each get their own cores (CPU Adam under offload is CPU-bound).
+pin_half() {
+  local half=$(( $(nproc) / 2 ))
+  command -v taskset > /dev/null && taskset -pc "$(( $1 * half ))-$(( ($1 + 1) * half - 1 ))" "$BASHPID" > /dev/null
+}

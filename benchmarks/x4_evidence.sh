@@ -14,9 +14,6 @@ out=${1:?output folder}
 here=$(dirname "$0")
 mkdir -p "$out"
 source "$here/steps.sh"
-half=$(( $(nproc) / 2 ))
-# Pins the calling (sub)shell, and so everything it starts, to CPU cores $1.
-pin() { command -v taskset > /dev/null && taskset -pc "$1" "$BASHPID" > /dev/null; }
 
 BUDGET=${BUDGET4:-4m} bash "$here/multi_gpu_evidence.sh" "$out" 0,1,2,3
 
@@ -26,8 +23,8 @@ qwen() {
   step "ds-$name" python3 -m benchmarks.baselines --model Qwen/Qwen2-1.5B --max-token 1024 --global-batch 32 \
     --space full-zero --gpus 0,1 --only ds-autotune --ds-timeout "${DS_TIMEOUT:-480}" --out "$out/$name"
 }
-( pin "0-$((half - 1))"; qwen ) &
-( pin "$half-$((2 * half - 1))"; BUDGET=${BUDGET2:-8m} bash "$here/multi_gpu_evidence.sh" "$out" 2,3 ) &
+( pin_half 0; qwen ) &
+( pin_half 1; BUDGET=${BUDGET2:-8m} bash "$here/multi_gpu_evidence.sh" "$out" 2,3 ) &
 wait
 echo "### $(date +%T) x4 done" | tee -a "$out/steps.log"
 touch "$out/DONE"

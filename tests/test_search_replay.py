@@ -17,7 +17,7 @@ import pytest
 from autofit.models import resolve_model
 from autofit.results import read_probes, result_from_row
 from autofit.search.planner import Limits, Planner
-from autofit.search.prior import analytic_slope
+from autofit.search.prior import AnalyticPrior
 from autofit.search.space import load_space
 from autofit.spec import Context, ProbeResult, Shape, Status
 
@@ -45,7 +45,7 @@ def _replay(folder: str, prior: bool):
     ctx = Context(model=summary["model"], device="cuda", gpus=(0,), global_batch=summary["global_batch"])
     planner = Planner(space.strategies(1), space.micro_batches, space.max_tokens, summary["max_token"],
                       summary["global_batch"], Limits(int(summary["budget_gib"] * 2**30), summary["headroom"]),
-                      measure, slope_prior=analytic_slope(source, ctx) if prior else None)
+                      measure, slope_prior=AnalyticPrior(source, ctx).slope if prior else None)
     out = planner.run()
     return summary, out, asked, planner
 
@@ -70,7 +70,7 @@ def test_replay_on_h100_grid(folder, with_prior, without_prior):
 def test_prior_is_only_for_gpu_searches():
     source = resolve_model("THUDM/glm-4-9b-chat")
     s = load_space("default").strategies(1)[0]
-    assert analytic_slope(source, Context(model="THUDM/glm-4-9b-chat", device="cpu"))(s, 1024) is None
-    gpu = analytic_slope(source, replace(Context(model="THUDM/glm-4-9b-chat"), device="cuda", gpus=(0,)))
+    assert AnalyticPrior(source, Context(model="THUDM/glm-4-9b-chat", device="cpu")).slope(s, 1024) is None
+    gpu = AnalyticPrior(source, replace(Context(model="THUDM/glm-4-9b-chat"), device="cuda", gpus=(0,))).slope
     slope = gpu(s, 1024)
     assert slope is not None and slope > 0

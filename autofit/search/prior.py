@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
-from typing import Callable
 
 from autofit.models import ModelSource
 from autofit.spec import Context, Strategy
@@ -63,10 +62,6 @@ class AnalyticPrior:
 
     def peak(self, s: Strategy, micro_batch: int, t: int) -> float | None:
         return self._predict(s, micro_batch, t, self.ctx.grad_accum(micro_batch))
-
-
-def analytic_slope(source: ModelSource, ctx: Context) -> Callable[[Strategy, int], float | None]:
-    return AnalyticPrior(source, ctx).slope
 
 
 def _read_arch(source: ModelSource, into: Future) -> None:
