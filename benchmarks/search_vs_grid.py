@@ -128,11 +128,14 @@ def summarize_cut_short(out: Path, log: Path, limits_max_token: int) -> dict:
     return summary
 
 
-def reuse_grid(src: Path, out: Path, search: dict, max_token: int) -> dict:
+def reuse_grid(src: Path, out: Path, search: dict, max_token: int, gpu: str | None = None) -> dict:
     """The grid half of summary.json, taken from an earlier run of the same scenario (same model, space,
     budget and GPU model): the oracle does not depend on how the search plans, so a planner change can
     be re-measured without paying for the grid again. The search's winner is looked up in that grid."""
     prev = json.loads((src / "summary.json").read_text())
+    if gpu and prev.get("gpu") and gpu != prev["gpu"]:
+        # An H100 grid says nothing about an H200's tokens/s: the ratio would be meaningless.
+        raise SystemExit(f"--grid-from {src}: that grid ran on {prev['gpu']}, this search on {gpu}")
     shutil.copyfile(src / "grid.csv", out / "grid.csv")
     g = dict(prev["grid"], reused_from=src.name)
     # The grid's own log comes along: a cut-short grid's wall time was read from its stamps.
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                    "note": res.outcome.note or None},
     }
     if a.grid_from:
-        summary.update(reuse_grid(a.grid_from, a.out, summary["search"], a.max_token))
+        summary.update(reuse_grid(a.grid_from, a.out, summary["search"], a.max_token, summary["gpu"]))
     elif not a.skip_grid:
         tokens = sorted({int(t) for t in a.grid_tokens.split(",")} | {a.max_token} if a.grid_tokens
                         else set(space.max_tokens) | {a.max_token})

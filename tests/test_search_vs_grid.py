@@ -34,3 +34,15 @@ def test_reuse_grid_scores_a_slower_winner_and_a_complete_grid(tmp_path):
     assert 0 < part["quality"] < 1
     assert part["quality"] == round(part["grid"]["search_winner_tokens_per_s_in_grid"] / grid_best, 4)
     assert part["time_fraction"] == round(46.92 / grid["wall_s"], 3)
+
+
+def test_reuse_grid_refuses_a_grid_from_another_gpu_model(tmp_path):
+    src = RESULTS / "grid-2xh100-qwen2-1.5b-full-T1024"
+    search = {"wall_s": 300.0, "winner": "full/bf16/ckpt/z2", "winner_micro_batch": 16}
+    try:
+        reuse_grid(src, tmp_path, search, 1024, gpu="NVIDIA H200")
+    except SystemExit as e:
+        assert "NVIDIA H100 80GB HBM3" in str(e) and "NVIDIA H200" in str(e)
+    else:
+        raise AssertionError("an H100 grid was accepted for an H200 search")
+    assert reuse_grid(src, tmp_path, search, 1024, gpu="NVIDIA H100 80GB HBM3")["quality"] == 1.0
