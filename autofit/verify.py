@@ -9,7 +9,10 @@ config and RUN_DIR/ds_config.json, on synthetic full-length batches.
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +22,7 @@ from typing import Any
 import click
 import yaml
 
-from autofit.errors import AutofitError, NoGPUError, RunDirError
+from autofit.errors import AutofitError, NoGPUError, RunDirError, UsageError
 
 PEAK_TOLERANCE = 0.05
 WARMUP_STEPS = 2  # optimizer steps excluded from the timing (allocator growth, kernel selection)
@@ -118,6 +121,54 @@ def _step_timer(torch: Any, on_cuda: bool):
     return StepTimer()
 
 
+def visible_gpus(gpus: tuple[int, ...], environ: dict[str, str]) -> str:
+    """CUDA_VISIBLE_DEVICES for the verify run: the GPUs the search measured on (best.yaml, in the
+    machine's numbering), or the first N of an outer CUDA_VISIBLE_DEVICES, which wins (to verify on
+    other cards of the same model). Without a mask HF Trainer takes every visible GPU in one process,
+    i.e. torch DataParallel: a different run from the one measured, and the trap autofit exists to avoid."""
+    outer = [g.strip() for g in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    if not outer:
+        return ",".join(map(str, gpus))
+    if len(outer) < len(gpus):
+        raise UsageError(f"the winner was measured on {len(gpus)} GPUs, but CUDA_VISIBLE_DEVICES="
+                         f"{environ['CUDA_VISIBLE_DEVICES']} shows {len(outer)}")
+    return ",".join(outer[:len(gpus)])
+
+
+def distributed_command(run_dir: Path, steps: int, tolerance: float, nproc: int) -> list[str]:
+    """verify itself, once per GPU under torchrun (as the probes ran): each rank trains its ZeRO share."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "autofit", "verify", str(run_dir), "--steps", str(steps), "--tolerance", str(tolerance)]
+
+
+def _rank() -> tuple[int, int]:
+    """(local rank, world size) under torchrun; (0, 1) in a plain process."""
+    return int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _verify_distributed(run_dir: Path, steps: int, tolerance: float, gpus: tuple[int, ...]) -> Verification:
+    """Run the ranks, then read what rank 0 wrote: verify.json is the one record of the run."""
+    import torch  # only counts the GPUs; CUDA is initialised in the ranks, under their mask
+
+    if torch.cuda.device_count() < len(gpus):
+        raise NoGPUError(f"this winner was measured on {len(gpus)} GPUs; this machine shows {torch.cuda.device_count()}")
+    from autofit.probe.runner import omp_threads_per_rank
+
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=visible_gpus(gpus, dict(os.environ)), PYTHONUNBUFFERED="1")
+    omp = omp_threads_per_rank(len(gpus), env)  # as the probes ran: torchrun would say 1
+    if omp:
+        env["OMP_NUM_THREADS"] = omp
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    out = run_dir / "verify.json"
+    t0 = time.time()
+    rc = subprocess.run(distributed_command(run_dir, steps, tolerance, len(gpus)), env=env).returncode
+    if out.exists() and out.stat().st_mtime >= t0:
+        return Verification(**{k: tuple(v) if k == "problems" else v for k, v in json.loads(out.read_text()).items()})
+    raise VerifyFailed(f"verify's {len(gpus)} ranks exited with code {rc} before writing {out.name}; "
+                       f"their output above says why")
+
+
 def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANCE) -> Verification:
     if steps <= WARMUP_STEPS:
         raise click.UsageError(f"--steps must be more than {WARMUP_STEPS} (the warm-up steps are not timed)")
@@ -129,6 +180,12 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
         raise RunDirError(f"{run_dir} was searched across machines ({', '.join(map(str, hosts))}); verify trains on "
                           f"this machine only: train it with `deepspeed --hostfile` and the exported config instead")
     strategy, ctx = _strategy_and_context(best)
+    local_rank, world = _rank()
+    if ctx.device == "cuda":
+        if len(ctx.gpus) > 1 and world == 1:
+            return _verify_distributed(run_dir, steps, tolerance, ctx.gpus)
+        if world == 1:  # before torch initialises CUDA: one process sees exactly its GPU
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpus(ctx.gpus, dict(os.environ))
     import torch
     from transformers import Trainer, TrainingArguments, default_data_collator
 
@@ -140,7 +197,7 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
     on_cuda = ctx.device == "cuda"
     if on_cuda and not torch.cuda.is_available():
         raise NoGPUError("this winner was measured on a GPU; verify needs one too")
-    device, _ = setup_device(torch, ctx, 0)
+    device, _ = setup_device(torch, ctx, local_rank)
     source = resolve_model(ctx.model, trust_remote_code=ctx.trust_remote_code)
     ds_path = run_dir / "ds_config.json"
     with tempfile.TemporaryDirectory(prefix="autofit-verify-") as out:
@@ -158,23 +215,31 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
         model = apply_method(build_model(torch, source, ctx, strategy, device, ds_cfg), source, strategy)
         vocab = int(build_config(source).vocab_size)
         c = best["config"]
-        world = max(1, len(ctx.gpus)) if on_cuda else 1
-        data = SyntheticTokens(steps * c["micro_batch"] * c["gradient_accumulation"] * world, c["max_token"], vocab)
+        n_gpus = max(1, len(ctx.gpus)) if on_cuda else 1
+        data = SyntheticTokens(steps * c["micro_batch"] * c["gradient_accumulation"] * n_gpus, c["max_token"], vocab)
         timer = _step_timer(torch, on_cuda)
         trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=default_data_collator, callbacks=[timer])
         if on_cuda:
             torch.cuda.reset_peak_memory_stats()
-        sampler = PeakSampler(0 if on_cuda else None)
+        sampler = PeakSampler(local_rank if on_cuda else None)
         sampler.reset()
         try:
             trainer.train()
         finally:
             sampler.close()
     step_s = statistics.median(timer.durations[WARMUP_STEPS:] or timer.durations)
-    tps = c["micro_batch"] * c["gradient_accumulation"] * world * c["max_token"] / step_s
+    tps = c["micro_batch"] * c["gradient_accumulation"] * n_gpus * c["max_token"] / step_s
     reserved = torch.cuda.max_memory_reserved() if on_cuda else None
     nvml = sampler.nvml_peak
-    peak = compared_peak(nvml, reserved, sampler.host_peak)  # the figure the search compared
+    host = sampler.host_peak
+    if world > 1:  # peaks are per GPU, the max over ranks, as the probes report them
+        import torch.distributed as dist
+
+        t = torch.tensor([float(nvml or 0), float(reserved or 0), float(host)], device=device, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        nvml, reserved, host = (int(v) or None for v in t.tolist())
+        host = host or 0
+    peak = compared_peak(nvml, reserved, host)  # the figure the search compared
     m, hw = best["measured"], best["hardware"]
     gib = 2**30
     diff = (peak / gib - m["peak_gib"]) / m["peak_gib"]
@@ -191,7 +256,7 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
                         tokens_per_s_ratio=round(tps / m["tokens_per_s"], 4), peak_gib=round(peak / gib, 3),
                         probe_peak_gib=m["peak_gib"], peak_diff=round(diff, 4), budget_gib=hw["memory_budget_gib"],
                         peak_reserved_gib=round(reserved / gib, 3) if reserved else None,
-                        nvml_peak_gib=round(nvml / gib, 3) if nvml else None, host_peak_gib=round(sampler.host_peak / gib, 3),
+                        nvml_peak_gib=round(nvml / gib, 3) if nvml else None, host_peak_gib=round(host / gib, 3),
                         passed=not problems, problems=tuple(problems))
 
 
@@ -203,6 +268,11 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
 def verify_cmd(run_dir: Path, steps: int, tolerance: float) -> None:
     """Train the winner for longer through HF Trainer and check peak memory and speed against the search."""
     v = verify_run(run_dir, steps, tolerance)
+    local_rank, world = _rank()
+    if world > 1:
+        if local_rank == 0 and int(os.environ.get("RANK", 0)) == 0:  # one record; the parent prints it
+            (run_dir / "verify.json").write_text(json.dumps(asdict(v), indent=2))
+        return
     (run_dir / "verify.json").write_text(json.dumps(asdict(v), indent=2))
     click.echo(f"verify {v.strategy} mb={v.micro_batch} T={v.max_token}, {v.steps} steps through HF Trainer on {v.device}:")
     click.echo(f"  tokens/s {v.tokens_per_s:.1f} (search measured {v.probe_tokens_per_s}, ratio {v.tokens_per_s_ratio:.3f})")

@@ -3,6 +3,7 @@ through DeepSpeed's launcher from a one-host hostfile (what can be tested on one
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,27 @@ def test_stopping_a_multi_host_worker_lets_the_launcher_clean_up_first(tmp_path)
     assert s.proc.stdout.readline().strip() == b"ready"
     s.kill()
     assert s.proc.poll() is not None and mark.read_text() == "cleaned up remote ranks"
+
+
+def test_each_rank_gets_its_share_of_the_cores_for_cpu_adam_not_torchrun_s_one_thread(monkeypatch, tmp_path):
+    """torchrun sets OMP_NUM_THREADS=1 for every rank when it is unset; CPU Adam under offload is an
+    OpenMP loop (results/omp-offload-2xh200: one thread made its step 3.3x slower)."""
+    from autofit.probe.runner import omp_threads_per_rank
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert omp_threads_per_rank(2, {}) == "16"
+    assert omp_threads_per_rank(3, {}) == "10"
+    assert omp_threads_per_rank(64, {}) == "1"
+    assert omp_threads_per_rank(1, {}) is None  # one process: OpenMP already takes every core
+    assert omp_threads_per_rank(2, {"OMP_NUM_THREADS": "4"}) is None  # the user's choice stands
+
+    src = None  # the environment does not depend on the model
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    two = WorkerSession(Context(model="m", device="cuda", gpus=(0, 1)), None, src, tmp_path)._env()
+    assert two["OMP_NUM_THREADS"] == "16" and two["CUDA_VISIBLE_DEVICES"] == "0,1"
+    one = WorkerSession(Context(model="m", device="cuda", gpus=(3,)), None, src, tmp_path)._env()
+    assert "OMP_NUM_THREADS" not in one
+    hosts = WorkerSession(Context(model="m", device="cuda", hostfile="/h", hosts=(("a", 8), ("b", 8))), None, src, tmp_path)._env()
+    assert hosts["OMP_NUM_THREADS"] == "4"  # 8 ranks on this host, not 16
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert WorkerSession(Context(model="m", device="cuda", gpus=(0, 1)), None, src, tmp_path)._env()["OMP_NUM_THREADS"] == "2"

@@ -79,3 +79,74 @@ def test_verify_refuses_a_winner_searched_across_machines(tmp_path):
     r = CliRunner().invoke(cli, ["verify", str(run)])
     assert r.exit_code == 2 and "across machines" in r.stderr and "deepspeed --hostfile" in r.stderr
     assert r.stderr.strip().count("\n") == 0
+
+
+def test_verify_masks_the_gpus_the_search_used_so_hf_trainer_never_falls_back_to_dataparallel():
+    from autofit.errors import UsageError
+    from autofit.verify import visible_gpus
+
+    assert visible_gpus((2, 3), {}) == "2,3"  # the machine's numbering, as best.yaml records it
+    assert visible_gpus((2,), {"CUDA_VISIBLE_DEVICES": "5,6"}) == "5"  # an outer mask wins
+    assert visible_gpus((0, 1), {"CUDA_VISIBLE_DEVICES": "4, 5,6"}) == "4,5"
+    try:
+        visible_gpus((0, 1), {"CUDA_VISIBLE_DEVICES": "3"})
+    except UsageError as e:
+        assert "measured on 2 GPUs" in str(e)
+    else:
+        raise AssertionError("one visible GPU was accepted for a 2-GPU winner")
+
+
+def _two_gpu_run(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    run = tmp_path / "two"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "results" / "search-2xh200-glm4-full-T1024" / "search", run,
+                    ignore=shutil.ignore_patterns("report", "verify.json"))
+    return run
+
+
+def test_verify_of_a_multi_gpu_winner_runs_one_rank_per_gpu_under_torchrun(tmp_path, monkeypatch):
+    """The parent's side (the ranks need the GPUs): torchrun with one rank per GPU of best.yaml,
+    masked to them, then the record rank 0 wrote is read back and judged."""
+    import subprocess
+    import torch
+
+    from autofit import verify
+
+    run = _two_gpu_run(tmp_path)
+    seen = {}
+
+    def fake_ranks(cmd, env):  # what rank 0 writes after a passing run
+        seen.update(cmd=cmd, mask=env["CUDA_VISIBLE_DEVICES"])
+        (run / "verify.json").write_text(json.dumps(dict(
+            strategy="full/bf16/ckpt/z2", micro_batch=2, max_token=1024, steps=5, device="NVIDIA H200",
+            tokens_per_s=5100.0, probe_tokens_per_s=5239.8, tokens_per_s_ratio=0.973, peak_gib=126.0,
+            probe_peak_gib=126.262, peak_diff=-0.002, budget_gib=140.401, peak_reserved_gib=123.0,
+            nvml_peak_gib=126.0, host_peak_gib=4.0, passed=True, problems=[])))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(verify.subprocess, "run", fake_ranks)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    r = CliRunner().invoke(cli, ["verify", str(run), "--steps", "5"])
+    assert r.exit_code == 0, r.output + str(r.exception)
+    assert seen["cmd"][1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert seen["cmd"][5:9] == ["-m", "autofit", "verify", str(run)] and seen["mask"] == "0,1"
+    assert "ratio 0.973" in r.output
+
+    def no_record(cmd, env):  # a rank died (OOM, NCCL) before rank 0 could write anything
+        (run / "verify.json").unlink(missing_ok=True)
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(verify.subprocess, "run", no_record)
+    r = CliRunner().invoke(cli, ["verify", str(run), "--steps", "5"])
+    assert r.exit_code == 2 and "2 ranks exited with code 1" in r.stderr
+
+
+def test_verify_of_a_multi_gpu_winner_on_a_machine_without_those_gpus(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    r = CliRunner().invoke(cli, ["verify", str(_two_gpu_run(tmp_path))])
+    assert r.exit_code == 2 and "measured on 2 GPUs; this machine shows 0" in r.stderr

@@ -49,6 +49,19 @@ def launcher_command(ctx: Context, module_args: list[str]) -> list[str]:
     return cmd + ["--module", *module_args]
 
 
+def omp_threads_per_rank(ranks: int, environ: dict[str, str]) -> str | None:
+    """OMP_NUM_THREADS for ranks sharing this machine, or None to leave the user's setting alone.
+
+    torchrun sets OMP_NUM_THREADS=1 for every rank when it is unset, and DeepSpeed's CPU Adam (the
+    optimizer step under offload_optimizer) is an OpenMP loop: one thread made a 9 B model's step
+    several times slower than the cores allow, so offload strategies were ranked too low. Each rank
+    gets its share of the cores this process may run on."""
+    if "OMP_NUM_THREADS" in environ or ranks <= 1:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return str(max(1, cores // ranks))
+
+
 def _free_port() -> int:
     """A TCP port free on this machine now: the standby worker and the current one each get their own."""
     import socket
@@ -88,6 +101,10 @@ class WorkerSession:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         # A probe never touches a GPU it was not given.
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.ctx.gpus)) if self.ctx.device == "cuda" else ""
+        local_ranks = max(slots for _, slots in self.ctx.hosts) if self.ctx.hosts else self.ctx.num_gpus
+        omp = omp_threads_per_rank(local_ranks if self.ctx.device == "cuda" else 1, env)
+        if omp:
+            env["OMP_NUM_THREADS"] = omp
         if self.ctx.hostfile and self.ctx.device == "cuda":
             # DeepSpeed's launcher gives each host's ranks that host's slots; a mask set here would
             # make it ignore the hostfile's GPU counts on this machine.
