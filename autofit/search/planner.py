@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from autofit.search import memmodel
@@ -251,6 +251,12 @@ class Planner:
                               f"and {s.key()} is slower at equal micro-batch")
                 self.log(f"skip {s.key()}: {so.skipped}")
                 return so
+        killed = self._host_killed_sibling(s)
+        if killed:
+            so.skipped = (f"{killed} was killed by SIGKILL (the host's OOM killer) before it ever ran; checkpointing "
+                          f"does not change the host memory of ZeRO's offloaded state")
+            self.log(f"skip {s.key()}: {so.skipped}")
+            return so
         above = [m for m in self.mbs if m > wall]
         if not above:
             so.skipped = f"a faster strategy already fits the largest micro-batch ({wall})"
@@ -295,6 +301,20 @@ class Planner:
                 return so
             i += 1
         return so
+
+    def _host_killed_sibling(self, s: Strategy) -> str | None:
+        """The same ZeRO stage and offload with the other checkpointing setting, if every probe of it was
+        killed by SIGKILL. Under offload that is the host running out of memory while the engine pins
+        the fp32 master weights and Adam state (GPU OOM is an exception, not a signal), and those do not
+        depend on checkpointing: the sibling would be killed too, after minutes of building (two such
+        probes cost 190 s each on 2 x H200 with 251 GiB of RAM, results/search-2xh200-glm4-full-T1024)."""
+        if not (s.offload_optimizer or s.offload_params):
+            return None
+        sibling = replace(s, grad_ckpt=not s.grad_ckpt).key()
+        runs = [r for (k, *_), r in self.results.items() if k == sibling]
+        if runs and all(r.status == Status.CRASH and "SIGKILL" in (r.error or "") for r in runs):
+            return sibling
+        return None
 
     def _estimated_out(self, s: Strategy, so: StrategyOutcome, mb: int, t: int) -> bool:
         """The estimate rules the strategy out from micro-batch mb up (monotone shapes), by a margin."""
