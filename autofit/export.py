@@ -219,7 +219,18 @@ def header(w: Winner, use: str, placeholders: list[str], notes: list[str]) -> li
         f"placeholders for you to fill: {', '.join(placeholders) if placeholders else 'none'}",
         f"use: {use}",
         *notes,
+        *omp_notes(w),
     ]
+
+
+def omp_notes(w: Winner) -> list[str]:
+    """CPU Adam (offload_optimizer) is an OpenMP loop, and torchrun gives each rank 1 thread unless told."""
+    ranks = int(w.hosts[0].rsplit("slots=", 1)[-1]) if w.hosts else w.num_gpus
+    if not w.offload_optimizer or ranks <= 1:
+        return []
+    return [f"note: the optimizer step runs on the CPU: launch with OMP_NUM_THREADS=$(( $(nproc) / {ranks} )) "
+            f"(torchrun's default is 1 thread per rank, 3.3x slower in results/omp-offload-2xh200; "
+            f"autofit measured with the cores shared among the ranks)"]
 
 
 def glm_notes(w: Winner) -> list[str]:

@@ -466,3 +466,16 @@ def test_multi_node_winner_gets_a_per_host_launch_line(tmp_path, fmt, fragments)
     run, _ = _variant(tmp_path, "multi", two_hosts, src=LORA_ZERO3)
     head = "\n".join(line for p in export_run(run, fmt, None) if p.suffix in (".yaml", ".yml") for line in _header(p))
     assert all(f in head for f in fragments), head
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "deepspeed"])
+def test_a_cpu_adam_winner_on_several_gpus_says_how_many_openmp_threads(tmp_path, fmt):
+    """torchrun gives each rank one OpenMP thread; CPU Adam needs the cores (results/omp-offload-2xh200)."""
+    run = tmp_path / "offload2"
+    shutil.copytree(RESULTS / "search-2xh100-glm4-full-T1024" / "search", run, ignore=shutil.ignore_patterns("report"))
+    head = "\n".join(line for p in export_run(run, fmt, None) if p.suffix in (".yaml", ".yml") for line in _header(p))
+    assert "OMP_NUM_THREADS=$(( $(nproc) / 2 ))" in head, head
+    one = tmp_path / "offload1"  # one GPU: one process, OpenMP already takes every core
+    shutil.copytree(LORA_ZERO3, one)
+    head1 = "\n".join(line for p in export_run(one, fmt, None) if p.suffix in (".yaml", ".yml") for line in _header(p))
+    assert "OMP_NUM_THREADS" not in head1
