@@ -15,6 +15,8 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
+
 from benchmarks import scenario_table
 from benchmarks.common import committed
 
@@ -111,9 +113,14 @@ def probe_table(folder: str) -> str:
 def verify_table() -> str:
     lines = ["| run | GPU | winner (micro-batch, max_token) | steps | tokens/s: verify / search | peak GiB: verify / search | budget GiB | passed |",
              "|---|---|---|---|---|---|---|---|"]
-    for path in committed(ROOT / "results", "*/verify.json"):
+    # verify-*/verify.json: a copy of a run verified on its own; */search/verify.json: verified in place.
+    paths = committed(ROOT / "results", "*/verify.json") + committed(ROOT / "results", "*/search/verify.json")
+    for path in paths:
         v = json.loads(path.read_text())
-        lines.append(f"| [{path.parent.name}](results/{path.parent.name}) | {_short_gpu(v['device'])} | `{v['strategy']}` "
+        run = path.relative_to(ROOT / "results").parts[0]
+        n = (yaml.safe_load((path.parent / "best.yaml").read_text()) or {}).get("hardware", {}).get("num_gpus", 1)
+        gpus = f"{n} x " if n > 1 else ""
+        lines.append(f"| [{run}](results/{run}) | {gpus}{_short_gpu(v['device'])} | `{v['strategy']}` "
                      f"({v['micro_batch']}, {v['max_token']}) | {v['steps']} | {v['tokens_per_s']:.0f} / {v['probe_tokens_per_s']:.0f} "
                      f"({v['tokens_per_s_ratio']:.2f}) | {v['peak_gib']:.2f} / {v['probe_peak_gib']:.2f} ({v['peak_diff']:+.1%}) | "
                      f"{v['budget_gib']:.1f} | {'yes' if v['passed'] else 'NO: ' + '; '.join(v['problems'])} |")
