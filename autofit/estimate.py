@@ -61,6 +61,10 @@ INT_BYTES_PER_TOKEN = 16  # input_ids (= labels, int64) and the shifted labels' 
 # parameters and prefetches up to stage3_max_live_parameters; both default to 1e9 and autofit keeps the
 # defaults, so up to about this many parameters stay gathered on each GPU.
 ZERO3_MAX_LIVE_PARAMS = 1e9
+# ZeRO-3's optimizer step walks its partition in sub-groups of sub_group_size parameters (1e9 by
+# default, kept by autofit), converting one sub-group's gradients to fp32 at a time; a sub-group closes
+# at the first parameter that reaches the size, so it can be one parameter partition larger.
+ZERO3_SUB_GROUP_PARAMS = 1e9
 # A run's measured peaks move the prediction only by what they disagree beyond this fraction: small
 # probes scatter by a few percent around the model (allocator slack is lumpy at small shapes), and
 # extrapolating that scatter to the wall made the held-out error worse, not better (summary.json).
@@ -472,8 +476,11 @@ def _deepspeed_state(arch: Arch, strategy: Strategy, n: int, p: _Precision, trai
     else:
         grads = (0.0 if strategy.offload_optimizer else trainable * p.weight / n) + bucket
     # The step converts this GPU's gradient partition to fp32 and AdamW allocates one temporary of the
-    # same size; with offload the step runs on the host.
-    step_extra = 0.0 if strategy.offload_optimizer else (4 + 4) * trainable / shard
+    # same size (ZeRO-3: one sub-group at a time); with offload the step runs on the host.
+    stepped = trainable / shard
+    if z == 3:
+        stepped = min(stepped, ZERO3_SUB_GROUP_PARAMS + arch.head_params / shard)
+    step_extra = 0.0 if strategy.offload_optimizer else (4 + 4) * stepped
     return weights, gathered, grads, grads, optimizer, step_extra
 
 
@@ -683,6 +690,7 @@ VALIDATION_SETS = (
     ("results/grid-2xh100-qwen2-1.5b-full-T1024/grid.csv", {"full": "Qwen/Qwen2-1.5B"}),
     ("results/search-2xh100-glm4-full-T1024/search/probes.csv", {"full": "THUDM/glm-4-9b-chat"}),
     ("results/search-4xh100-glm4-full-T1024/search/probes.csv", {"full": "THUDM/glm-4-9b-chat"}),
+    ("results/search-2xh200-glm4-full-T1024/search/probes.csv", {"full": "THUDM/glm-4-9b-chat"}),
 )
 # Calibration is validated as a search would use it: a strategy's first, smallest probes calibrate
 # the prediction of its larger micro-batches (micro-batch 1 alone where only 1 and 4 were run).

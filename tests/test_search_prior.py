@@ -31,6 +31,7 @@ H100 = Limits(int(79.647 * GiB), 0.08)  # what the H100 80GB searches measured a
 def test_margin_covers_every_measured_overprediction():
     # A wall is taken from the estimate only beyond ESTIMATE_OVER x the limit, so no probe that fitted
     # can have been estimated that high: the largest over-prediction (14%) stays well inside the margin.
+    # (GLM-4 ZeRO-3 on 2 x H200 was 21% over until the estimate learnt ZeRO-3's optimizer sub-groups.)
     rows = list(csv.DictReader(open(RESULTS / "estimate-error" / "errors.csv")))
     over = [float(r["err_nvml_pct"]) for r in rows if r["status"] == "ok" and r["err_nvml_pct"]]
     assert len(over) >= 100
@@ -98,8 +99,9 @@ def _replay(folder: str, gpus: int):
 
 @pytest.mark.parametrize("gpus, skipped", [
     # Two H100s: the six probes the real search spent on z0, z2 and z3 without offload all went out of
-    # memory at micro-batch 1; the estimate (111-230 GiB against a 73.3 GiB limit) rules them all out.
-    (2, {"nockpt/z0", "ckpt/z0", "nockpt/z2", "ckpt/z2", "nockpt/z3", "ckpt/z3"}),
+    # memory at micro-batch 1; the estimate rules out z0 and z2 (119-230 GiB against a 73.3 GiB limit).
+    # ZeRO-3 (87-94 GiB) is under 1.3x the limit and is probed, as it should be at that margin.
+    (2, {"nockpt/z0", "ckpt/z0", "nockpt/z2", "ckpt/z2"}),
     # Four: only DDP is out of reach (230 GiB); ZeRO-2 (70-78 GiB estimated) and ZeRO-3 are probed.
     (4, {"nockpt/z0", "ckpt/z0"}),
 ])
