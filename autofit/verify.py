@@ -121,18 +121,30 @@ def _step_timer(torch: Any, on_cuda: bool):
     return StepTimer()
 
 
-def visible_gpus(gpus: tuple[int, ...], environ: dict[str, str]) -> str:
+def visible_gpus(gpus: tuple[int, ...], environ: dict[str, str], installed: int | None = None) -> str:
     """CUDA_VISIBLE_DEVICES for the verify run: the GPUs the search measured on (best.yaml, in the
     machine's numbering), or the first N of an outer CUDA_VISIBLE_DEVICES, which wins (to verify on
     other cards of the same model). Without a mask HF Trainer takes every visible GPU in one process,
-    i.e. torch DataParallel: a different run from the one measured, and the trap autofit exists to avoid."""
+    i.e. torch DataParallel: a different run from the one measured, and the trap autofit exists to avoid.
+    On a machine without those indices (`installed` GPUs, from NVML), the first N stand in."""
     outer = [g.strip() for g in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
     if not outer:
+        if installed is not None and max(gpus, default=0) >= installed:
+            if installed < len(gpus):
+                raise NoGPUError(f"this winner was measured on {len(gpus)} GPUs; this machine has {installed}")
+            return ",".join(map(str, range(len(gpus))))
         return ",".join(map(str, gpus))
     if len(outer) < len(gpus):
         raise UsageError(f"the winner was measured on {len(gpus)} GPUs, but CUDA_VISIBLE_DEVICES="
                          f"{environ['CUDA_VISIBLE_DEVICES']} shows {len(outer)}")
     return ",".join(outer[:len(gpus)])
+
+
+def _installed() -> int | None:
+    """GPUs on this machine, by NVML (no CUDA context: the mask must be set before torch starts it)."""
+    from autofit.hardware import detect_gpus
+
+    return len(detect_gpus()) or None
 
 
 def distributed_command(run_dir: Path, steps: int, tolerance: float, nproc: int) -> list[str]:
@@ -154,7 +166,7 @@ def _verify_distributed(run_dir: Path, steps: int, tolerance: float, gpus: tuple
         raise NoGPUError(f"this winner was measured on {len(gpus)} GPUs; this machine shows {torch.cuda.device_count()}")
     from autofit.probe.runner import omp_threads_per_rank
 
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES=visible_gpus(gpus, dict(os.environ)), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=visible_gpus(gpus, dict(os.environ), _installed()), PYTHONUNBUFFERED="1")
     omp = omp_threads_per_rank(len(gpus), env)  # as the probes ran: torchrun would say 1
     if omp:
         env["OMP_NUM_THREADS"] = omp
@@ -185,7 +197,7 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
         if len(ctx.gpus) > 1 and world == 1:
             return _verify_distributed(run_dir, steps, tolerance, ctx.gpus)
         if world == 1:  # before torch initialises CUDA: one process sees exactly its GPU
-            os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpus(ctx.gpus, dict(os.environ))
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpus(ctx.gpus, dict(os.environ), _installed())
     import torch
     from transformers import Trainer, TrainingArguments, default_data_collator
 

@@ -88,6 +88,8 @@ def test_verify_masks_the_gpus_the_search_used_so_hf_trainer_never_falls_back_to
     assert visible_gpus((2, 3), {}) == "2,3"  # the machine's numbering, as best.yaml records it
     assert visible_gpus((2,), {"CUDA_VISIBLE_DEVICES": "5,6"}) == "5"  # an outer mask wins
     assert visible_gpus((0, 1), {"CUDA_VISIBLE_DEVICES": "4, 5,6"}) == "4,5"
+    assert visible_gpus((2, 3), {}, installed=4) == "2,3"
+    assert visible_gpus((2, 3), {}, installed=2) == "0,1"  # searched on a bigger machine: the first two stand in
     try:
         visible_gpus((0, 1), {"CUDA_VISIBLE_DEVICES": "3"})
     except UsageError as e:
