@@ -153,11 +153,6 @@ def distributed_command(run_dir: Path, steps: int, tolerance: float, nproc: int)
             "-m", "autofit", "verify", str(run_dir), "--steps", str(steps), "--tolerance", str(tolerance)]
 
 
-def _rank() -> tuple[int, int]:
-    """(local rank, world size) under torchrun; (0, 1) in a plain process."""
-    return int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def _verify_distributed(run_dir: Path, steps: int, tolerance: float, gpus: tuple[int, ...]) -> Verification:
     """Run the ranks, then read what rank 0 wrote: verify.json is the one record of the run."""
     import torch  # only counts the GPUs; CUDA is initialised in the ranks, under their mask
@@ -192,7 +187,9 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
         raise RunDirError(f"{run_dir} was searched across machines ({', '.join(map(str, hosts))}); verify trains on "
                           f"this machine only: train it with `deepspeed --hostfile` and the exported config instead")
     strategy, ctx = _strategy_and_context(best)
-    local_rank, world = _rank()
+    from autofit.probe.worker import dist_env  # no torch at import: the mask below comes first
+
+    _, world, local_rank = dist_env()
     if ctx.device == "cuda":
         if len(ctx.gpus) > 1 and world == 1:
             return _verify_distributed(run_dir, steps, tolerance, ctx.gpus)
@@ -203,7 +200,7 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
 
     from autofit.models import build_config, resolve_model
     from autofit.probe.measure import PeakSampler
-    from autofit.probe.worker import setup_device, apply_method, build_model
+    from autofit.probe.worker import apply_method, build_model, max_over_ranks, setup_device
     from autofit.spec import compared_peak
 
     on_cuda = ctx.device == "cuda"
@@ -242,15 +239,9 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
     step_s = statistics.median(timer.durations[WARMUP_STEPS:] or timer.durations)
     tps = c["micro_batch"] * c["gradient_accumulation"] * n_gpus * c["max_token"] / step_s
     reserved = torch.cuda.max_memory_reserved() if on_cuda else None
-    nvml = sampler.nvml_peak
-    host = sampler.host_peak
-    if world > 1:  # peaks are per GPU, the max over ranks, as the probes report them
-        import torch.distributed as dist
-
-        t = torch.tensor([float(nvml or 0), float(reserved or 0), float(host)], device=device, dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        nvml, reserved, host = (int(v) or None for v in t.tolist())
-        host = host or 0
+    # Peaks are per GPU, the max over ranks, as the probes report them (0 stands for "not measured").
+    n, r, h = max_over_ranks(torch, device, world, [sampler.nvml_peak or 0, reserved or 0, sampler.host_peak])
+    nvml, reserved, host = int(n) or None, int(r) or None, int(h)
     peak = compared_peak(nvml, reserved, host)  # the figure the search compared
     m, hw = best["measured"], best["hardware"]
     gib = 2**30
@@ -280,9 +271,11 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
 def verify_cmd(run_dir: Path, steps: int, tolerance: float) -> None:
     """Train the winner for longer through HF Trainer and check peak memory and speed against the search."""
     v = verify_run(run_dir, steps, tolerance)
-    local_rank, world = _rank()
+    from autofit.probe.worker import dist_env
+
+    rank, world, _ = dist_env()
     if world > 1:
-        if local_rank == 0 and int(os.environ.get("RANK", 0)) == 0:  # one record; the parent prints it
+        if rank == 0:  # one record; the parent prints it
             (run_dir / "verify.json").write_text(json.dumps(asdict(v), indent=2))
         return
     (run_dir / "verify.json").write_text(json.dumps(asdict(v), indent=2))

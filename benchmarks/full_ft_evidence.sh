@@ -20,16 +20,11 @@ mkdir -p "$out"
 source "$here/steps.sh"
 name=bench-2xh100-qwen2-1.5b-full-T1024
 sc=(--model Qwen/Qwen2-1.5B --max-token 1024 --global-batch 32 --space full-zero --gpus 0,1)
-verify() {  # verify NAME RESULTS_FOLDER GPU: a copy of the committed run dir, so results/ stays as committed
-  rm -rf "$out/$1"; cp -r "results/$2/search" "$out/$1"
-  CUDA_VISIBLE_DEVICES=$3 step "$1" python3 -m autofit verify "$out/$1" --steps 30
-}
-
 ( pin_half 0
   step "bench-$name" python3 -m benchmarks.search_vs_grid "${sc[@]}" --budget 8m \
     --grid-from results/grid-2xh100-qwen2-1.5b-full-T1024 --out "$out/$name" ) &
-( pin_half 1; verify verify-h100-llama3-8b-lora-T1024 bench-h100-llama3-8b-lora-T1024 2 ) &
-( pin_half 1; verify verify-h100-glm4-lora-T2048 bench-h100-glm4-lora-T2048 3 ) &
+( pin_half 1; verify_copy verify-h100-llama3-8b-lora-T1024 bench-h100-llama3-8b-lora-T1024 2 ) &
+( pin_half 1; verify_copy verify-h100-glm4-lora-T2048 bench-h100-glm4-lora-T2048 3 ) &
 wait
 ( pin_half 0
   step "baselines-$name" python3 -m benchmarks.baselines "${sc[@]}" --only hand,hf-auto,ds-autotune \

@@ -14,3 +14,12 @@ pin_half() {
   local half=$(( $(nproc) / 2 ))
   command -v taskset > /dev/null && taskset -pc "$(( $1 * half ))-$(( ($1 + 1) * half - 1 ))" "$BASHPID" > /dev/null
 }
+
+# `verify_copy NAME RESULTS_FOLDER [GPU]`: `autofit verify --steps 30` as step NAME on a copy of a committed
+# run dir ($out/NAME, so results/ stays as committed; copied again only until the step is done), on GPU
+# (an outer CUDA_VISIBLE_DEVICES, which verify honours) or the GPUs the run was searched on.
+verify_copy() {
+  [ -e "$out/$1.done" ] || { rm -rf "$out/$1"; cp -r "results/$2/search" "$out/$1"; }
+  if [ -n "${3:-}" ]; then CUDA_VISIBLE_DEVICES=$3 step "$1" python3 -m autofit verify "$out/$1" --steps 30
+  else step "$1" python3 -m autofit verify "$out/$1" --steps 30; fi
+}

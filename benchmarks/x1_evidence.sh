@@ -16,12 +16,8 @@ if ! python3 -c "import sys, torch; sys.exit('H100' not in torch.cuda.get_device
   echo "### not an H100: the committed winners were measured on H100s; nothing run" | tee -a "$out/steps.log"
   touch "$out/DONE"; exit 0
 fi
-verify() {  # verify NAME RESULTS_FOLDER: a copy of the committed run dir, so results/ stays as committed
-  [ -e "$out/$1.done" ] || { rm -rf "$out/$1"; cp -r "results/$2/search" "$out/$1"; }
-  step "$1" python3 -m autofit verify "$out/$1" --steps 30
-}
-verify verify-h100-llama3-8b-lora-T1024 bench-h100-llama3-8b-lora-T1024
-verify verify-h100-glm4-lora-T2048 bench-h100-glm4-lora-T2048
+verify_copy verify-h100-llama3-8b-lora-T1024 bench-h100-llama3-8b-lora-T1024
+verify_copy verify-h100-glm4-lora-T2048 bench-h100-glm4-lora-T2048
 DS_TIMEOUT=${DS_TIMEOUT:-300} bash "$here/scenario_evidence.sh" "$out" bench-h100-glm4-lora-T2048-24GiB \
   THUDM/glm-4-9b-chat 2048 --space consumer-24gb --gpu-memory 24GiB
 echo "### $(date +%T) x1_evidence done" | tee -a "$out/steps.log"

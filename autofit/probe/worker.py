@@ -81,7 +81,8 @@ def _fault(where: str, strategy_key: str = "") -> None:
         os._exit(3)
 
 
-def _dist_env() -> tuple[int, int, int]:
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) under torchrun or DeepSpeed's launcher; (0, 1, 0) in a plain process."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
@@ -158,7 +159,7 @@ def setup(plan: dict[str, Any], first_shape: Shape, import_s: float) -> Rig:
     ctx = context_from_dict(plan["context"])
     strategy = strategy_from_dict(plan["strategy"])
     source = ModelSource.from_dict(plan["source"])
-    rank, world, local_rank = _dist_env()
+    rank, world, local_rank = dist_env()
     import transformers  # noqa: F401  (counted as import time)
 
     uses_ds = strategy.uses_deepspeed(ctx.num_gpus)
@@ -256,12 +257,13 @@ def _reset_memory(rig: Rig) -> None:
     rig.sampler.reset()
 
 
-def _max_over_ranks(rig: Rig, values: list[float]) -> list[float]:
-    if rig.world == 1:
+def max_over_ranks(torch: Any, device: Any, world: int, values: list[float]) -> list[float]:
+    """Each value's maximum over the ranks (peaks are per GPU: the largest rank's), on every rank."""
+    if world == 1:
         return values
     import torch.distributed as dist
 
-    t = rig.torch.tensor([float(v) for v in values], device=rig.device, dtype=rig.torch.float64)
+    t = torch.tensor([float(v) for v in values], device=device, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
 
@@ -316,8 +318,8 @@ def run_shape(rig: Rig, shape: Shape) -> ProbeResult:
         alloc = reserved = None
     nvml = rig.sampler.nvml_peak
     host = rig.sampler.host_peak
-    step_s, micro_s, opt_s, a, r, n, h = _max_over_ranks(
-        rig, [step_s, micro_s, opt_s, alloc or 0, reserved or 0, nvml or 0, host])
+    step_s, micro_s, opt_s, a, r, n, h = max_over_ranks(
+        rig.torch, rig.device, rig.world, [step_s, micro_s, opt_s, alloc or 0, reserved or 0, nvml or 0, host])
     samples = shape.micro_batch * accum * rig.world
     return ProbeResult(
         **base, status=Status.OK, micro_step_s=round(micro_s, 6), optimizer_step_s=round(opt_s, 6),
@@ -375,7 +377,7 @@ def _wait_plan(io_dir: Path) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     io_dir = Path([a for a in argv if not a.startswith("--local_rank")][0])
-    rank, _, _ = _dist_env()
+    rank, _, _ = dist_env()
     import_s = _preimport()
     plan = _wait_plan(io_dir)
     req = _wait_request(io_dir, 0)
