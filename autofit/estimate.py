@@ -691,6 +691,10 @@ VALIDATION_SETS = (
     ("results/search-2xh100-glm4-full-T1024/search/probes.csv", {"full": "THUDM/glm-4-9b-chat"}),
     ("results/search-4xh100-glm4-full-T1024/search/probes.csv", {"full": "THUDM/glm-4-9b-chat"}),
     ("results/search-2xh200-glm4-full-T1024/search/probes.csv", {"full": "THUDM/glm-4-9b-chat"}),
+    ("results/verify-gap-2xh200/probes.csv", {"full": "THUDM/glm-4-9b-chat"}),
+    ("results/search-4xh200-glm4-full-T1024/search/probes.csv", {"full": "THUDM/glm-4-9b-chat"}),
+    ("results/search-4xh200-glm4-full-T1024/skipped-runners-up.csv", {"full": "THUDM/glm-4-9b-chat"}),
+    ("results/bench-h100-glm4-lora-T2048-24GiB/grid.csv", {"lora": "THUDM/glm-4-9b-chat"}),
 )
 # Calibration is validated as a search would use it: a strategy's first, smallest probes calibrate
 # the prediction of its larger micro-batches (micro-batch 1 alone where only 1 and 4 were run).
