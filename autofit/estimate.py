@@ -336,10 +336,19 @@ def _input_bytes(width: float, in_bytes: int, trainable: float, lora: float, p: 
     return copies + (in_bytes * width if shared and not counted else 0.0)
 
 
+def zero3_linear(strategy: Strategy, p: _Precision) -> bool:
+    """DeepSpeed's ZeRO-3 memory-efficient linear is in use (zero.Init patches F.linear; the default)."""
+    return p.deepspeed and strategy.zero_stage == 3
+
+
 def _block_bytes(arch: Arch, strategy: Strategy, p: _Precision, targets: tuple[str, ...]) -> float:
     """Bytes per token that autograd saves for one decoder block whose outputs need gradients."""
     h, a, m = arch.hidden, arch.attn_width, strategy.method
     base_trainable = m.kind in ("full", "freeze")
+    # ZeRO-3 replaces F.linear with its memory-efficient LinearFunctionForZeroStage3, which saves every
+    # Linear's input, frozen or not (counted on the CPU with saved_tensors_hooks: +h + mlp_width per
+    # token and block for GLM-4 LoRA on q/k/v/o). So under ZeRO-3 a frozen Linear keeps its input too.
+    keeps_input = base_trainable or zero3_linear(strategy, p)
     # RMSNorm (4.40) upcasts its input to fp32 and keeps it for pow/mul; a trainable norm weight also
     # keeps the normalised input it multiplies.
     norms = 2 * 4 * h + (2 * p.weight * h if base_trainable else 0)
@@ -354,7 +363,7 @@ def _block_bytes(arch: Arch, strategy: Strategy, p: _Precision, targets: tuple[s
     inputs = 0.0
     for group, (w, in_bytes) in width.items():
         lins = [lin for lin in arch.block_linears if lin.group == group]
-        trainable = sum(lin.share for lin in lins) if base_trainable else 0.0
+        trainable = sum(lin.share for lin in lins) if keeps_input else 0.0
         lora = sum(lin.share for lin in lins if _matches(lin.name, targets)) if m.kind == "lora" else 0.0
         # o_proj reads sdpa's output, which attn counts already.
         inputs += _input_bytes(w, in_bytes, trainable, lora, p, m.lora_dropout > 0, counted=group == ATTN_OUT)
@@ -383,8 +392,9 @@ def activation_bytes(arch: Arch, strategy: Strategy, num_gpus: int, micro_batch:
     h = arch.hidden
     block = _block_bytes(arch, strategy, p, targets)
     head_trainable = strategy.method.kind in ("full", "freeze")
+    head_input = head_trainable or zero3_linear(strategy, p)   # the head is a Linear too
     final = (4 * h + (p.weight * h if head_trainable else 0)
-             + (_input_bytes(h, p.weight, 1.0, 0.0, p, False) if head_trainable else 0)) if n else 0.0
+             + (_input_bytes(h, p.weight, 1.0, 0.0, p, False) if head_input else 0)) if n else 0.0
     loss = LOGITS_BYTES_PER_VOCAB * arch.vocab + INT_BYTES_PER_TOKEN
     # Under LoRA or freeze the first block that needs gradients reads an input that needs none, so
     # its first norm keeps nothing.
@@ -695,6 +705,7 @@ VALIDATION_SETS = (
     ("results/search-4xh200-glm4-full-T1024/search/probes.csv", {"full": "THUDM/glm-4-9b-chat"}),
     ("results/search-4xh200-glm4-full-T1024/skipped-runners-up.csv", {"full": "THUDM/glm-4-9b-chat"}),
     ("results/bench-h100-glm4-lora-T2048-24GiB/grid.csv", {"lora": "THUDM/glm-4-9b-chat"}),
+    ("results/bench-h100-glm4-lora-T1024-24GiB/grid.csv", {"lora": "THUDM/glm-4-9b-chat"}),
 )
 # Calibration is validated as a search would use it: a strategy's first, smallest probes calibrate
 # the prediction of its larger micro-batches (micro-batch 1 alone where only 1 and 4 were run).
@@ -721,7 +732,8 @@ def load_measured(root: Path = REPO_ROOT) -> list[Measured]:
     for rel, _ in VALIDATION_SETS:
         with open(root / rel, newline="") as f:
             files[rel] = [r for r in csv.DictReader(f) if r["status"] in ("ok", "oom")]
-    cards = _capacities([r for rows in files.values() for r in rows])
+    # Card totals are shared across files; a worker pid's cap is not (pids repeat across machines).
+    cards = {k: v for k, v in _capacities([r for rows in files.values() for r in rows]).items() if not k.isdigit()}
     for rel, models in VALIDATION_SETS:
         rows = files[rel]
         capacity = {**cards, **_capacities(rows)}
