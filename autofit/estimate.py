@@ -346,7 +346,7 @@ def _block_bytes(arch: Arch, strategy: Strategy, p: _Precision, targets: tuple[s
     h, a, m = arch.hidden, arch.attn_width, strategy.method
     base_trainable = m.kind in ("full", "freeze")
     # ZeRO-3 replaces F.linear with its memory-efficient LinearFunctionForZeroStage3, which saves every
-    # Linear's input, frozen or not (counted on the CPU with saved_tensors_hooks: +h + mlp_width per
+    # Linear's input, frozen or not (benchmarks/saved_activations.py counts it on the CPU: +h + mlp_width per
     # token and block for GLM-4 LoRA on q/k/v/o). So under ZeRO-3 a frozen Linear keeps its input too.
     keeps_input = base_trainable or zero3_linear(strategy, p)
     # RMSNorm (4.40) upcasts its input to fp32 and keeps it for pow/mul; a trainable norm weight also

@@ -1,0 +1,34 @@
+"""The estimate's per-block activation bytes against autograd's own count (CPU, a small Qwen2 block):
+LoRA under the DeepSpeed engine with and without ZeRO-3's memory-efficient linear."""
+import torch.nn.functional as F
+
+from autofit import estimate as E
+from autofit.spec import Method, Strategy
+from benchmarks.saved_activations import per_block_per_token, zero3_linear
+
+H, MLP, HEADS, KV = 256, 688, 8, 2
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def _block(zero: int, model_dir) -> float:
+    import transformers
+
+    from autofit.models import resolve_model
+
+    transformers.Qwen2Config(hidden_size=H, intermediate_size=MLP, num_hidden_layers=2, num_attention_heads=HEADS,
+                             num_key_value_heads=KV, vocab_size=256).save_pretrained(model_dir)
+    arch = E.arch_of(resolve_model(str(model_dir)))
+    s = Strategy(method=Method(kind="lora", lora_r=8), precision="bf16-pure", grad_ckpt=False, zero_stage=zero,
+                 offload_optimizer=zero == 3, offload_params=zero == 3)
+    p = E._precision(s, 2)   # two GPUs: the DeepSpeed engine at stage 0 too (bf16 adapters)
+    return E._block_bytes(arch, s, p, tuple(TARGETS))
+
+
+def test_zero3_linear_keeps_frozen_inputs_as_the_estimate_counts(tmp_path):
+    plain = per_block_per_token(H, MLP, HEADS, KV, TARGETS)
+    with zero3_linear():
+        z3 = per_block_per_token(H, MLP, HEADS, KV, TARGETS)
+    assert F.linear.__name__ == "linear"  # restored, not left patched for later tests
+    # ZeRO-3 keeps the MLP's input and down_proj's input too (q/k/v/o inputs are kept by LoRA's A).
+    assert z3 - plain == 2 * (H + MLP)
+    assert _block(3, tmp_path) - _block(0, tmp_path) == z3 - plain
