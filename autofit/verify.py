@@ -51,6 +51,11 @@ class Verification:
     host_peak_gib: float
     passed: bool
     problems: tuple[str, ...]
+    # Live tensors (torch.cuda.max_memory_allocated, max over ranks): with reserved, tells a gap in live
+    # memory from one in the allocator's cache (the 2 x H200 winner's +6.2% was not known to be which).
+    peak_allocated_gib: float | None = None
+    probe_peak_allocated_gib: float | None = None
+    probe_peak_reserved_gib: float | None = None
 
 
 def _load_best(run_dir: Path) -> dict[str, Any]:
@@ -239,9 +244,11 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
     step_s = statistics.median(timer.durations[WARMUP_STEPS:] or timer.durations)
     tps = c["micro_batch"] * c["gradient_accumulation"] * n_gpus * c["max_token"] / step_s
     reserved = torch.cuda.max_memory_reserved() if on_cuda else None
+    allocated = torch.cuda.max_memory_allocated() if on_cuda else None
     # Peaks are per GPU, the max over ranks, as the probes report them (0 stands for "not measured").
-    n, r, h = max_over_ranks(torch, device, world, [sampler.nvml_peak or 0, reserved or 0, sampler.host_peak])
-    nvml, reserved, host = int(n) or None, int(r) or None, int(h)
+    n, r, a, h = max_over_ranks(torch, device, world,
+                                [sampler.nvml_peak or 0, reserved or 0, allocated or 0, sampler.host_peak])
+    nvml, reserved, allocated, host = int(n) or None, int(r) or None, int(a) or None, int(h)
     peak = compared_peak(nvml, reserved, host)  # the figure the search compared
     m, hw = best["measured"], best["hardware"]
     gib = 2**30
@@ -260,7 +267,9 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
                         probe_peak_gib=m["peak_gib"], peak_diff=round(diff, 4), budget_gib=hw["memory_budget_gib"],
                         peak_reserved_gib=round(reserved / gib, 3) if reserved else None,
                         nvml_peak_gib=round(nvml / gib, 3) if nvml else None, host_peak_gib=round(host / gib, 3),
-                        passed=not problems, problems=tuple(problems))
+                        passed=not problems, problems=tuple(problems),
+                        peak_allocated_gib=round(allocated / gib, 3) if allocated else None,
+                        probe_peak_allocated_gib=m.get("peak_allocated_gib"), probe_peak_reserved_gib=m.get("peak_reserved_gib"))
 
 
 @click.command("verify")
@@ -282,6 +291,9 @@ def verify_cmd(run_dir: Path, steps: int, tolerance: float) -> None:
     click.echo(f"verify {v.strategy} mb={v.micro_batch} T={v.max_token}, {v.steps} steps through HF Trainer on {v.device}:")
     click.echo(f"  tokens/s {v.tokens_per_s:.1f} (search measured {v.probe_tokens_per_s}, ratio {v.tokens_per_s_ratio:.3f})")
     click.echo(f"  peak {v.peak_gib:.2f} GiB (search measured {v.probe_peak_gib}, {v.peak_diff:+.1%}; budget {v.budget_gib} GiB)")
+    if v.peak_allocated_gib is not None and v.peak_reserved_gib is not None:
+        click.echo(f"  allocated {v.peak_allocated_gib:.2f} GiB (probe {v.probe_peak_allocated_gib}), "
+                   f"reserved {v.peak_reserved_gib:.2f} GiB (probe {v.probe_peak_reserved_gib})")
     click.echo(f"wrote {run_dir / 'verify.json'}")
     if not v.passed:
         raise VerifyFailed("verify failed: " + "; ".join(v.problems))

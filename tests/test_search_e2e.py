@@ -56,6 +56,8 @@ def test_verify_trains_the_winner_through_hf_trainer(cpu_run):
     assert v["strategy"] == best["config"]["strategy"] and v["steps"] == 4
     assert v["tokens_per_s"] > 0 and v["peak_gib"] > 0 and v["passed"]
     assert v["peak_gib"] < v["budget_gib"]
+    # live vs cached memory, on a GPU (None on the CPU), beside the probe's own figures from best.yaml
+    assert v["peak_allocated_gib"] is None and v["probe_peak_allocated_gib"] == best["measured"]["peak_allocated_gib"]
 
 
 def test_verify_bad_inputs(tmp_path):
