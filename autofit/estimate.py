@@ -300,9 +300,11 @@ def _precision(strategy: Strategy, num_gpus: int) -> _Precision:
     ds = strategy.uses_deepspeed(num_gpus)
     weight = 4 if model_dtype(strategy, num_gpus) == "float32" else 2
     autocast = not ds and autocast_dtype(strategy) is not None
-    # PEFT 0.12 keeps adapters in fp32 over half weights (autocast_adapter_dtype); DeepSpeed then casts
-    # the whole module, adapters included, to its half dtype.
-    adapter = weight if ds else 4
+    # PEFT 0.12 keeps adapters in fp32 over half weights (autocast_adapter_dtype); DeepSpeed's engine
+    # then casts the whole module, adapters included, to its half dtype, except under ZeRO-3, where
+    # the adapters (created after zero.Init) stay fp32 (the real engine, run on the CPU, saves fp32
+    # copies of each adapter's input: benchmarks/saved_activations.py reproduces its count).
+    adapter = weight if ds and strategy.zero_stage < 3 else 4
     return _Precision(weight=weight, act=2 if (autocast or weight == 2) else 4, autocast=autocast,
                       adapter=adapter, deepspeed=ds)
 
@@ -367,9 +369,9 @@ def _block_bytes(arch: Arch, strategy: Strategy, p: _Precision, targets: tuple[s
         lora = sum(lin.share for lin in lins if _matches(lin.name, targets)) if m.kind == "lora" else 0.0
         # o_proj reads sdpa's output, which attn counts already.
         inputs += _input_bytes(w, in_bytes, trainable, lora, p, m.lora_dropout > 0, counted=group == ATTN_OUT)
-    # LoRA's B keeps A's r-wide output.
-    lora_r = sum(lin.share for lin in arch.block_linears if _matches(lin.name, targets)) * m.lora_r * p.act \
-        if m.kind == "lora" else 0.0
+    # LoRA's B keeps A's r-wide output, in the adapters' dtype (autocast: half).
+    lora_r = sum(lin.share for lin in arch.block_linears if _matches(lin.name, targets)) * m.lora_r \
+        * (p.act if p.autocast else p.adapter) if m.kind == "lora" else 0.0
     return norms + attn + mlp + inputs + lora_r
 
 

@@ -28,7 +28,7 @@ def zero3_linear():
 
 
 def saved_bytes(layers: int, hidden: int, mlp: int, heads: int, kv_heads: int, targets: list[str],
-                tokens: int = 64, vocab: int = 256) -> int:
+                tokens: int = 64, vocab: int = 256, fp32_adapters: bool = False) -> int:
     import peft
     import torch
     import transformers
@@ -39,8 +39,9 @@ def saved_bytes(layers: int, hidden: int, mlp: int, heads: int, kv_heads: int, t
     torch.manual_seed(0)
     model = transformers.Qwen2ForCausalLM(cfg).to(torch.bfloat16)
     model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=targets))
-    for p in model.parameters():
-        p.data = p.data.to(torch.bfloat16)
+    for p in model.parameters():   # PEFT 0.12 makes the adapters fp32 (autocast_adapter_dtype)
+        if not fp32_adapters:
+            p.data = p.data.to(torch.bfloat16)
     model.train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
@@ -57,9 +58,10 @@ def saved_bytes(layers: int, hidden: int, mlp: int, heads: int, kv_heads: int, t
     return sum(seen.values())
 
 
-def per_block_per_token(hidden: int, mlp: int, heads: int, kv_heads: int, targets: list[str], tokens: int = 64) -> float:
-    one = saved_bytes(1, hidden, mlp, heads, kv_heads, targets, tokens)
-    two = saved_bytes(2, hidden, mlp, heads, kv_heads, targets, tokens)
+def per_block_per_token(hidden: int, mlp: int, heads: int, kv_heads: int, targets: list[str], tokens: int = 64,
+                        fp32_adapters: bool = False) -> float:
+    one = saved_bytes(1, hidden, mlp, heads, kv_heads, targets, tokens, fp32_adapters=fp32_adapters)
+    two = saved_bytes(2, hidden, mlp, heads, kv_heads, targets, tokens, fp32_adapters=fp32_adapters)
     return (two - one) / tokens
 
 
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
     a = ap.parse_args(argv)
     with zero3_linear() if a.zero3 else contextlib.nullcontext():
-        b = per_block_per_token(a.hidden, a.mlp, a.heads, a.kv_heads, a.targets.split(","))
+        b = per_block_per_token(a.hidden, a.mlp, a.heads, a.kv_heads, a.targets.split(","), fp32_adapters=a.zero3)
     print(f"{'ZeRO-3 linear' if a.zero3 else 'torch linear'}: {b:.0f} bytes per token and block")
 
 
