@@ -37,3 +37,22 @@ def test_zero3_linear_keeps_frozen_inputs_as_the_estimate_counts(tmp_path):
     # shared bf16 tensor; o: 4 bytes instead of sdpa's output) and A's output in fp32.
     assert z3 - plain == 2 * (H + H + MLP) + (3 * 4 * H - 2 * H) + 4 * H + 4 * 8 * 2
     assert _block(3, tmp_path) - _block(0, tmp_path) == z3 - plain
+
+
+def test_the_emulation_is_what_the_real_zero3_engine_keeps():
+    """deepspeed.initialize with ZeRO-3 + offload, on the CPU (gloo), in its own process: if a DeepSpeed
+    or PEFT upgrade changes what ZeRO-3 keeps, the emulation, and so the estimate, no longer match."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    args = ["--hidden", str(H), "--mlp", str(MLP), "--heads", str(HEADS), "--kv-heads", str(KV)]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_PORT": "29541"}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.saved_activations", "--engine", *args], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    engine = float(re.search(r"ZeRO-3 engine: (\d+) bytes", out.stdout).group(1))
+    with zero3_linear():
+        emulated = per_block_per_token(H, MLP, HEADS, KV, TARGETS, fp32_adapters=True)
+    assert engine == emulated
