@@ -64,7 +64,7 @@ def saved_bytes(layers: int, hidden: int, mlp: int, heads: int, kv_heads: int, t
 
 def engine_saved_bytes(layers: int, hidden: int, mlp: int, heads: int, kv_heads: int, targets: list[str],
                        tokens: int = 64, vocab: int = 256) -> int:
-    """The same count under the real ZeRO-3 engine (deepspeed.initialize, offload to the CPU), run on the
+    """The same count under the real ZeRO-3 engine (deepspeed.initialize, parameters offloaded), run on the
     CPU: set DS_ACCELERATOR=cpu before deepspeed is imported. Gathered parameters are not counted."""
     import os
 
@@ -77,18 +77,24 @@ def engine_saved_bytes(layers: int, hidden: int, mlp: int, heads: int, kv_heads:
                  ("LOCAL_RANK", "0")):
         os.environ.setdefault(k, v)
     if not torch.distributed.is_initialized():
+        # One rank needs no shared-memory collectives: skip the CPU accelerator's shm op, whose first
+        # JIT build (minutes on 2 cores, once per environment) would dominate the count.
+        import importlib   # not `import deepspeed.comm.torch as`: deepspeed.comm exports torch itself
+
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         deepspeed.init_distributed(dist_backend="gloo")
     cfg = transformers.Qwen2Config(hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
                                    num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
                                    tie_word_embeddings=False, attn_implementation="sdpa")
+    # A torch optimizer, not DeepSpeed's: what forward saves does not depend on it, and DeepSpeed's own
+    # (CPU Adam, FusedAdam) would JIT-build an extension first.
     ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
-          "zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}, "offload_optimizer": {"device": "cpu"}},
-          "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "zero_allow_untested_optimizer": True}
+          "zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}, "zero_allow_untested_optimizer": True}
     with deepspeed.zero.Init(config_dict_or_path=ds):   # as the probe worker and HF Trainer build it
         model = transformers.Qwen2ForCausalLM(cfg).to(torch.bfloat16)
     model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=targets))
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-                                      config=ds)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(trained, lr=1e-4), config=ds)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 

@@ -48,7 +48,7 @@ def test_the_emulation_is_what_the_real_zero3_engine_keeps():
     import sys
 
     args = ["--hidden", str(H), "--mlp", str(MLP), "--heads", str(HEADS), "--kv-heads", str(KV)]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_PORT": "29541"}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_PORT": "29541"}  # builds no extension: seconds
     out = subprocess.run([sys.executable, "-m", "benchmarks.saved_activations", "--engine", *args], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
