@@ -5,11 +5,12 @@ engine casts them), runs one forward under torch.autograd.graph.saved_tensors_ho
 storages saved (parameters excluded) and takes the difference. `--zero3` patches F.linear with
 DeepSpeed's ZeRO-3 memory-efficient linear first, as zero.Init does.
 
-    python -m benchmarks.saved_activations [--zero3 | --engine] [--hidden 4096 --mlp 13696 ...]
+    python -m benchmarks.saved_activations [--zero3 | --engine STAGE] [--hidden 4096 --mlp 13696 ...]
 
-`--zero3` emulates ZeRO-3 (the patched F.linear, fp32 adapters); `--engine` runs the real ZeRO-3
+`--zero3` emulates ZeRO-3 (the patched F.linear, fp32 adapters); `--engine 3` runs the real ZeRO-3
 engine on the CPU (DeepSpeed's CPU accelerator, gloo): both gave 32456, 50952 and 257800 bytes at
-h=512, 1024 (mlp 1712) and 4096 (mlp 13696).
+h=512, 1024 (mlp 1712) and 4096 (mlp 13696). `--engine 0` and `--engine 2` give what the plain count
+gives (19752 at h=512): below ZeRO-3 the engine casts the adapters to bf16 and keeps torch's linear.
 """
 from __future__ import annotations
 
@@ -63,9 +64,10 @@ def saved_bytes(layers: int, hidden: int, mlp: int, heads: int, kv_heads: int, t
 
 
 def engine_saved_bytes(layers: int, hidden: int, mlp: int, heads: int, kv_heads: int, targets: list[str],
-                       tokens: int = 64, vocab: int = 256) -> int:
-    """The same count under the real ZeRO-3 engine (deepspeed.initialize, parameters offloaded), run on the
-    CPU: set DS_ACCELERATOR=cpu before deepspeed is imported. Gathered parameters are not counted."""
+                       tokens: int = 64, vocab: int = 256, stage: int = 3) -> int:
+    """The same count under the real DeepSpeed engine at `stage` (deepspeed.initialize; ZeRO-3 built under
+    zero.Init with parameters offloaded), run on the CPU: set DS_ACCELERATOR=cpu before deepspeed is
+    imported. Gathered ZeRO-3 parameters are not counted."""
     import os
 
     import deepspeed
@@ -88,9 +90,11 @@ def engine_saved_bytes(layers: int, hidden: int, mlp: int, heads: int, kv_heads:
                                    tie_word_embeddings=False, attn_implementation="sdpa")
     # A torch optimizer, not DeepSpeed's: what forward saves does not depend on it, and DeepSpeed's own
     # (CPU Adam, FusedAdam) would JIT-build an extension first.
+    zero = {"stage": stage, **({"offload_param": {"device": "cpu"}} if stage == 3 else {})}
     ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
-          "zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}, "zero_allow_untested_optimizer": True}
-    with deepspeed.zero.Init(config_dict_or_path=ds):   # as the probe worker and HF Trainer build it
+          "zero_optimization": zero, "zero_allow_untested_optimizer": True}
+    # as the probe worker and HF Trainer build it: partitioned while built under ZeRO-3
+    with deepspeed.zero.Init(config_dict_or_path=ds) if stage == 3 else contextlib.nullcontext():
         model = transformers.Qwen2ForCausalLM(cfg).to(torch.bfloat16)
     model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=targets))
     trained = [p for p in model.parameters() if p.requires_grad]
@@ -121,19 +125,21 @@ def per_block_per_token(hidden: int, mlp: int, heads: int, kv_heads: int, target
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zero3", action="store_true")
-    ap.add_argument("--engine", action="store_true", help="the real ZeRO-3 engine on the CPU instead of the emulation")
+    ap.add_argument("--engine", type=int, metavar="STAGE", default=None,
+                    help="the real DeepSpeed engine at this ZeRO stage, on the CPU, instead of the emulation")
     ap.add_argument("--hidden", type=int, default=4096)
     ap.add_argument("--mlp", type=int, default=13696)
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
     a = ap.parse_args(argv)
-    if a.engine:
+    if a.engine is not None:
         import os
 
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        one, two = (engine_saved_bytes(n, a.hidden, a.mlp, a.heads, a.kv_heads, a.targets.split(",")) for n in (1, 2))
-        print(f"ZeRO-3 engine: {(two - one) / 64:.0f} bytes per token and block")
+        one, two = (engine_saved_bytes(n, a.hidden, a.mlp, a.heads, a.kv_heads, a.targets.split(","), stage=a.engine)
+                    for n in (1, 2))
+        print(f"ZeRO-{a.engine} engine: {(two - one) / 64:.0f} bytes per token and block")
         return
     with zero3_linear() if a.zero3 else contextlib.nullcontext():
         b = per_block_per_token(a.hidden, a.mlp, a.heads, a.kv_heads, a.targets.split(","), fp32_adapters=a.zero3)
