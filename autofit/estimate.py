@@ -292,21 +292,23 @@ class _Precision:
     autocast: bool    # torch path: HF Trainer's bf16=/fp16= run the forward under torch.autocast
     adapter: int      # bytes per LoRA adapter weight
     deepspeed: bool
+    zero3: bool       # DeepSpeed's ZeRO-3 engine: zero.Init patched F.linear (the memory-efficient one)
 
 
 def _precision(strategy: Strategy, num_gpus: int) -> _Precision:
     from autofit.trainconfig import autocast_dtype, model_dtype
 
     ds = strategy.uses_deepspeed(num_gpus)
+    zero3 = ds and strategy.zero_stage == 3
     weight = 4 if model_dtype(strategy, num_gpus) == "float32" else 2
     autocast = not ds and autocast_dtype(strategy) is not None
     # PEFT 0.12 keeps adapters in fp32 over half weights (autocast_adapter_dtype); DeepSpeed's engine
     # then casts the whole module, adapters included, to its half dtype, except under ZeRO-3, where
     # the adapters (created after zero.Init) stay fp32 (the real engine, run on the CPU, saves fp32
     # copies of each adapter's input: benchmarks/saved_activations.py reproduces its count).
-    adapter = weight if ds and strategy.zero_stage < 3 else 4
+    adapter = weight if ds and not zero3 else 4
     return _Precision(weight=weight, act=2 if (autocast or weight == 2) else 4, autocast=autocast,
-                      adapter=adapter, deepspeed=ds)
+                      adapter=adapter, deepspeed=ds, zero3=zero3)
 
 
 # ----------------------------------------------------------------------------- activations
@@ -338,11 +340,6 @@ def _input_bytes(width: float, in_bytes: int, trainable: float, lora: float, p: 
     return copies + (in_bytes * width if shared and not counted else 0.0)
 
 
-def zero3_linear(strategy: Strategy, p: _Precision) -> bool:
-    """DeepSpeed's ZeRO-3 memory-efficient linear is in use (zero.Init patches F.linear; the default)."""
-    return p.deepspeed and strategy.zero_stage == 3
-
-
 def _block_bytes(arch: Arch, strategy: Strategy, p: _Precision, targets: tuple[str, ...]) -> float:
     """Bytes per token that autograd saves for one decoder block whose outputs need gradients."""
     h, a, m = arch.hidden, arch.attn_width, strategy.method
@@ -350,7 +347,7 @@ def _block_bytes(arch: Arch, strategy: Strategy, p: _Precision, targets: tuple[s
     # ZeRO-3 replaces F.linear with its memory-efficient LinearFunctionForZeroStage3, which saves every
     # Linear's input, frozen or not (benchmarks/saved_activations.py counts it on the CPU: +h + mlp_width per
     # token and block for GLM-4 LoRA on q/k/v/o). So under ZeRO-3 a frozen Linear keeps its input too.
-    keeps_input = base_trainable or zero3_linear(strategy, p)
+    keeps_input = base_trainable or p.zero3
     # RMSNorm (4.40) upcasts its input to fp32 and keeps it for pow/mul; a trainable norm weight also
     # keeps the normalised input it multiplies.
     norms = 2 * 4 * h + (2 * p.weight * h if base_trainable else 0)
@@ -394,7 +391,7 @@ def activation_bytes(arch: Arch, strategy: Strategy, num_gpus: int, micro_batch:
     h = arch.hidden
     block = _block_bytes(arch, strategy, p, targets)
     head_trainable = strategy.method.kind in ("full", "freeze")
-    head_input = head_trainable or zero3_linear(strategy, p)   # the head is a Linear too
+    head_input = head_trainable or p.zero3   # the head is a Linear too
     final = (4 * h + (p.weight * h if head_trainable else 0)
              + (_input_bytes(h, p.weight, 1.0, 0.0, p, False) if head_input else 0)) if n else 0.0
     loss = LOGITS_BYTES_PER_VOCAB * arch.vocab + INT_BYTES_PER_TOKEN

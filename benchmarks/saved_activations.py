@@ -32,46 +32,66 @@ def zero3_linear():
         F.linear = orig
 
 
-def saved_bytes(layers: int, hidden: int, mlp: int, heads: int, kv_heads: int, targets: list[str],
-                tokens: int = 64, vocab: int = 256, fp32_adapters: bool = False) -> int:
-    import peft
-    import torch
+def _qwen2(layers: int, hidden: int, mlp: int, heads: int, kv_heads: int, vocab: int):
     import transformers
 
-    cfg = transformers.Qwen2Config(hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
-                                   num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
-                                   tie_word_embeddings=False, attn_implementation="sdpa")
-    torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(cfg).to(torch.bfloat16)
-    model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=targets))
-    for p in model.parameters():   # PEFT 0.12 makes the adapters fp32 (autocast_adapter_dtype)
-        if not fp32_adapters:
-            p.data = p.data.to(torch.bfloat16)
-    model.train()
+    return transformers.Qwen2Config(hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+                                    num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+                                    tie_word_embeddings=False, attn_implementation="sdpa")
+
+
+def _lora(model, targets: list[str]):
+    import peft
+
+    return peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=targets))
+
+
+def _saved(model, forward) -> int:
+    """Bytes of the distinct storages autograd saves while `forward()` runs: not parameters, nor ZeRO-3
+    parameters gathered for the moment (ds_id)."""
+    import torch
+
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
     def pack(t):
         st = t.untyped_storage()
-        if st.data_ptr() not in params:
+        if st.data_ptr() not in params and not hasattr(t, "ds_id"):
             seen[st.data_ptr()] = st.nbytes()
         return t
 
-    ids = torch.randint(0, vocab, (1, tokens))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids, labels=ids)
+        forward()
     return sum(seen.values())
+
+
+def saved_bytes(layers: int, hidden: int, mlp: int, heads: int, kv_heads: int, targets: list[str],
+                tokens: int = 64, vocab: int = 256, zero3: bool = False) -> int:
+    """Emulation: plain torch with bf16 adapters (the engine below ZeRO-3), or with `zero3` the patched
+    F.linear and fp32 adapters (PEFT 0.12's autocast_adapter_dtype, never cast under ZeRO-3)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    with zero3_linear() if zero3 else contextlib.nullcontext():
+        model = _lora(transformers.Qwen2ForCausalLM(_qwen2(layers, hidden, mlp, heads, kv_heads, vocab)).to(torch.bfloat16),
+                      targets)
+        if not zero3:
+            for p in model.parameters():
+                p.data = p.data.to(torch.bfloat16)
+        model.train()
+        ids = torch.randint(0, vocab, (1, tokens))
+        return _saved(model, lambda: model(input_ids=ids, labels=ids))
 
 
 def engine_saved_bytes(layers: int, hidden: int, mlp: int, heads: int, kv_heads: int, targets: list[str],
                        tokens: int = 64, vocab: int = 256, stage: int = 3) -> int:
     """The same count under the real DeepSpeed engine at `stage` (deepspeed.initialize; ZeRO-3 built under
     zero.Init with parameters offloaded), run on the CPU: set DS_ACCELERATOR=cpu before deepspeed is
-    imported. Gathered ZeRO-3 parameters are not counted."""
+    imported."""
     import os
 
     import deepspeed
-    import peft
     import torch
     import transformers
 
@@ -85,9 +105,6 @@ def engine_saved_bytes(layers: int, hidden: int, mlp: int, heads: int, kv_heads:
 
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         deepspeed.init_distributed(dist_backend="gloo")
-    cfg = transformers.Qwen2Config(hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
-                                   num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
-                                   tie_word_embeddings=False, attn_implementation="sdpa")
     # A torch optimizer, not DeepSpeed's: what forward saves does not depend on it, and DeepSpeed's own
     # (CPU Adam, FusedAdam) would JIT-build an extension first.
     zero = {"stage": stage, **({"offload_param": {"device": "cpu"}} if stage == 3 else {})}
@@ -95,31 +112,23 @@ def engine_saved_bytes(layers: int, hidden: int, mlp: int, heads: int, kv_heads:
           "zero_optimization": zero, "zero_allow_untested_optimizer": True}
     # as the probe worker and HF Trainer build it: partitioned while built under ZeRO-3
     with deepspeed.zero.Init(config_dict_or_path=ds) if stage == 3 else contextlib.nullcontext():
-        model = transformers.Qwen2ForCausalLM(cfg).to(torch.bfloat16)
-    model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=targets))
+        model = transformers.Qwen2ForCausalLM(_qwen2(layers, hidden, mlp, heads, kv_heads, vocab)).to(torch.bfloat16)
+    model = _lora(model, targets)
     trained = [p for p in model.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(trained, lr=1e-4), config=ds)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in params and not hasattr(t, "ds_id"):   # ds_id: a ZeRO-3 parameter, gathered
-            seen[st.data_ptr()] = st.nbytes()
-        return t
-
     ids = torch.randint(0, vocab, (1, tokens))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = engine(input_ids=ids, labels=ids)
-    engine.backward(out.loss)
-    return sum(seen.values())
+    return _saved(model, lambda: engine(input_ids=ids, labels=ids))
 
 
 def per_block_per_token(hidden: int, mlp: int, heads: int, kv_heads: int, targets: list[str], tokens: int = 64,
-                        fp32_adapters: bool = False) -> float:
-    one = saved_bytes(1, hidden, mlp, heads, kv_heads, targets, tokens, fp32_adapters=fp32_adapters)
-    two = saved_bytes(2, hidden, mlp, heads, kv_heads, targets, tokens, fp32_adapters=fp32_adapters)
-    return (two - one) / tokens
+                        zero3: bool = False, engine: int | None = None) -> float:
+    """One block's share: the count with two blocks less the count with one, per token. `engine`: the real
+    engine at that ZeRO stage instead of the emulation."""
+    def count(layers: int) -> int:
+        if engine is not None:
+            return engine_saved_bytes(layers, hidden, mlp, heads, kv_heads, targets, tokens, stage=engine)
+        return saved_bytes(layers, hidden, mlp, heads, kv_heads, targets, tokens, zero3=zero3)
+    return (count(2) - count(1)) / tokens
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,13 +146,9 @@ def main(argv: list[str] | None = None) -> None:
         import os
 
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        one, two = (engine_saved_bytes(n, a.hidden, a.mlp, a.heads, a.kv_heads, a.targets.split(","), stage=a.engine)
-                    for n in (1, 2))
-        print(f"ZeRO-{a.engine} engine: {(two - one) / 64:.0f} bytes per token and block")
-        return
-    with zero3_linear() if a.zero3 else contextlib.nullcontext():
-        b = per_block_per_token(a.hidden, a.mlp, a.heads, a.kv_heads, a.targets.split(","), fp32_adapters=a.zero3)
-    print(f"{'ZeRO-3 linear' if a.zero3 else 'torch linear'}: {b:.0f} bytes per token and block")
+    b = per_block_per_token(a.hidden, a.mlp, a.heads, a.kv_heads, a.targets.split(","), zero3=a.zero3, engine=a.engine)
+    what = f"ZeRO-{a.engine} engine" if a.engine is not None else "ZeRO-3 linear" if a.zero3 else "torch linear"
+    print(f"{what}: {b:.0f} bytes per token and block")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,11 @@ step() {
 # CPU cores: two jobs on two GPU pairs each get their own cores (CPU Adam under offload is CPU-bound).
 pin_half() {
   local half=$(( $(nproc) / 2 ))
-  command -v taskset > /dev/null && taskset -pc "$(( $1 * half ))-$(( ($1 + 1) * half - 1 ))" "$BASHPID" > /dev/null
+  pin_cores "$(( $1 * half ))-$(( ($1 + 1) * half - 1 ))"
 }
+
+# Pins the calling (sub)shell, and so everything it starts, to the CPU cores $1 (a taskset list, e.g. 32-47).
+pin_cores() { command -v taskset > /dev/null && taskset -pc "$1" "$BASHPID" > /dev/null; }
 
 # `verify_copy NAME RESULTS_FOLDER [GPU]`: `autofit verify --steps 30` as step NAME on a copy of a committed
 # run dir ($out/NAME, so results/ stays as committed; copied again only until the step is done), on GPU

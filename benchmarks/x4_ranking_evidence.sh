@@ -22,17 +22,21 @@ out=${1:?output folder}
 here=$(dirname "$0")
 mkdir -p "$out"
 source "$here/steps.sh"
-pin() { command -v taskset > /dev/null && taskset -pc "$1" "$BASHPID" > /dev/null; }
-if python3 -c "import sys, torch; sys.exit('H100' not in torch.cuda.get_device_name(0))"; then
+if python3 -c "import sys, torch; sys.exit('H100' not in torch.cuda.get_device_name(0))"; then gpus=h100
+elif [ -d results/search-4xh200-glm4-full-T1024/search ]; then gpus=h200-searched
+else gpus=other; fi
+if [ "$gpus" != h200-searched ]; then
   step warm-up python3 -c "from benchmarks.search_vs_grid import warm_up; print(warm_up(True))"
   BUDGET=${BUDGET4:-7m} bash "$here/multi_gpu_evidence.sh" "$out" 0,1,2,3
-  ( pin 0-31; GRID_FROM=results/grid-2xh100-qwen2-1.5b-full-T1024 BASELINES=hand,hf-auto,ds-autotune \
+fi
+if [ "$gpus" = h100 ]; then
+  ( pin_cores 0-31; GRID_FROM=results/grid-2xh100-qwen2-1.5b-full-T1024 BASELINES=hand,hf-auto,ds-autotune \
       DS_TIMEOUT=${DS_TIMEOUT:-240} bash "$here/scenario_evidence.sh" "$out" bench-2xh100-qwen2-1.5b-full-T1024 \
       Qwen/Qwen2-1.5B 1024 --space full-zero --gpus 0,1 ) &
-  ( pin 32-47; verify_copy verify-h100-llama3-8b-lora-T1024 bench-h100-llama3-8b-lora-T1024 2 ) &
-  ( pin 48-63; verify_copy verify-h100-glm4-lora-T2048 bench-h100-glm4-lora-T2048 3 ) &
+  ( pin_cores 32-47; verify_copy verify-h100-llama3-8b-lora-T1024 bench-h100-llama3-8b-lora-T1024 2 ) &
+  ( pin_cores 48-63; verify_copy verify-h100-glm4-lora-T2048 bench-h100-glm4-lora-T2048 3 ) &
   wait
-elif [ -d results/search-4xh200-glm4-full-T1024/search ]; then
+elif [ "$gpus" = h200-searched ]; then
   # H200s, second call: the 4 x H200 search is committed (this script's first call there ran it, and
   # verify_gap.sh). Verify its winner, then measure the three runners-up it skipped because a faster
   # strategy already fit the largest micro-batch: was the skip right?
@@ -43,8 +47,6 @@ elif [ -d results/search-4xh200-glm4-full-T1024/search ]; then
   step skipped-ckpt-z2 python3 -m autofit probe "${cell[@]}" --grad-ckpt --zero 2
   step skipped-nockpt-z2-offopt python3 -m autofit probe "${cell[@]}" --no-grad-ckpt --zero 2 --offload-optimizer
 else
-  step warm-up python3 -c "from benchmarks.search_vs_grid import warm_up; print(warm_up(True))"
-  BUDGET=${BUDGET4:-7m} bash "$here/multi_gpu_evidence.sh" "$out" 0,1,2,3
   echo "### not H100s: the Qwen2 scenario and the H100 verifies skipped; verify_gap.sh instead" | tee -a "$out/steps.log"
   bash "$here/verify_gap.sh" "$out/gap"
 fi

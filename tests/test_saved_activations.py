@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from autofit import estimate as E
 from autofit.spec import Method, Strategy
-from benchmarks.saved_activations import per_block_per_token, zero3_linear
+from benchmarks.saved_activations import per_block_per_token
 
 H, MLP, HEADS, KV = 256, 688, 8, 2
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -30,8 +30,7 @@ def _block(zero: int, model_dir) -> float:
 
 def test_zero3_linear_keeps_frozen_inputs_as_the_estimate_counts(tmp_path):
     plain = per_block_per_token(H, MLP, HEADS, KV, TARGETS)
-    with zero3_linear():
-        z3 = per_block_per_token(H, MLP, HEADS, KV, TARGETS, fp32_adapters=True)
+    z3 = per_block_per_token(H, MLP, HEADS, KV, TARGETS, zero3=True)
     assert F.linear.__name__ == "linear"  # restored, not left patched for later tests
     # ZeRO-3 keeps every Linear's input (the block's input, the MLP's and down_proj's: 2 bytes each),
     # and each fp32 adapter keeps its own fp32 copy of its input (q/k/v: 3 x 4 bytes instead of one
@@ -56,9 +55,4 @@ def test_the_emulation_is_what_the_real_engine_keeps(stage):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     engine = float(re.search(rf"ZeRO-{stage} engine: (\d+) bytes", out.stdout).group(1))
-    if stage == 3:
-        with zero3_linear():
-            emulated = per_block_per_token(H, MLP, HEADS, KV, TARGETS, fp32_adapters=True)
-    else:
-        emulated = per_block_per_token(H, MLP, HEADS, KV, TARGETS)
-    assert engine == emulated
+    assert engine == per_block_per_token(H, MLP, HEADS, KV, TARGETS, zero3=stage == 3)
