@@ -58,6 +58,36 @@ class Verification:
     probe_peak_reserved_gib: float | None = None
 
 
+def judge(peak: float, probe_peak: float, allocated: float | None, probe_allocated: float | None,
+          budget: float, tolerance: float) -> list[str]:
+    """verify's verdict on the memory (GiB): the problems, none when it passed.
+
+    - over the budget: fails.
+    - the device-level peak over the probe's by more than `tolerance`: fails (it eats the headroom).
+    - under it by more than `tolerance`: fails unless the live tensors (max_memory_allocated) agree within
+      `tolerance`. Then the gap is the allocator's cache, and a probe's is larger when its worker ran a
+      smaller micro-batch first (2 x H200, Qwen2-1.5B ZeRO-2 mb 16: reserved 101.65 GiB after mb 1 in the
+      same worker, 95.85 in a fresh one, as in HF Trainer): the search was conservative, not wrong.
+      Without both allocated figures (a best.yaml from before they were recorded) it fails, as before.
+    """
+    problems = []
+    if peak > budget:
+        problems.append(f"peak {peak:.2f} GiB exceeds the budget {budget} GiB")
+    diff = (peak - probe_peak) / probe_peak
+    if diff > tolerance:
+        problems.append(f"peak {peak:.2f} GiB is {diff:+.1%} over the probe's {probe_peak} GiB (tolerance {tolerance:.0%}): "
+                        "it eats into the headroom")
+    elif diff < -tolerance:
+        if allocated is None or not probe_allocated:
+            problems.append(f"peak {peak:.2f} GiB differs from the probe's {probe_peak} GiB by {diff:+.1%} "
+                            f"(tolerance {tolerance:.0%}; no allocated figures to tell the allocator's cache from live memory)")
+        elif abs(allocated - probe_allocated) / probe_allocated > tolerance:
+            problems.append(f"peak {peak:.2f} GiB is {diff:+.1%} under the probe's {probe_peak} GiB and allocated "
+                            f"{allocated:.2f} GiB differs from the probe's {probe_allocated} GiB by "
+                            f"{(allocated - probe_allocated) / probe_allocated:+.1%}: the probe did not train what HF Trainer trains")
+    return problems
+
+
 def _load_best(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "best.yaml"
     if not run_dir.is_dir():
@@ -253,14 +283,12 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
     m, hw = best["measured"], best["hardware"]
     gib = 2**30
     diff = (peak / gib - m["peak_gib"]) / m["peak_gib"]
-    problems = []
-    if peak / gib > hw["memory_budget_gib"]:
-        problems.append(f"peak {peak / gib:.2f} GiB exceeds the budget {hw['memory_budget_gib']} GiB")
-    if on_cuda and abs(diff) > tolerance:
-        # On the CPU the peak is the process's RSS, which the Trainer process and the probe worker do
-        # not share a baseline for; the comparison is reported, not enforced.
-        problems.append(f"peak {peak / gib:.2f} GiB differs from the probe's {m['peak_gib']} GiB by {diff:+.1%} "
-                        f"(tolerance {tolerance:.0%})")
+    probe_alloc = m.get("peak_allocated_gib")
+    problems = judge(peak / gib, m["peak_gib"], allocated / gib if allocated else None, probe_alloc,
+                     hw["memory_budget_gib"], tolerance) if on_cuda else \
+        judge(peak / gib, m["peak_gib"], None, None, hw["memory_budget_gib"], float("inf"))
+    # On the CPU the peak is the process's RSS, which the Trainer process and the probe worker do not
+    # share a baseline for; the comparison is reported, not enforced (infinite tolerance).
     return Verification(strategy=c["strategy"], micro_batch=c["micro_batch"], max_token=c["max_token"], steps=steps,
                         device=hw["gpu"], tokens_per_s=round(tps, 1), probe_tokens_per_s=m["tokens_per_s"],
                         tokens_per_s_ratio=round(tps / m["tokens_per_s"], 4), peak_gib=round(peak / gib, 3),

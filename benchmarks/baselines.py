@@ -278,6 +278,29 @@ def read_autotune_results(results_dir: Path, max_token: int) -> dict[str, Any] |
             "experiments": experiments}
 
 
+def autotune_best_so_far(results_dir: Path, max_token: int) -> dict[str, Any] | None:
+    """The fastest experiment the autotuner finished, for a tuner stopped before it chose (a timeout):
+    what a user who killed it could still read from its results dir. None when none finished."""
+    best, finished = None, 0
+    for metrics in results_dir.glob("*/metrics.json"):
+        try:
+            m = json.loads(metrics.read_text())
+            cfg = json.loads((metrics.parent / "ds_config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if not m.get("throughput"):
+            continue
+        finished += 1
+        if best is None or m["throughput"] > best[0]["throughput"]:
+            best = (m, cfg, metrics.parent.name)
+    if best is None:
+        return None
+    m, cfg, exp = best
+    return {"experiment": exp, "zero_stage": cfg.get("zero_optimization", {}).get("stage", 0),
+            "micro_batch": cfg.get("train_micro_batch_size_per_gpu"), "grad_accum": cfg.get("gradient_accumulation_steps", 1),
+            "tokens_per_s": round(m["throughput"] * max_token, 2), "experiments_finished": finished}
+
+
 _LOG_PREFIX = re.compile(r"^\[[^\]]*\] \[\w+\] \[[^\]]*\] ")
 
 
@@ -348,7 +371,10 @@ def run_ds_autotune(sc: Scenario, timeout_s: float, told: bool = False) -> dict[
             f.write(f"\n### last experiment's stderr ({exp_logs[-1].parent.name})\n{exp_tail}")
     common = {"shims": shims, "probes": found["experiments"] if found else len(exp_logs), **({"told": hint} if hint else {})}
     if rc is None:
-        return _failed(name, f"timed out after {timeout_s:.0f}s", t0, **common)
+        so_far = autotune_best_so_far(work / "autotuning_results", sc.max_token)
+        if so_far:
+            so_far["strategy"] = replace(s, zero_stage=so_far["zero_stage"]).key()
+        return _failed(name, f"timed out after {timeout_s:.0f}s", t0, **common, **({"best_so_far": so_far} if so_far else {}))
     if not found or not found.get("tokens_per_s"):
         why = autotuner_verdict(_tail(log, 200000)) or (relevant_error(exp_tail) if exp_tail and rc == 0 else relevant_error(_tail(log)))
         return _failed(name, f"no result (exit {rc}): {why}", t0, **common)

@@ -48,6 +48,32 @@ def verified_elsewhere(results: Path, s: dict) -> Path | None:
     return None
 
 
+def _verdict(v: dict) -> str:
+    """verify's verdict; a failure names its side: a peak over the probe's eats the headroom, one under it
+    means the probe over-measured (the run fits, with more room than the search assumed)."""
+    if v.get("passed"):
+        return "yes"
+    if v.get("peak_gib", 0) > v.get("budget_gib", float("inf")):
+        return "no (over budget)"
+    return f"no (peak {v.get('peak_diff', 0):+.1%} vs probe)"
+
+
+def _autotune_so_far(work: Path, max_token: int) -> dict | None:
+    """best_so_far for a committed tuner run whose baselines.json predates that field: read from its own
+    committed results dir and plan.json (the strategy it tuned, ZeRO stage replaced)."""
+    from dataclasses import replace
+
+    from autofit.spec import strategy_from_dict
+    from benchmarks.baselines import autotune_best_so_far
+
+    plan = work / "plan.json"
+    so_far = autotune_best_so_far(work / "autotuning_results", max_token) if plan.exists() else None
+    if so_far:
+        s = strategy_from_dict(json.loads(plan.read_text())["strategy"])
+        so_far["strategy"] = replace(s, zero_stage=int(so_far["zero_stage"])).key()
+    return so_far
+
+
 BASELINE_LABELS = {"hand": "hand-tuning (DeepSpeed tutorial)", "hf-auto": "HF auto_find_batch_size (from 64)",
                    "ds-autotune": "DeepSpeed autotuner",
                    "ds-autotune-told": "DeepSpeed autotuner, told LoRA's real footprint"}
@@ -132,11 +158,11 @@ def scenario_rows(folder: Path) -> tuple[str, list[str]]:
 
     srch = s["search"]
     verify_path = next((p for p in (folder / "search" / "verify.json", folder / "verify.json") if p.exists()), None)
-    verified = "-" if verify_path is None else ("yes" if json.loads(verify_path.read_text()).get("passed") else "no")
+    verified = "-" if verify_path is None else _verdict(json.loads(verify_path.read_text()))
     if verify_path is None and srch.get("winner"):
         other = verified_elsewhere(folder.parent, s)
         if other is not None:
-            verified = f"{'yes' if json.loads((other / 'verify.json').read_text()).get('passed') else 'no'} ([{other.name}](results/{other.name}))"
+            verified = f"{_verdict(json.loads((other / 'verify.json').read_text()))} ([{other.name}](results/{other.name}))"
     errs, unprobed = memory_errors(search_rows, grid_rows) if search_rows and grid_rows else ([], 0)
     mem = (f"{statistics.median(errs):.1f}% / {max(errs):.1f}% ({len(errs)} of {unprobed})" if errs
            else "-")
@@ -151,7 +177,16 @@ def scenario_rows(folder: Path) -> tuple[str, list[str]]:
         w, g = _wall(b.get("wall_s"), gpus)
         probes = b.get("probes", "-")
         if b.get("status") != "ok":
-            rows.append(f"| {lab} | {w} | {g} | {probes} | failed: {_first_sentence(b.get('reason', '?')).replace('|', '/')} | - | - | - |")
+            why = f"failed: {_first_sentence(b.get('reason', '?')).replace('|', '/')}"
+            so_far = b.get("best_so_far") or _autotune_so_far(folder / "baselines" / name, T)
+            if so_far:  # a tuner stopped before it chose: the best it had measured, as the grid measured that cell
+                cell = by_cell.get((so_far["strategy"], int(so_far["micro_batch"]), T))
+                from_grid = cell is not None and cell["status"] == "ok" and cell.get("tokens_per_s")
+                tps = float(cell["tokens_per_s"]) if from_grid else so_far.get("tokens_per_s")
+                rows.append(f"| {lab} | {w} | {g} | {probes} | {why.rstrip('.')}; best of its {so_far['experiments_finished']} finished "
+                            f"experiments: `{so_far['strategy']}` ({so_far['micro_batch']}) | {frac(tps, own=not from_grid)} | - | - |")
+            else:
+                rows.append(f"| {lab} | {w} | {g} | {probes} | {why} | - | - | - |")
             continue
         cell = by_cell.get((b["strategy"], int(b["micro_batch"]), T))
         from_grid = cell is not None and cell["status"] == "ok" and cell.get("tokens_per_s")

@@ -178,6 +178,42 @@ def test_scenario_table_rows_from_a_synthetic_folder(tmp_path):
     assert oracle == f"| exhaustive grid (oracle) | 200 s | 400 | 8 | `{A}` (4) | 100.0% | measured | - |"
 
 
+def test_a_timed_out_autotuner_shows_the_best_experiment_it_finished(tmp_path):
+    """DeepSpeed's tuner killed at --ds-timeout chose nothing; its finished experiments (metrics.json
+    beside each ds_config.json) still say what it had found. An unfinished one (no metrics) is skipped."""
+    d = tmp_path / "results" / "bench-fixture"
+    _synthetic_scenario(d)
+    work = d / "baselines" / "ds-autotune"
+    res = work / "autotuning_results"
+    for name, mb, stage, thr in [("z0_gas1_tmbspg4", 4, 0, 5.0), ("z1_gas1_tmbspg8", 8, 1, 6.0), ("z2_gas1_tmbspg8", 8, 2, None)]:
+        (res / name).mkdir(parents=True)
+        (res / name / "ds_config.json").write_text(json.dumps({"train_micro_batch_size_per_gpu": mb, "zero_optimization": {"stage": stage}}))
+        if thr:
+            (res / name / "metrics.json").write_text(json.dumps({"throughput": thr}))
+    assert baselines.autotune_best_so_far(res, 1024) == {"experiment": "z1_gas1_tmbspg8", "zero_stage": 1, "micro_batch": 8,
+                                                         "grad_accum": 1, "tokens_per_s": 6144.0, "experiments_finished": 2}
+    assert baselines.autotune_best_so_far(tmp_path / "none", 1024) is None
+    # The committed entry predates best_so_far: the table reads it from the folder, with the tuned strategy
+    # (plan.json) at the tuner's ZeRO stage. Stage 1 is no grid cell: its own figure, marked.
+    plan = {"strategy": {"method": {"kind": "lora"}, "precision": "bf16-pure", "grad_ckpt": True, "zero_stage": 0}}
+    (work / "plan.json").write_text(json.dumps(plan))
+    doc = json.loads((d / "baselines.json").read_text())
+    doc["baselines"]["ds-autotune"] = {"status": "failed", "wall_s": 240.0, "probes": 3, "reason": "timed out after 240s"}
+    (d / "baselines.json").write_text(json.dumps(doc))
+    ds = scenario_table.scenario_rows(d)[1][3]
+    assert ds == ("| DeepSpeed autotuner | 240 s | 480 | 3 | failed: timed out after 240s; best of its 2 finished experiments: "
+                  "`lora-r8/bf16-pure/ckpt/z1` (8) | 153.6%* | - | - |")
+
+
+def test_a_failed_verify_names_its_side(tmp_path):
+    d = tmp_path / "results" / "bench-fixture"
+    _synthetic_scenario(d)
+    for v, want in [({"passed": False, "peak_gib": 98.5, "budget_gib": 140.4, "peak_diff": -0.056}, "no (peak -5.6% vs probe)"),
+                    ({"passed": False, "peak_gib": 141.0, "budget_gib": 140.4, "peak_diff": 0.1}, "no (over budget)")]:
+        (d / "search" / "verify.json").write_text(json.dumps(v))
+        assert scenario_table.scenario_rows(d)[1][0].endswith(f"| {want} |")
+
+
 def test_memory_error_is_measured_against_unprobed_grid_cells(tmp_path):
     d = tmp_path / "s"
     _synthetic_scenario(d)

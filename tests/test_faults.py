@@ -37,6 +37,13 @@ def _env(**kw: str) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    """Ctrl-C reaches the search as it would from a terminal. A suite started in the background by a
+    non-interactive shell (`pytest &`) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler: the search would rightly ignore the test's SIGINT and the test hang."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _rows(run: Path) -> list[dict]:
     with open(run / "probes.csv") as f:
         return list(csv.DictReader(f))
@@ -93,7 +100,8 @@ def test_a_failing_worker_does_not_stop_the_search(tmp_path, fault, status, frag
 def _start_and_wait_for_hang(run: Path) -> subprocess.Popen:
     """A search whose nockpt worker hangs mid-probe; returns once that probe is in flight."""
     proc = subprocess.Popen(_argv(run, "--probe-timeout", "10m"), env=_env(AUTOFIT_TEST_FAULT="hang@probe",
-                            AUTOFIT_TEST_FAULT_STRATEGY="nockpt"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            AUTOFIT_TEST_FAULT_STRATEGY="nockpt"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     deadline = time.time() + 240
     while time.time() < deadline:
         phases = [json.loads(p.read_text()) for p in run.glob("probe_io/*/phase.json") if p.stat().st_size]

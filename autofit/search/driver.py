@@ -122,6 +122,14 @@ class _Pool:
         self.release()
         getattr(self.factory, "close", lambda: None)()
 
+    def kill(self) -> None:
+        """After Ctrl-C: the worker is mid-probe and would not answer close()'s stop request, which
+        then waits its grace period (10 s) first; kill it now (a multi-host one still gets SIGTERM first)."""
+        if self.session is not None:
+            getattr(self.session, "kill", self.session.close)()
+        self.session, self.key = None, None
+        getattr(self.factory, "close", lambda: None)()
+
 
 def run_search(req: SearchRequest, factory: SessionFactory | None = None, progress: Progress | None = None,
                header: str | None = None) -> SearchResult:
@@ -422,7 +430,7 @@ class _Search:
         return self._finish(out, planner)
 
     def _stop_after_interrupt(self, planner: Planner | None) -> None:
-        self.pool.close()
+        self.pool.kill()
         if not self.shared:
             studymod.fail_stale_running(self.study)
         elif self.inflight is not None:
