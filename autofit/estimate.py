@@ -705,6 +705,7 @@ VALIDATION_SETS = (
     ("results/search-4xh200-glm4-full-T1024/skipped-runners-up.csv", {"full": "THUDM/glm-4-9b-chat"}),
     ("results/bench-h100-glm4-lora-T2048-24GiB/grid.csv", {"lora": "THUDM/glm-4-9b-chat"}),
     ("results/bench-h100-glm4-lora-T1024-24GiB/grid.csv", {"lora": "THUDM/glm-4-9b-chat"}),
+    ("results/bench-2xh200-qwen2-1.5b-full-T1024/grid.csv", {"full": "Qwen/Qwen2-1.5B"}),
 )
 # Calibration is validated as a search would use it: a strategy's first, smallest probes calibrate
 # the prediction of its larger micro-batches (micro-batch 1 alone where only 1 and 4 were run).
