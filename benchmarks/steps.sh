@@ -18,11 +18,11 @@ pin_half() {
 # Pins the calling (sub)shell, and so everything it starts, to the CPU cores $1 (a taskset list, e.g. 32-47).
 pin_cores() { command -v taskset > /dev/null && taskset -pc "$1" "$BASHPID" > /dev/null; }
 
-# `verify_copy NAME RESULTS_FOLDER [GPU]`: `autofit verify --steps 30` as step NAME on a copy of a committed
+# `verify_copy NAME RESULTS_FOLDER [GPU]`: `autofit verify --steps ${VERIFY_STEPS:-30}` as step NAME on a copy of a committed
 # run dir ($out/NAME, so results/ stays as committed; copied again only until the step is done), on GPU
 # (an outer CUDA_VISIBLE_DEVICES, which verify honours) or the GPUs the run was searched on.
 verify_copy() {
   [ -e "$out/$1.done" ] || { rm -rf "$out/$1"; cp -r "results/$2/search" "$out/$1"; }
-  if [ -n "${3:-}" ]; then CUDA_VISIBLE_DEVICES=$3 step "$1" python3 -m autofit verify "$out/$1" --steps 30
-  else step "$1" python3 -m autofit verify "$out/$1" --steps 30; fi
+  if [ -n "${3:-}" ]; then CUDA_VISIBLE_DEVICES=$3 step "$1" python3 -m autofit verify "$out/$1" --steps "${VERIFY_STEPS:-30}"
+  else step "$1" python3 -m autofit verify "$out/$1" --steps "${VERIFY_STEPS:-30}"; fi
 }
