@@ -1,7 +1,7 @@
 """Regenerate the README's result tables from the committed results/ files.
 
     python -m benchmarks.readme_tables            # print the markdown
-    python -m benchmarks.readme_tables --write    # replace the block between the markers in README.md
+    python -m benchmarks.readme_tables --write    # replace the blocks between the markers in README.md
 
 Reads only CSV/JSON/YAML (no torch). Every figure in the tables comes from a file under results/.
 """
@@ -22,6 +22,7 @@ from benchmarks.common import committed
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- tables:start (python -m benchmarks.readme_tables --write) -->", "<!-- tables:end -->"
+HEAD_START, HEAD_END = "<!-- headline:start (python -m benchmarks.readme_tables --write) -->", "<!-- headline:end -->"
 
 
 def _gib(b: str) -> str:
@@ -151,19 +152,34 @@ def render() -> str:
     ])
 
 
+def render_headline() -> str:
+    return "\n\n".join([
+        scenario_table.headline(ROOT / "results"),
+        "Published architectures with random weights (same memory and speed), global batch 32, autofit's default "
+        "8% headroom. The winner's tokens/s is as the exhaustive grid measured that cell; a baseline's likewise "
+        "(* its own measurement, where the grid has no such cell). `over headroom`: the baseline trains a cell "
+        "whose peak is above the headroom line, the margin autofit keeps from an OOM; `no answer`: nothing it "
+        "tried fits. Details, the "
+        "DeepSpeed autotuner and the memory model's error: [Measured results](#measured-results).",
+    ])
+
+
+def _replace(text: str, start: str, end: str, body: str) -> str:
+    if start not in text:
+        sys.exit(f"README.md has no {start} block")
+    return text[: text.index(start)] + f"{start}\n{body}\n{end}" + text[text.index(end) + len(end):]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="update README.md in place")
     a = ap.parse_args(argv)
-    block = f"{START}\n{render()}\n{END}"
     if not a.write:
-        print(block)
+        print(f"{HEAD_START}\n{render_headline()}\n{HEAD_END}\n\n{START}\n{render()}\n{END}")
         return 0
     readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START not in text:
-        sys.exit("README.md has no tables block")
-    readme.write_text(text[: text.index(START)] + block + text[text.index(END) + len(END):])
+    text = _replace(readme.read_text(), HEAD_START, HEAD_END, render_headline())
+    readme.write_text(_replace(text, START, END, render()))
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from autofit.search import memmodel
@@ -134,8 +135,38 @@ def _wall(w: float | None, gpus: int, at_least: bool = False) -> tuple[str, str]
     return f"{ge}{w:.0f} s", f"{ge}{w * gpus:.0f}"
 
 
-def scenario_rows(folder: Path) -> tuple[str, list[str]]:
-    """The scenario's label and its table rows (markdown)."""
+@dataclass
+class Method:
+    """One row of a scenario: autofit, a baseline or the grid, as the table shows it."""
+    label: str
+    wall: tuple[str, str]          # wall time, GPU-seconds
+    probes: object
+    choice: str                    # markdown: the chosen cell, or why there is none
+    vs_oracle: str                 # its tokens/s over the grid's best ("-": unknown; "*": own measurement)
+    memory: str = "-"
+    verified: str = "-"
+    failed: bool = False
+
+
+@dataclass
+class Facts:
+    folder: Path
+    model: str
+    max_token: int
+    space: str
+    gpus: int
+    gpu: str
+    cap: str
+    methods: dict[str, Method]      # "autofit", each baseline's name, "grid"
+
+    @property
+    def label(self) -> str:
+        return (f"{self.model}, T={self.max_token}, space `{self.space}`, {self.gpus} x {self.gpu}{self.cap} "
+                f"[{self.folder.name}](results/{self.folder.name})")
+
+
+def scenario_facts(folder: Path) -> Facts:
+    """Every figure of one scenario folder, as the tables show them."""
     s = json.loads((folder / "summary.json").read_text())
     search_rows = _rows(folder / "search" / "probes.csv")
     grid_rows = [r for r in _rows(folder / "grid.csv") if r.get("phase", "grid") == "grid"]
@@ -151,10 +182,14 @@ def scenario_rows(folder: Path) -> tuple[str, list[str]]:
             return "-"
         return f"{tps / best:.1%}{'*' if own else ''}"
 
+    def as_grid_measured(strategy: str, mb: int, own: float | None) -> str:
+        """A cell's tokens/s as the grid measured it; its own measurement (marked) where the grid has none."""
+        cell = by_cell.get((strategy, int(mb), T))
+        from_grid = cell is not None and cell["status"] == "ok" and cell.get("tokens_per_s")
+        return frac(float(cell["tokens_per_s"]) if from_grid else own, own=not from_grid)
+
     cap = f", {s['budget_gib']:.0f} GiB cap" if base.get("gpu_memory") or "24GiB" in folder.name else ""
-    label = (f"{s['model'].split('/')[-1]}, T={T}, space `{s['space']}`, {gpus} x {_short_gpu(s.get('gpu'))}{cap} "
-             f"[{folder.name}](results/{folder.name})")
-    rows = []
+    methods: dict[str, Method] = {}
 
     srch = s["search"]
     verify_path = next((p for p in (folder / "search" / "verify.json", folder / "verify.json") if p.exists()), None)
@@ -166,43 +201,71 @@ def scenario_rows(folder: Path) -> tuple[str, list[str]]:
     errs, unprobed = memory_errors(search_rows, grid_rows) if search_rows and grid_rows else ([], 0)
     mem = (f"{statistics.median(errs):.1f}% / {max(errs):.1f}% ({len(errs)} of {unprobed})" if errs
            else "-")
-    w, g = _wall(srch["wall_s"], gpus)
     in_grid = grid.get("search_winner_tokens_per_s_in_grid")
     winner = f"`{srch['winner']}` ({srch['winner_micro_batch']})" if srch.get("winner") else "none"
-    rows.append(f"| autofit search | {w} | {g} | {srch['probes']} | {winner} | "
-                f"{frac(in_grid if in_grid else srch.get('winner_tokens_per_s'), own=not in_grid)} | {mem} | {verified} |")
+    methods["autofit"] = Method("autofit search", _wall(srch["wall_s"], gpus), srch["probes"], winner,
+                                frac(in_grid if in_grid else srch.get("winner_tokens_per_s"), own=not in_grid), mem, verified)
 
     for name, b in base.get("baselines", {}).items():
         lab = BASELINE_LABELS.get(name, name)
-        w, g = _wall(b.get("wall_s"), gpus)
+        w = _wall(b.get("wall_s"), gpus)
         probes = b.get("probes", "-")
         if b.get("status") != "ok":
             why = f"failed: {_first_sentence(b.get('reason', '?')).replace('|', '/')}"
             so_far = b.get("best_so_far") or _autotune_so_far(folder / "baselines" / name, T)
             if so_far:  # a tuner stopped before it chose: the best it had measured, as the grid measured that cell
-                cell = by_cell.get((so_far["strategy"], int(so_far["micro_batch"]), T))
-                from_grid = cell is not None and cell["status"] == "ok" and cell.get("tokens_per_s")
-                tps = float(cell["tokens_per_s"]) if from_grid else so_far.get("tokens_per_s")
-                rows.append(f"| {lab} | {w} | {g} | {probes} | {why.rstrip('.')}; best of its {so_far['experiments_finished']} finished "
-                            f"experiments: `{so_far['strategy']}` ({so_far['micro_batch']}) | {frac(tps, own=not from_grid)} | - | - |")
+                methods[name] = Method(lab, w, probes, f"{why.rstrip('.')}; best of its {so_far['experiments_finished']} "
+                                       f"finished experiments: `{so_far['strategy']}` ({so_far['micro_batch']})",
+                                       as_grid_measured(so_far["strategy"], so_far["micro_batch"], so_far.get("tokens_per_s")),
+                                       failed=True)
             else:
-                rows.append(f"| {lab} | {w} | {g} | {probes} | {why} | - | - | - |")
+                methods[name] = Method(lab, w, probes, why, "-", failed=True)
             continue
-        cell = by_cell.get((b["strategy"], int(b["micro_batch"]), T))
-        from_grid = cell is not None and cell["status"] == "ok" and cell.get("tokens_per_s")
-        tps = float(cell["tokens_per_s"]) if from_grid else b.get("tokens_per_s")
         over = "" if b.get("fits", True) else ", over headroom"
-        rows.append(f"| {lab} | {w} | {g} | {probes} | `{b['strategy']}` ({b['micro_batch']}{over}) | "
-                    f"{frac(tps, own=not from_grid)} | - | - |")
+        methods[name] = Method(lab, w, probes, f"`{b['strategy']}` ({b['micro_batch']}{over})",
+                               as_grid_measured(b["strategy"], b["micro_batch"], b.get("tokens_per_s")))
 
     if grid:
         at_least = grid.get("complete") is False
-        w, g = _wall(grid.get("wall_s_at_least" if at_least else "wall_s"), gpus, at_least)
         bb = grid.get("best")
-        choice = f"`{bb['strategy']}` ({bb['micro_batch']})" if bb else "nothing fits"
-        rows.append(f"| exhaustive grid (oracle) | {w} | {g} | {grid['probes']} | {choice} | "
-                    f"{'100.0%' if bb else '-'} | measured | - |")
-    return label, rows
+        methods["grid"] = Method("exhaustive grid (oracle)", _wall(grid.get("wall_s_at_least" if at_least else "wall_s"), gpus, at_least),
+                                 grid["probes"], f"`{bb['strategy']}` ({bb['micro_batch']})" if bb else "nothing fits",
+                                 "100.0%" if bb else "-", "measured")
+    return Facts(folder, s["model"].split("/")[-1], T, s["space"], gpus, _short_gpu(s.get("gpu")), cap, methods)
+
+
+def scenario_rows(folder: Path) -> tuple[str, list[str]]:
+    """The scenario's label and its table rows (markdown)."""
+    f = scenario_facts(folder)
+    return f.label, [f"| {m.label} | {m.wall[0]} | {m.wall[1]} | {m.probes} | {m.choice} | {m.vs_oracle} | {m.memory} | {m.verified} |"
+                     for m in f.methods.values()]
+
+
+def headline(results: Path) -> str:
+    """One line per scenario, for the top of the README: autofit against the grid and the two baselines
+    every user has (hand-tuning, HF's auto_find_batch_size)."""
+    lines = ["| scenario | GPUs | autofit: wall, probes | its winner vs the grid's best | exhaustive grid: wall, probes | "
+             "hand-tuning | HF auto_find_batch_size | winner verified |",
+             "|---|---|---|---|---|---|---|---|"]
+    for folder in scenario_folders(results):
+        f = scenario_facts(folder)
+        a, g = f.methods["autofit"], f.methods.get("grid")
+        if g is None:
+            continue
+
+        def baseline(name: str) -> str:
+            m = f.methods.get(name)
+            if m is None:
+                return "-"
+            if m.failed:
+                return "no answer"
+            # A cell over the headroom is faster because it is unsafe: its speed is in the detailed table.
+            return "over headroom" if "over headroom" in m.choice else m.vs_oracle
+
+        lines.append(f"| {f.model} {'full FT' if a.choice.startswith('`full/') else 'LoRA'}, T={f.max_token}{f.cap} "
+                     f"([{folder.name}](results/{folder.name})) | {f.gpus} x {f.gpu} | {a.wall[0]}, {a.probes} | {a.vs_oracle} | "
+                     f"{g.wall[0]}, {g.probes} | {baseline('hand')} | {baseline('hf-auto')} | {a.verified.split(' (')[0]} |")
+    return "\n".join(lines)
 
 
 def scenario_folders(results: Path) -> list[Path]:

@@ -214,6 +214,16 @@ def test_a_failed_verify_names_its_side(tmp_path):
         assert scenario_table.scenario_rows(d)[1][0].endswith(f"| {want} |")
 
 
+def test_headline_has_one_line_per_scenario_and_hides_unsafe_speed(tmp_path):
+    _synthetic_scenario(tmp_path / "bench-x")
+    lines = scenario_table.headline(tmp_path).splitlines()
+    assert len(lines) == 3
+    # hand: 140% of the oracle by the grid's figure; hf-auto's cell is over the headroom (its speed is not
+    # a result); the autotuner failed; the search's winner is verified.
+    assert lines[2] == ("| Some-Model LoRA, T=1024 ([bench-x](results/bench-x)) | 2 x H100 80GB | 50 s, 3 | 100.0% | "
+                        "200 s, 8 | 140.0% | over headroom | yes |")
+
+
 def test_memory_error_is_measured_against_unprobed_grid_cells(tmp_path):
     d = tmp_path / "s"
     _synthetic_scenario(d)

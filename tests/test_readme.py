@@ -9,6 +9,10 @@ def test_readme_tables_match_results():
     text = (readme_tables.ROOT / "README.md").read_text()
     block = text[text.index(readme_tables.START): text.index(readme_tables.END) + len(readme_tables.END)]
     assert block == f"{readme_tables.START}\n{readme_tables.render()}\n{readme_tables.END}"
+    head = text[text.index(readme_tables.HEAD_START): text.index(readme_tables.HEAD_END) + len(readme_tables.HEAD_END)]
+    assert head == f"{readme_tables.HEAD_START}\n{readme_tables.render_headline()}\n{readme_tables.HEAD_END}"
+    # The headline sits right after the two commands, before any usage.
+    assert text.index("make test") < text.index(readme_tables.HEAD_START) < text.index("## Using it")
 
 
 def test_readme_names_the_two_commands():
