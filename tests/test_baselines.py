@@ -300,3 +300,32 @@ def test_told_autotuner_reruns_on_a_profile_with_lora_s_footprint(tmp_path, monk
     calls.clear()
     plain = baselines.run_ds_autotune(sc, 600)
     assert calls == [True] and plain["status"] == "failed" and "No tuning is performed" in plain["reason"]
+
+
+def test_a_timed_out_autotuner_records_its_best_finished_experiment(tmp_path, monkeypatch):
+    """The harness's timeout path (DeepSpeed's tuner stand-in writes one finished experiment, then the
+    limit hits): failed, with the experiment it had and the tuned strategy at that ZeRO stage."""
+    import argparse
+    import dataclasses
+
+    from benchmarks.common import add_scenario_args, scenario_from_args
+
+    ap = argparse.ArgumentParser()
+    add_scenario_args(ap)
+    a = ap.parse_args([*TINY, "--out", str(tmp_path)])
+    ctx, source, space, limits = scenario_from_args(a, max_positions=128)
+    sc = baselines.Scenario(ctx=ctx, source=source, space=space, max_token=128, limits=limits, out=tmp_path / "baselines")
+
+    def slow_autotuner(cmd, log_path, env, timeout_s, cwd=None):
+        exp = Path(cwd) / "autotuning_results" / "z1_gas1_tmbspg4"
+        exp.mkdir(parents=True)
+        (exp / "ds_config.json").write_text(json.dumps({"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 1}}))
+        (exp / "metrics.json").write_text(json.dumps({"throughput": 3.0}))
+        return None, timeout_s  # rc None: killed at the limit
+
+    monkeypatch.setattr(baselines, "_run_logged", slow_autotuner)
+    r = baselines.run_ds_autotune(sc, 240)
+    assert r["status"] == "failed" and r["reason"] == "timed out after 240s"
+    so_far = r["best_so_far"]
+    assert (so_far["micro_batch"], so_far["zero_stage"], so_far["tokens_per_s"], so_far["experiments_finished"]) == (4, 1, 384.0, 1)
+    assert so_far["strategy"] == dataclasses.replace(sc.hand_strategy(), zero_stage=1).key()
