@@ -246,10 +246,8 @@ def test_render_lists_only_scenario_folders_and_marks_missing_verify(tmp_path):
     assert "| 0.0% / 0.0% (1 of 4) | - |" in text
 
 
-def test_told_autotuner_reruns_on_a_profile_with_lora_s_footprint(tmp_path, monkeypatch):
-    """ds-autotune-told's two passes, with a stand-in for the DeepSpeed autotuner process (the real one
-    needs a GPU to refuse LoRA): pass 1 profiles and refuses; pass 2 must see the rewritten profile and
-    overwrite off (DeepSpeed's scheduler then skips the profile experiment whose result exists)."""
+def _tiny_scenario(tmp_path: Path) -> "baselines.Scenario":
+    """The baselines' Scenario for the tiny CPU model, as `benchmarks.baselines` builds it from TINY."""
     import argparse
 
     from benchmarks.common import add_scenario_args, scenario_from_args
@@ -258,7 +256,14 @@ def test_told_autotuner_reruns_on_a_profile_with_lora_s_footprint(tmp_path, monk
     add_scenario_args(ap)
     a = ap.parse_args([*TINY, "--out", str(tmp_path)])
     ctx, source, space, limits = scenario_from_args(a, max_positions=128)
-    sc = baselines.Scenario(ctx=ctx, source=source, space=space, max_token=128, limits=limits, out=tmp_path / "baselines")
+    return baselines.Scenario(ctx=ctx, source=source, space=space, max_token=128, limits=limits, out=tmp_path / "baselines")
+
+
+def test_told_autotuner_reruns_on_a_profile_with_lora_s_footprint(tmp_path, monkeypatch):
+    """ds-autotune-told's two passes, with a stand-in for the DeepSpeed autotuner process (the real one
+    needs a GPU to refuse LoRA): pass 1 profiles and refuses; pass 2 must see the rewritten profile and
+    overwrite off (DeepSpeed's scheduler then skips the profile experiment whose result exists)."""
+    sc = _tiny_scenario(tmp_path)
     calls = []
 
     def fake_autotuner(cmd, log_path, env, timeout_s, cwd=None):  # appends to its log, as _run_logged does
@@ -305,16 +310,9 @@ def test_told_autotuner_reruns_on_a_profile_with_lora_s_footprint(tmp_path, monk
 def test_a_timed_out_autotuner_records_its_best_finished_experiment(tmp_path, monkeypatch):
     """The harness's timeout path (DeepSpeed's tuner stand-in writes one finished experiment, then the
     limit hits): failed, with the experiment it had and the tuned strategy at that ZeRO stage."""
-    import argparse
     import dataclasses
 
-    from benchmarks.common import add_scenario_args, scenario_from_args
-
-    ap = argparse.ArgumentParser()
-    add_scenario_args(ap)
-    a = ap.parse_args([*TINY, "--out", str(tmp_path)])
-    ctx, source, space, limits = scenario_from_args(a, max_positions=128)
-    sc = baselines.Scenario(ctx=ctx, source=source, space=space, max_token=128, limits=limits, out=tmp_path / "baselines")
+    sc = _tiny_scenario(tmp_path)
 
     def slow_autotuner(cmd, log_path, env, timeout_s, cwd=None):
         exp = Path(cwd) / "autotuning_results" / "z1_gas1_tmbspg4"
