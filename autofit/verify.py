@@ -283,12 +283,10 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
     m, hw = best["measured"], best["hardware"]
     gib = 2**30
     diff = (peak / gib - m["peak_gib"]) / m["peak_gib"]
-    probe_alloc = m.get("peak_allocated_gib")
-    problems = judge(peak / gib, m["peak_gib"], allocated / gib if allocated else None, probe_alloc,
-                     hw["memory_budget_gib"], tolerance) if on_cuda else \
-        judge(peak / gib, m["peak_gib"], None, None, hw["memory_budget_gib"], float("inf"))
     # On the CPU the peak is the process's RSS, which the Trainer process and the probe worker do not
     # share a baseline for; the comparison is reported, not enforced (infinite tolerance).
+    problems = judge(peak / gib, m["peak_gib"], allocated / gib if allocated else None, m.get("peak_allocated_gib"),
+                     hw["memory_budget_gib"], tolerance if on_cuda else float("inf"))
     return Verification(strategy=c["strategy"], micro_batch=c["micro_batch"], max_token=c["max_token"], steps=steps,
                         device=hw["gpu"], tokens_per_s=round(tps, 1), probe_tokens_per_s=m["tokens_per_s"],
                         tokens_per_s_ratio=round(tps / m["tokens_per_s"], 4), peak_gib=round(peak / gib, 3),
