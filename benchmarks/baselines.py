@@ -35,7 +35,7 @@ import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from autofit.models import ModelSource
 from autofit.probe.runner import StandbyFactory, escalate
@@ -250,6 +250,22 @@ def ds_user_config(sc: Scenario, work: Path) -> dict[str, Any]:
     return cfg
 
 
+def _experiments(results_dir: Path) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(name, metrics, ds_config) of each experiment of DeepSpeed's autotuning_results/ that wrote its
+    metrics (unreadable files are skipped: a killed tuner can leave one half-written)."""
+    for metrics in results_dir.glob("*/metrics.json"):
+        try:
+            yield metrics.parent.name, json.loads(metrics.read_text()), json.loads((metrics.parent / "ds_config.json").read_text())
+        except (OSError, ValueError):
+            continue
+
+
+def _knobs(cfg: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(micro-batch, gradient accumulation, ZeRO stage): the tuner's knobs in one of its configs."""
+    return (cfg.get("train_micro_batch_size_per_gpu"), cfg.get("gradient_accumulation_steps", 1),
+            cfg.get("zero_optimization", {}).get("stage", 0))
+
+
 def read_autotune_results(results_dir: Path, max_token: int) -> dict[str, Any] | None:
     """The autotuner's choice: ds_config_optimal.json, and the best experiment's measured throughput."""
     optimal = results_dir / "ds_config_optimal.json"
@@ -257,12 +273,7 @@ def read_autotune_results(results_dir: Path, max_token: int) -> dict[str, Any] |
         return None
     cfg = json.loads(optimal.read_text())
     best = None
-    for metrics in results_dir.glob("*/metrics.json"):
-        try:
-            m = json.loads(metrics.read_text())
-            exp_cfg = json.loads((metrics.parent / "ds_config.json").read_text())
-        except (OSError, ValueError):
-            continue
+    for _, m, exp_cfg in _experiments(results_dir):
         same = all(exp_cfg.get(k) == cfg.get(k) for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps")) \
             and exp_cfg.get("zero_optimization", {}).get("stage") == cfg.get("zero_optimization", {}).get("stage")
         if same and (best is None or m.get("throughput", 0) > best.get("throughput", 0)):
@@ -270,35 +281,26 @@ def read_autotune_results(results_dir: Path, max_token: int) -> dict[str, Any] |
     summary = results_dir / "summary.txt"  # the tuner's own count (experiment dirs can be reused)
     m = re.search(r"Total number of experiments: (\d+)", summary.read_text()) if summary.exists() else None
     experiments = int(m.group(1)) if m else sum(1 for _ in results_dir.glob("*/ds_config.json"))
+    mb, accum, stage = _knobs(cfg)
     # The engine's throughput metric is samples/s: train_batch_size x 1e6 / mean step latency in microseconds.
-    return {"micro_batch": cfg.get("train_micro_batch_size_per_gpu"), "zero_stage": cfg.get("zero_optimization", {}).get("stage", 0),
-            "grad_accum": cfg.get("gradient_accumulation_steps", 1),
+    return {"micro_batch": mb, "zero_stage": stage, "grad_accum": accum,
             "samples_per_s": best.get("throughput") if best else None,
             "tokens_per_s": round(best["throughput"] * max_token, 2) if best and best.get("throughput") else None,
             "experiments": experiments}
 
 
-def autotune_best_so_far(results_dir: Path, max_token: int) -> dict[str, Any] | None:
+def autotune_best_so_far(results_dir: Path, max_token: int, tuned: Strategy) -> dict[str, Any] | None:
     """The fastest experiment the autotuner finished, for a tuner stopped before it chose (a timeout):
-    what a user who killed it could still read from its results dir. None when none finished."""
-    best, finished = None, 0
-    for metrics in results_dir.glob("*/metrics.json"):
-        try:
-            m = json.loads(metrics.read_text())
-            cfg = json.loads((metrics.parent / "ds_config.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if not m.get("throughput"):
-            continue
-        finished += 1
-        if best is None or m["throughput"] > best[0]["throughput"]:
-            best = (m, cfg, metrics.parent.name)
-    if best is None:
+    what a user who killed it could still read from its results dir, as `tuned` (the strategy it was
+    given) at the experiment's ZeRO stage. None when none finished."""
+    done = [(name, m, cfg) for name, m, cfg in _experiments(results_dir) if m.get("throughput")]
+    if not done:
         return None
-    m, cfg, exp = best
-    return {"experiment": exp, "zero_stage": cfg.get("zero_optimization", {}).get("stage", 0),
-            "micro_batch": cfg.get("train_micro_batch_size_per_gpu"), "grad_accum": cfg.get("gradient_accumulation_steps", 1),
-            "tokens_per_s": round(m["throughput"] * max_token, 2), "experiments_finished": finished}
+    name, m, cfg = max(done, key=lambda e: e[1]["throughput"])
+    mb, accum, stage = _knobs(cfg)
+    return {"experiment": name, "zero_stage": stage, "micro_batch": mb, "grad_accum": accum,
+            "strategy": replace(tuned, zero_stage=int(stage)).key(),
+            "tokens_per_s": round(m["throughput"] * max_token, 2), "experiments_finished": len(done)}
 
 
 _LOG_PREFIX = re.compile(r"^\[[^\]]*\] \[\w+\] \[[^\]]*\] ")
@@ -371,9 +373,7 @@ def run_ds_autotune(sc: Scenario, timeout_s: float, told: bool = False) -> dict[
             f.write(f"\n### last experiment's stderr ({exp_logs[-1].parent.name})\n{exp_tail}")
     common = {"shims": shims, "probes": found["experiments"] if found else len(exp_logs), **({"told": hint} if hint else {})}
     if rc is None:
-        so_far = autotune_best_so_far(work / "autotuning_results", sc.max_token)
-        if so_far:
-            so_far["strategy"] = replace(s, zero_stage=so_far["zero_stage"]).key()
+        so_far = autotune_best_so_far(work / "autotuning_results", sc.max_token, s)
         return _failed(name, f"timed out after {timeout_s:.0f}s", t0, **common, **({"best_so_far": so_far} if so_far else {}))
     if not found or not found.get("tokens_per_s"):
         why = autotuner_verdict(_tail(log, 200000)) or (relevant_error(exp_tail) if exp_tail and rc == 0 else relevant_error(_tail(log)))

@@ -61,18 +61,14 @@ def _verdict(v: dict) -> str:
 
 def _autotune_so_far(work: Path, max_token: int) -> dict | None:
     """best_so_far for a committed tuner run whose baselines.json predates that field: read from its own
-    committed results dir and plan.json (the strategy it tuned, ZeRO stage replaced)."""
-    from dataclasses import replace
-
+    committed results dir, with the strategy it tuned from its plan.json."""
     from autofit.spec import strategy_from_dict
     from benchmarks.baselines import autotune_best_so_far
 
     plan = work / "plan.json"
-    so_far = autotune_best_so_far(work / "autotuning_results", max_token) if plan.exists() else None
-    if so_far:
-        s = strategy_from_dict(json.loads(plan.read_text())["strategy"])
-        so_far["strategy"] = replace(s, zero_stage=int(so_far["zero_stage"])).key()
-    return so_far
+    if not plan.exists():
+        return None
+    return autotune_best_so_far(work / "autotuning_results", max_token, strategy_from_dict(json.loads(plan.read_text())["strategy"]))
 
 
 BASELINE_LABELS = {"hand": "hand-tuning (DeepSpeed tutorial)", "hf-auto": "HF auto_find_batch_size (from 64)",

@@ -190,9 +190,13 @@ def test_a_timed_out_autotuner_shows_the_best_experiment_it_finished(tmp_path):
         (res / name / "ds_config.json").write_text(json.dumps({"train_micro_batch_size_per_gpu": mb, "zero_optimization": {"stage": stage}}))
         if thr:
             (res / name / "metrics.json").write_text(json.dumps({"throughput": thr}))
-    assert baselines.autotune_best_so_far(res, 1024) == {"experiment": "z1_gas1_tmbspg8", "zero_stage": 1, "micro_batch": 8,
-                                                         "grad_accum": 1, "tokens_per_s": 6144.0, "experiments_finished": 2}
-    assert baselines.autotune_best_so_far(tmp_path / "none", 1024) is None
+    from autofit.spec import Method, Strategy
+
+    tuned = Strategy(method=Method(kind="lora"), precision="bf16-pure", grad_ckpt=True, zero_stage=0)
+    assert baselines.autotune_best_so_far(res, 1024, tuned) == {
+        "experiment": "z1_gas1_tmbspg8", "zero_stage": 1, "micro_batch": 8, "grad_accum": 1,
+        "strategy": "lora-r8/bf16-pure/ckpt/z1", "tokens_per_s": 6144.0, "experiments_finished": 2}
+    assert baselines.autotune_best_so_far(tmp_path / "none", 1024, tuned) is None
     # The committed entry predates best_so_far: the table reads it from the folder, with the tuned strategy
     # (plan.json) at the tuner's ZeRO stage. Stage 1 is no grid cell: its own figure, marked.
     plan = {"strategy": {"method": {"kind": "lora"}, "precision": "bf16-pure", "grad_ckpt": True, "zero_stage": 0}}
