@@ -56,8 +56,7 @@ def search_table() -> str:
         frac = (f"{s['time_fraction']:.0%}" if "time_fraction" in s
                 else f"≤ {s['time_fraction_at_most']:.0%}" if "time_fraction_at_most" in s else "-")
         q = f"{s['quality']:.1%}" if "quality" in s else "-"
-        probes = summary.parent / "search" / "probes.csv"
-        n = int((next(csv.DictReader(open(probes)), None) or {}).get("num_gpus") or 1) if probes.exists() else 1
+        n = scenario_table.num_gpus(summary.parent)
         lines.append(f"| {scen} [{summary.parent.name}](results/{summary.parent.name}) | {f'{n} x ' if n > 1 else ''}{_short_gpu(s['gpu'])} | "
                      f"{srch['wall_s']:.0f} s, {srch['probes']} | `{srch['winner']}` ({srch['winner_micro_batch']}) | "
                      f"{srch['winner_tokens_per_s']:.0f} | {g} | {frac} | {q} |")

@@ -49,11 +49,14 @@ def verified_elsewhere(results: Path, s: dict) -> Path | None:
     return None
 
 
+VERDICT = {None: "-", True: "yes", False: "no"}  # the headline's verify column: verified or not
+
+
 def _verdict(v: dict) -> str:
     """verify's verdict; a failure names its side: a peak over the probe's eats the headroom, one under it
     means the probe over-measured (the run fits, with more room than the search assumed)."""
     if v.get("passed"):
-        return "yes"
+        return VERDICT[True]
     if v.get("peak_gib", 0) > v.get("budget_gib", float("inf")):
         return "no (over budget)"
     return f"no (peak {v.get('peak_diff', 0):+.1%} vs probe)"
@@ -140,8 +143,11 @@ class Method:
     choice: str                    # markdown: the chosen cell, or why there is none
     vs_oracle: str                 # its tokens/s over the grid's best ("-": unknown; "*": own measurement)
     memory: str = "-"
-    verified: str = "-"
+    verified: str = "-"            # verify's verdict, a failure's side named (_verdict)
+    verified_in: str | None = None  # the committed verify folder it comes from, when not the scenario's own
+    passed: bool | None = None     # verify's pass or fail; None: not verified
     failed: bool = False
+    over_headroom: bool = False    # the chosen cell peaks above the headroom line
 
 
 @dataclass
@@ -153,6 +159,7 @@ class Facts:
     gpus: int
     gpu: str
     cap: str
+    full: bool                      # the winner fine-tunes every weight (else LoRA)
     methods: dict[str, Method]      # "autofit", each baseline's name, "grid"
 
     @property
@@ -167,7 +174,7 @@ def scenario_facts(folder: Path) -> Facts:
     search_rows = _rows(folder / "search" / "probes.csv")
     grid_rows = [r for r in _rows(folder / "grid.csv") if r.get("phase", "grid") == "grid"]
     base = json.loads((folder / "baselines.json").read_text()) if (folder / "baselines.json").exists() else {}
-    gpus = int((search_rows[0] if search_rows else {}).get("num_gpus") or base.get("num_gpus") or 1)
+    gpus = num_gpus(folder, base)
     T = s["max_token"]
     grid = s.get("grid") or {}
     best = (grid.get("best") or {}).get("tokens_per_s")
@@ -189,18 +196,20 @@ def scenario_facts(folder: Path) -> Facts:
 
     srch = s["search"]
     verify_path = next((p for p in (folder / "search" / "verify.json", folder / "verify.json") if p.exists()), None)
-    verified = "-" if verify_path is None else _verdict(json.loads(verify_path.read_text()))
+    verified_in = None
     if verify_path is None and srch.get("winner"):
         other = verified_elsewhere(folder.parent, s)
         if other is not None:
-            verified = f"{_verdict(json.loads((other / 'verify.json').read_text()))} ([{other.name}](results/{other.name}))"
+            verify_path, verified_in = other / "verify.json", other.name
+    v = json.loads(verify_path.read_text()) if verify_path else None
     errs, unprobed = memory_errors(search_rows, grid_rows) if search_rows and grid_rows else ([], 0)
     mem = (f"{statistics.median(errs):.1f}% / {max(errs):.1f}% ({len(errs)} of {unprobed})" if errs
            else "-")
     in_grid = grid.get("search_winner_tokens_per_s_in_grid")
     winner = f"`{srch['winner']}` ({srch['winner_micro_batch']})" if srch.get("winner") else "none"
     methods["autofit"] = Method("autofit search", _wall(srch["wall_s"], gpus), srch["probes"], winner,
-                                frac(in_grid if in_grid else srch.get("winner_tokens_per_s"), own=not in_grid), mem, verified)
+                                frac(in_grid if in_grid else srch.get("winner_tokens_per_s"), own=not in_grid), mem,
+                                _verdict(v) if v else "-", verified_in, bool(v.get("passed")) if v else None)
 
     for name, b in base.get("baselines", {}).items():
         lab = BASELINE_LABELS.get(name, name)
@@ -219,7 +228,8 @@ def scenario_facts(folder: Path) -> Facts:
             continue
         over = "" if b.get("fits", True) else ", over headroom"
         methods[name] = Method(lab, w, probes, f"`{b['strategy']}` ({b['micro_batch']}{over})",
-                               as_grid_measured(b["strategy"], b["micro_batch"], b.get("tokens_per_s")))
+                               as_grid_measured(b["strategy"], b["micro_batch"], b.get("tokens_per_s")),
+                               over_headroom=bool(over))
 
     if grid:
         at_least = grid.get("complete") is False
@@ -227,13 +237,23 @@ def scenario_facts(folder: Path) -> Facts:
         methods["grid"] = Method("exhaustive grid (oracle)", _wall(grid.get("wall_s_at_least" if at_least else "wall_s"), gpus, at_least),
                                  grid["probes"], f"`{bb['strategy']}` ({bb['micro_batch']})" if bb else "nothing fits",
                                  "100.0%" if bb else "-", "measured")
-    return Facts(folder, s["model"].split("/")[-1], T, s["space"], gpus, _short_gpu(s.get("gpu")), cap, methods)
+    return Facts(folder, s["model"].split("/")[-1], T, s["space"], gpus, _short_gpu(s.get("gpu")), cap,
+                 str(srch.get("winner") or "").startswith("full/"), methods)
+
+
+def num_gpus(folder: Path, base: dict | None = None) -> int:
+    """GPUs per probe of a scenario or search folder: its search's probes.csv, else its baselines.json."""
+    rows = _rows(folder / "search" / "probes.csv")
+    return int((rows[0] if rows else {}).get("num_gpus") or (base or {}).get("num_gpus") or 1)
 
 
 def scenario_rows(folder: Path) -> tuple[str, list[str]]:
     """The scenario's label and its table rows (markdown)."""
     f = scenario_facts(folder)
-    return f.label, [f"| {m.label} | {m.wall[0]} | {m.wall[1]} | {m.probes} | {m.choice} | {m.vs_oracle} | {m.memory} | {m.verified} |"
+    def verified(m: Method) -> str:
+        return f"{m.verified} ([{m.verified_in}](results/{m.verified_in}))" if m.verified_in else m.verified
+
+    return f.label, [f"| {m.label} | {m.wall[0]} | {m.wall[1]} | {m.probes} | {m.choice} | {m.vs_oracle} | {m.memory} | {verified(m)} |"
                      for m in f.methods.values()]
 
 
@@ -256,11 +276,11 @@ def headline(results: Path) -> str:
             if m.failed:
                 return "no answer"
             # A cell over the headroom is faster because it is unsafe: its speed is in the detailed table.
-            return "over headroom" if "over headroom" in m.choice else m.vs_oracle
+            return "over headroom" if m.over_headroom else m.vs_oracle
 
-        lines.append(f"| {f.model} {'full FT' if a.choice.startswith('`full/') else 'LoRA'}, T={f.max_token}{f.cap} "
+        lines.append(f"| {f.model} {'full FT' if f.full else 'LoRA'}, T={f.max_token}{f.cap} "
                      f"([{folder.name}](results/{folder.name})) | {f.gpus} x {f.gpu} | {a.wall[0]}, {a.probes} | {a.vs_oracle} | "
-                     f"{g.wall[0]}, {g.probes} | {baseline('hand')} | {baseline('hf-auto')} | {a.verified.split(' (')[0]} |")
+                     f"{g.wall[0]}, {g.probes} | {baseline('hand')} | {baseline('hf-auto')} | {VERDICT[a.passed]} |")
     return "\n".join(lines)
 
 
