@@ -29,10 +29,10 @@ if python3 -c "import json, sys, torch; sys.exit(torch.cuda.get_device_name(0) !
   [ -n "${SKIP_GLM4:-}" ] || BUDGET=${BUDGET:-10m} bash "$here/multi_gpu_evidence.sh" "$out" 0,1
 else
   name=bench-2x$(python3 -c "import torch; print(torch.cuda.get_device_name(0).split()[1].lower())")-qwen2-1.5b-full-T1024
-  step "baselines-$name" python3 -m benchmarks.baselines --model Qwen/Qwen2-1.5B --max-token 1024 --global-batch 32 \
-    --space full-zero --gpus 0,1 --only hand,hf-auto,ds-autotune --ds-timeout "${DS_TIMEOUT:-240}" --out "$out/$name"
-  step "bench-$name" python3 -m benchmarks.search_vs_grid --model Qwen/Qwen2-1.5B --max-token 1024 --global-batch 32 \
-    --space full-zero --gpus 0,1 --budget 8m --grid-tokens 1024 --out "$out/$name"
+  sc=(--model Qwen/Qwen2-1.5B --max-token 1024 --global-batch 32 --space full-zero --gpus 0,1)
+  step "baselines-$name" python3 -m benchmarks.baselines "${sc[@]}" --only hand,hf-auto,ds-autotune \
+    --ds-timeout "${DS_TIMEOUT:-240}" --out "$out/$name"
+  step "bench-$name" python3 -m benchmarks.search_vs_grid "${sc[@]}" --budget 8m --grid-tokens 1024 --out "$out/$name"
   step "verify-$name" python3 -m autofit verify "$out/$name/search" --steps 30
 fi
 echo "### $(date +%T) x2_evidence done" | tee -a "$out/steps.log"
