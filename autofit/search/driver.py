@@ -113,21 +113,16 @@ class _Pool:
             self.key = s.key()
         return self.session
 
-    def release(self) -> None:
+    def release(self, kill: bool = False) -> None:
+        """Stop the live worker: ask it to exit (close), or, with `kill` (after Ctrl-C, when it is mid-probe
+        and would not answer the stop request before close's 10 s grace), kill it at once (a multi-host
+        one still gets SIGTERM first)."""
         if self.session is not None:
-            self.session.close()
+            (getattr(self.session, "kill", self.session.close) if kill else self.session.close)()
         self.session, self.key = None, None
 
-    def close(self) -> None:
-        self.release()
-        getattr(self.factory, "close", lambda: None)()
-
-    def kill(self) -> None:
-        """After Ctrl-C: the worker is mid-probe and would not answer close()'s stop request, which
-        then waits its grace period (10 s) first; kill it now (a multi-host one still gets SIGTERM first)."""
-        if self.session is not None:
-            getattr(self.session, "kill", self.session.close)()
-        self.session, self.key = None, None
+    def close(self, kill: bool = False) -> None:
+        self.release(kill)
         getattr(self.factory, "close", lambda: None)()
 
 
@@ -430,7 +425,7 @@ class _Search:
         return self._finish(out, planner)
 
     def _stop_after_interrupt(self, planner: Planner | None) -> None:
-        self.pool.kill()
+        self.pool.close(kill=True)
         if not self.shared:
             studymod.fail_stale_running(self.study)
         elif self.inflight is not None:
