@@ -38,7 +38,7 @@ class Verification:
     micro_batch: int
     max_token: int
     steps: int
-    device: str
+    device: str                # the GPU this run trained on (torch's name), "cpu" on the CPU
     tokens_per_s: float
     probe_tokens_per_s: float
     tokens_per_s_ratio: float
@@ -56,6 +56,9 @@ class Verification:
     peak_allocated_gib: float | None = None
     probe_peak_allocated_gib: float | None = None
     probe_peak_reserved_gib: float | None = None
+    # The GPU the search measured on (best.yaml), when verify ran on another model of GPU: the memory
+    # verdict still holds (same budget, same allocations), the tokens/s ratio compares two GPUs.
+    search_device: str | None = None
 
 
 def judge(peak: float, probe_peak: float, allocated: float | None, probe_allocated: float | None,
@@ -241,7 +244,7 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
     on_cuda = ctx.device == "cuda"
     if on_cuda and not torch.cuda.is_available():
         raise NoGPUError("this winner was measured on a GPU; verify needs one too")
-    device, _ = setup_device(torch, ctx, local_rank)
+    device, here = setup_device(torch, ctx, local_rank)  # here: the device's name, as the probes record it
     source = resolve_model(ctx.model, trust_remote_code=ctx.trust_remote_code)
     ds_path = run_dir / "ds_config.json"
     with tempfile.TemporaryDirectory(prefix="autofit-verify-") as out:
@@ -288,7 +291,7 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
     problems = judge(peak / gib, m["peak_gib"], allocated / gib if allocated else None, m.get("peak_allocated_gib"),
                      hw["memory_budget_gib"], tolerance if on_cuda else float("inf"))
     return Verification(strategy=c["strategy"], micro_batch=c["micro_batch"], max_token=c["max_token"], steps=steps,
-                        device=hw["gpu"], tokens_per_s=round(tps, 1), probe_tokens_per_s=m["tokens_per_s"],
+                        device=here, search_device=hw["gpu"] if here != hw["gpu"] else None, tokens_per_s=round(tps, 1), probe_tokens_per_s=m["tokens_per_s"],
                         tokens_per_s_ratio=round(tps / m["tokens_per_s"], 4), peak_gib=round(peak / gib, 3),
                         probe_peak_gib=m["peak_gib"], peak_diff=round(diff, 4), budget_gib=hw["memory_budget_gib"],
                         peak_reserved_gib=round(reserved / gib, 3) if reserved else None,
@@ -315,7 +318,8 @@ def verify_cmd(run_dir: Path, steps: int, tolerance: float) -> None:
         return
     (run_dir / "verify.json").write_text(json.dumps(asdict(v), indent=2))
     click.echo(f"verify {v.strategy} mb={v.micro_batch} T={v.max_token}, {v.steps} steps through HF Trainer on {v.device}:")
-    click.echo(f"  tokens/s {v.tokens_per_s:.1f} (search measured {v.probe_tokens_per_s}, ratio {v.tokens_per_s_ratio:.3f})")
+    elsewhere = f" on {v.search_device}" if v.search_device else ""
+    click.echo(f"  tokens/s {v.tokens_per_s:.1f} (search measured {v.probe_tokens_per_s}{elsewhere}, ratio {v.tokens_per_s_ratio:.3f})")
     click.echo(f"  peak {v.peak_gib:.2f} GiB (search measured {v.probe_peak_gib}, {v.peak_diff:+.1%}; budget {v.budget_gib} GiB)")
     if v.peak_allocated_gib is not None and v.peak_reserved_gib is not None:
         click.echo(f"  allocated {v.peak_allocated_gib:.2f} GiB (probe {v.probe_peak_allocated_gib}), "
