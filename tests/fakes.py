@@ -25,6 +25,10 @@ class FakeHardware:
     interrupt_at: int | None = None   # raise KeyboardInterrupt when this many probes have run
     error_for: set[str] = field(default_factory=set)
     tokens_at: dict[tuple[str, int], float] = field(default_factory=dict)  # (strategy, mb) -> tokens/s override
+    # GiB a worker's first shape needs over the same shape after smaller ones (the allocator's state: real
+    # workers differ by several percent either way, see autofit.search.planner's fresh check).
+    fresh_extra: float = 0.0
+    workers: int = 0                  # sessions started: each gets a fake worker pid
 
     def peak(self, s: Strategy, shape: Shape) -> float:
         return self.fixed[s.key()] + self.per_token[s.key()] * shape.micro_batch * shape.max_token
@@ -35,15 +39,15 @@ class FakeHardware:
         n = shape.micro_batch * shape.max_token
         return self.speed[s.key()] * n / (n + self.saturation_tokens)
 
-    def run(self, s: Strategy, shape: Shape) -> ProbeResult:
+    def run(self, s: Strategy, shape: Shape, pid: int | None = None, first: bool = False) -> ProbeResult:
         if self.interrupt_at is not None and len(self.calls) >= self.interrupt_at:
             raise KeyboardInterrupt
         self.calls.append((s.key(), shape.micro_batch, shape.max_token))
         base = dict(strategy=s.key(), micro_batch=shape.micro_batch, max_token=shape.max_token, grad_accum=1,
-                    device_name="fake", weights="random")
+                    device_name="fake", weights="random", worker_pid=pid)
         if s.key() in self.error_for:
             return ProbeResult(**base, status=Status.ERROR, error="RuntimeError: fake setup failure")
-        peak = self.peak(s, shape)
+        peak = self.peak(s, shape) + (self.fresh_extra if first else 0.0)
         if peak > self.capacity:
             return ProbeResult(**base, status=Status.OOM, error="OutOfMemoryError: CUDA out of memory (fake)")
         tps = self.tokens_per_s(s, shape)
@@ -58,10 +62,13 @@ class FakeSession:
     def __init__(self, hw: FakeHardware, s: Strategy):
         self.hw, self.s, self.dead = hw, s, False
         self.started = True
+        hw.workers += 1
+        self.pid, self.probes = 1000 + hw.workers, 0
 
     def probe(self, shape: Shape) -> ProbeResult:
         assert not self.dead, "a dead worker must not be reused"
-        r = self.hw.run(self.s, shape)
+        self.probes += 1
+        r = self.hw.run(self.s, shape, self.pid, first=self.probes == 1)
         if not r.ok:
             self.dead = True
         return r

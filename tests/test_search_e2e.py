@@ -56,6 +56,13 @@ def test_verify_trains_the_winner_through_hf_trainer(cpu_run):
     assert v["strategy"] == best["config"]["strategy"] and v["steps"] == 4
     assert v["tokens_per_s"] > 0 and v["peak_gib"] > 0 and v["passed"]
     assert v["peak_gib"] < v["budget_gib"]
+    # The device it trained on, as the probes name it; the search's only when it was another.
+    assert v["device"] == best["hardware"]["gpu"] and v["device"].startswith("cpu (") and v["search_device"] is None
+    # The search measured its winner once more, alone in a fresh worker (a new pid, one row).
+    rows = list(csv.DictReader(open(run / "probes.csv")))
+    fresh = [r for r in rows if r["phase"] == "fresh"]
+    assert len(fresh) == 1 and [r["worker_pid"] for r in rows].count(fresh[0]["worker_pid"]) == 1
+    assert (fresh[0]["strategy"], int(fresh[0]["micro_batch"])) == (best["config"]["strategy"], best["config"]["micro_batch"])
     # live vs cached memory, on a GPU (None on the CPU), beside the probe's own figures from best.yaml
     assert v["peak_allocated_gib"] is None and v["probe_peak_allocated_gib"] == best["measured"]["peak_allocated_gib"]
 

@@ -162,7 +162,12 @@ def test_interrupt_then_resume_reruns_nothing(tmp_path):
         _run(tmp_path, _hw())
     hw2 = _hw()
     res = _run(tmp_path, hw2, resume=True)
-    assert not set(hw2.calls) & set(first)
+    # Every probe key (strategy, shape, phase, repeat) ran once: the resumed run re-ran none of the three
+    # (the winner's "fresh" re-measurement is a key of its own, even where its shape ran before).
+    keys = [(r["strategy"], r["micro_batch"], r["max_token"], r["phase"], r["repeat"])
+            for r in csv.DictReader(open(tmp_path / "run" / "probes.csv"))]
+    assert len(keys) == len(set(keys)) == 3 + len(hw2.calls)
+    assert keys[:3] == [(r["strategy"], r["micro_batch"], r["max_token"], r["phase"], r["repeat"]) for r in rows]
     assert res.probes_reused == 3
     # And the result equals an uninterrupted search's.
     fresh = _run(tmp_path / "fresh", _hw())
@@ -230,3 +235,85 @@ def test_a_broken_frugal_strategy_is_not_a_memory_wall(tmp_path):
     res = _run(tmp_path, hw)
     assert (f"{LORA}/nockpt/z0", 1, 1024) in hw.calls
     assert res.best["config"]["strategy"] == f"{LORA}/nockpt/z0"
+
+
+def _rows(tmp_path):
+    return list(csv.DictReader(open(tmp_path / "run" / "probes.csv")))
+
+
+def test_winner_is_remeasured_alone_in_a_fresh_worker(tmp_path):
+    hw = _hw()
+    res = _run(tmp_path, hw)
+    cfg = res.best["config"]
+    cell = (cfg["strategy"], cfg["micro_batch"], 1024)
+    fresh = [r for r in _rows(tmp_path) if r["phase"] == "fresh"]
+    assert [(r["strategy"], int(r["micro_batch"]), int(r["max_token"])) for r in fresh] == [cell]
+    # Its own worker (a new fake pid) that ran nothing else; the escalation's worker had run mb 1 first.
+    pids = [r["worker_pid"] for r in _rows(tmp_path)]
+    assert pids.count(fresh[0]["worker_pid"]) == 1
+    assert hw.calls.count(cell) == 2 and res.best["measured"]["measurements"] == 2
+    # Resumed, the check is not run again.
+    hw2 = _hw()
+    _run(tmp_path, hw2, resume=True)
+    assert hw2.calls == []
+
+
+def test_winner_over_the_limit_in_a_fresh_worker_gives_way(tmp_path):
+    # A worker's first shape needs 9 GiB more: ckpt mb 16 (65.4 GiB after mb 1) needs 74.4 alone, over the
+    # 73.6 GiB limit, so the user's training would cross the headroom line. The next candidate wins.
+    hw = _hw(fresh_extra=9.0)
+    res = _run(tmp_path, hw)
+    rows = _rows(tmp_path)
+    fresh = [r for r in rows if r["phase"] == "fresh"]
+    assert (fresh[0]["strategy"], fresh[0]["micro_batch"], fresh[0]["fits"]) == (f"{LORA}/ckpt/z0", "16", "False")
+    cfg = res.best["config"]
+    assert (cfg["strategy"], cfg["micro_batch"]) != (f"{LORA}/ckpt/z0", 16)
+    # The winner's peak is its fresh-worker figure (the larger), within the limit.
+    last = fresh[-1]
+    assert (last["strategy"], int(last["micro_batch"]), last["fits"]) == (cfg["strategy"], cfg["micro_batch"], "True")
+    assert res.best["measured"]["peak_gib"] == pytest.approx(float(last["peak_gib"]), abs=1e-3)
+    assert res.best["measured"]["peak_gib"] <= 73.6
+
+
+def test_a_cell_measured_alone_in_its_worker_needs_no_fresh_check():
+    from autofit.search.planner import Planner
+    from autofit.spec import ProbeResult, Status
+
+    s = _space().strategies(1)[0]
+    p = Planner([s], (1, 2, 4), (1024,), 1024, 64, Limits(80 * GiB, 0.08), measure=None)
+
+    def ok(mb, pid):
+        return ProbeResult(strategy=s.key(), micro_batch=mb, max_token=1024, status=Status.OK, worker_pid=pid)
+
+    p.results = {(s.key(), 1, 1024, "escalate", 0): ok(1, 7), (s.key(), 4, 1024, "escalate", 0): ok(4, 7)}
+    assert not p._measured_fresh(s.key(), 4, 1024)
+    p.results[(s.key(), 4, 1024, "confirm", 1)] = ok(4, 8)  # a worker that ran only this shape
+    assert p._measured_fresh(s.key(), 4, 1024)
+    assert not p._measured_fresh(s.key(), 1, 1024)
+
+
+@pytest.mark.parametrize("status, winner_mb", [("crash", 4), ("timeout", 4), ("oom", 2)])
+def test_fresh_check_failure_drops_the_winner_only_on_oom(status, winner_mb):
+    # One strategy, mb 1/2/4 fit after each other in one worker; mb 8 is an OOM. The fresh probe of mb 4
+    # fails: an OOM there is a memory verdict (mb 2 wins, after its own fresh check); a crash or a timeout
+    # is not (mb 4 stands on the escalation's figure).
+    from autofit.search.planner import Planner
+    from autofit.spec import ProbeResult, Status
+
+    s = _space(grad_ckpt=[True]).strategies(1)[0]
+    asked = []
+
+    def measure(st, shape, phase, repeat):
+        asked.append((shape.micro_batch, phase))
+        base = dict(strategy=st.key(), micro_batch=shape.micro_batch, max_token=shape.max_token)
+        if shape.micro_batch >= 8 or (phase == "fresh" and shape.micro_batch == 4):
+            bad = Status(status) if phase == "fresh" else Status.OOM
+            return ProbeResult(**base, status=bad, error="fake")
+        gib = int((10 + 5 * shape.micro_batch) * GiB)
+        return ProbeResult(**base, status=Status.OK, step_s=1.0, tokens_per_s=1000.0 * shape.micro_batch,
+                           peak_reserved=gib, nvml_peak=gib, worker_pid=2 if phase == "fresh" else 1)
+
+    p = Planner([s], (1, 2, 4, 8), (1024,), 1024, 64, Limits(80 * GiB, 0.08), measure)
+    out = p.run()
+    assert out.winner[1] == winner_mb
+    assert (4, "fresh") in asked and ((2, "fresh") in asked) == (status == "oom")

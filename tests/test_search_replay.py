@@ -59,12 +59,16 @@ def test_replay_on_h100_grid(folder, with_prior, without_prior):
     best = summary["grid"]["best"]
     assert out.winner is not None
     assert (out.winner[0].key(), out.winner[1]) == (best["strategy"], best["micro_batch"])
-    assert len(set(asked)) == with_prior, asked  # the driver answers a repeated ask from its cache
+    # The escalation's probes (the driver answers a repeated ask from its cache), then one more: the
+    # winner alone in a fresh worker (the grid answers it with the cell it measured).
+    winner = (best["strategy"], best["micro_batch"], summary["max_token"], "fresh")
+    assert [a for a in asked if a[3] == "fresh"] == [winner]
+    assert len({a for a in asked if a[3] != "fresh"}) == with_prior, asked
     # Nothing the escalation left open could still win, so the driver would explore nothing.
     assert planner.open_cells(out) == []
     _, out0, asked0, _ = _replay(folder, prior=False)
     assert (out0.winner[0].key(), out0.winner[1]) == (best["strategy"], best["micro_batch"])
-    assert len(set(asked0)) == without_prior, asked0
+    assert len({a for a in asked0 if a[3] != "fresh"}) == without_prior, asked0
 
 
 def test_prior_is_only_for_gpu_searches():

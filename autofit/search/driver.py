@@ -104,12 +104,14 @@ class _Pool:
         self.session: Session | None = None
         self.count = 0
 
-    def get(self, s: Strategy) -> Session:
-        if self.session is not None and (self.key != s.key() or self.session.dead):
+    def get(self, s: Strategy, fresh: bool = False) -> Session:
+        """The live worker for s, or a new one; `fresh`: always a new one, alone with its shape as the user's
+        training starts (planner._fresh_check), made by the factory's `fresh` when it has one."""
+        if self.session is not None and (fresh or self.key != s.key() or self.session.dead):
             self.release()
         if self.session is None:
             self.count += 1
-            self.session = self.factory(s)
+            self.session = getattr(self.factory, "fresh", self.factory)(s) if fresh else self.factory(s)
             self.key = s.key()
         return self.session
 
@@ -249,7 +251,7 @@ class _Search:
         claim = None if self.board.busy(key) is not None else self.board.claim(key, studymod.params(s, shape))
         if claim is None:  # another worker has it (or has just finished it)
             return self._known(key) or self._in_flight(key)
-        session = self.pool.get(s)
+        session = self.pool.get(s, fresh=phase == "fresh")
         self.progress.start(s, shape, phase, session.phase)
         self.inflight = claim
         with self.board.beating(claim):
