@@ -122,7 +122,8 @@ def verify_table() -> str:
         run = path.relative_to(ROOT / "results").parts[0]
         n = (yaml.safe_load((path.parent / "best.yaml").read_text()) or {}).get("hardware", {}).get("num_gpus", 1)
         gpus = f"{n} x " if n > 1 else ""
-        lines.append(f"| [{run}](results/{run}) | {gpus}{_short_gpu(v['device'])} | `{v['strategy']}` "
+        searched = f" (searched on {_short_gpu(v['search_device'])})" if v.get("search_device") else ""
+        lines.append(f"| [{run}](results/{run}) | {gpus}{_short_gpu(v['device'])}{searched} | `{v['strategy']}` "
                      f"({v['micro_batch']}, {v['max_token']}) | {v['steps']} | {v['tokens_per_s']:.0f} / {v['probe_tokens_per_s']:.0f} "
                      f"({v['tokens_per_s_ratio']:.2f}) | {v['peak_gib']:.2f} / {v['probe_peak_gib']:.2f} ({v['peak_diff']:+.1%}) | "
                      f"{v['budget_gib']:.1f} | {'yes' if v['passed'] else 'NO: ' + '; '.join(v['problems'])} |")

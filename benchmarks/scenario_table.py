@@ -32,21 +32,27 @@ def _first_sentence(reason: str) -> str:
 
 def verified_elsewhere(results: Path, s: dict) -> Path | None:
     """A committed `autofit verify` of this very winner: same model, max_token, strategy, micro-batch
-    and memory budget, on the same GPU model (a verify run folder holds best.yaml + verify.json)."""
+    and memory budget (a verify run folder holds best.yaml + verify.json). One on the GPU model the
+    search ran on comes first; else one on another GPU of this search's best.yaml (verify.json's
+    search_device), when no GPU of the search's model could be had: the memory verdict holds across GPUs
+    under the same budget, the tokens/s ratio does not."""
     import yaml
 
     srch = s["search"]
+    found: list[tuple[bool, Path]] = []
     for v in committed(results, "*/verify.json"):
         got = json.loads(v.read_text())
-        if (got.get("strategy"), got.get("micro_batch"), got.get("max_token"), got.get("device")) != (
-                srch["winner"], srch["winner_micro_batch"], s["max_token"], s.get("gpu")):
+        if (got.get("strategy"), got.get("micro_batch"), got.get("max_token")) != (
+                srch["winner"], srch["winner_micro_batch"], s["max_token"]):
+            continue
+        if s.get("gpu") not in (got.get("device"), got.get("search_device")):
             continue
         best_path = v.parent / "best.yaml"
         best = yaml.safe_load(best_path.read_text()) if best_path.exists() else {}
         if (best.get("model") or {}).get("id") == s["model"] and \
                 abs(float((best.get("hardware") or {}).get("memory_budget_gib", -1)) - float(s["budget_gib"])) < 0.1:
-            return v.parent
-    return None
+            found.append((got.get("device") != s.get("gpu"), v.parent))
+    return min(found)[1] if found else None
 
 
 VERDICT = {None: "-", True: "yes", False: "no"}  # the headline's verify column: verified or not
@@ -145,6 +151,7 @@ class Method:
     memory: str = "-"
     verified: str = "-"            # verify's verdict, a failure's side named (_verdict)
     verified_in: str | None = None  # the committed verify folder it comes from, when not the scenario's own
+    verified_on: str | None = None  # the GPU verify ran on, when not the scenario's (short name)
     passed: bool | None = None     # verify's pass or fail; None: not verified
     failed: bool = False
     over_headroom: bool = False    # the chosen cell peaks above the headroom line
@@ -202,6 +209,8 @@ def scenario_facts(folder: Path) -> Facts:
         if other is not None:
             verify_path, verified_in = other / "verify.json", other.name
     v = json.loads(verify_path.read_text()) if verify_path else None
+    ran_on = (v or {}).get("device")
+    verified_on = _short_gpu(ran_on) if ran_on and s.get("gpu") and ran_on != s["gpu"] else None
     errs, unprobed = memory_errors(search_rows, grid_rows) if search_rows and grid_rows else ([], 0)
     mem = (f"{statistics.median(errs):.1f}% / {max(errs):.1f}% ({len(errs)} of {unprobed})" if errs
            else "-")
@@ -209,7 +218,7 @@ def scenario_facts(folder: Path) -> Facts:
     winner = f"`{srch['winner']}` ({srch['winner_micro_batch']})" if srch.get("winner") else "none"
     methods["autofit"] = Method("autofit search", _wall(srch["wall_s"], gpus), srch["probes"], winner,
                                 frac(in_grid if in_grid else srch.get("winner_tokens_per_s"), own=not in_grid), mem,
-                                _verdict(v) if v else "-", verified_in, bool(v.get("passed")) if v else None)
+                                _verdict(v) if v else "-", verified_in, verified_on, bool(v.get("passed")) if v else None)
 
     for name, b in base.get("baselines", {}).items():
         lab = BASELINE_LABELS.get(name, name)
@@ -251,7 +260,8 @@ def scenario_rows(folder: Path) -> tuple[str, list[str]]:
     """The scenario's label and its table rows (markdown)."""
     f = scenario_facts(folder)
     def verified(m: Method) -> str:
-        return f"{m.verified} ([{m.verified_in}](results/{m.verified_in}))" if m.verified_in else m.verified
+        on = f" on {m.verified_on}" if m.verified_on else ""
+        return f"{m.verified}{on} ([{m.verified_in}](results/{m.verified_in}))" if m.verified_in else m.verified + on
 
     return f.label, [f"| {m.label} | {m.wall[0]} | {m.wall[1]} | {m.probes} | {m.choice} | {m.vs_oracle} | {m.memory} | {verified(m)} |"
                      for m in f.methods.values()]
@@ -280,7 +290,8 @@ def headline(results: Path) -> str:
 
         lines.append(f"| {f.model} {'full FT' if f.full else 'LoRA'}, T={f.max_token}{f.cap} "
                      f"([{folder.name}](results/{folder.name})) | {f.gpus} x {f.gpu} | {a.wall[0]}, {a.probes} | {a.vs_oracle} | "
-                     f"{g.wall[0]}, {g.probes} | {baseline('hand')} | {baseline('hf-auto')} | {VERDICT[a.passed]} |")
+                     f"{g.wall[0]}, {g.probes} | {baseline('hand')} | {baseline('hf-auto')} | "
+                     f"{VERDICT[a.passed]}{f' (on {a.verified_on})' if a.verified_on and a.passed is not None else ''} |")
     return "\n".join(lines)
 
 

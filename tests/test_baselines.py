@@ -331,3 +331,30 @@ def test_a_timed_out_autotuner_records_its_best_finished_experiment(tmp_path, mo
     so_far = r["best_so_far"]
     assert (so_far["micro_batch"], so_far["zero_stage"], so_far["tokens_per_s"], so_far["experiments_finished"]) == (4, 1, 384.0, 1)
     assert so_far["strategy"] == dataclasses.replace(sc.hand_strategy(), zero_stage=1).key()
+
+
+def test_a_verify_on_another_gpu_is_named_and_one_on_the_searched_gpu_wins(tmp_path):
+    """No search/verify.json: a committed verify folder of the same winner counts. One run on another GPU
+    model (verify.json's search_device is the scenario's GPU) is shown with that GPU; one on the
+    scenario's own GPU model, when there is one, is preferred."""
+    import yaml
+
+    results = tmp_path / "results"
+    _synthetic_scenario(results / "bench-fixture", with_verify=False)
+    best = {"model": {"id": "org/Some-Model"}, "hardware": {"memory_budget_gib": 79.6}}
+
+    def verify_folder(name: str, device: str, search_device: str | None, passed: bool) -> None:
+        (results / name).mkdir()
+        (results / name / "best.yaml").write_text(yaml.safe_dump(best))
+        (results / name / "verify.json").write_text(json.dumps({
+            "strategy": A, "micro_batch": 4, "max_token": 1024, "device": device, "search_device": search_device,
+            "passed": passed, "peak_gib": 50.0, "budget_gib": 79.6, "peak_diff": 0.072}))
+
+    verify_folder("verify-h200-x", "NVIDIA H200", "NVIDIA H100 80GB HBM3", False)
+    verify_folder("verify-a100-x", "NVIDIA A100", "NVIDIA A100", True)  # another search's GPU: not this one's
+    autofit = scenario_table.scenario_rows(results / "bench-fixture")[1][0]
+    assert autofit.endswith("| no (peak +7.2% vs probe) on H200 ([verify-h200-x](results/verify-h200-x)) |")
+    assert scenario_table.headline(results).splitlines()[2].endswith("| no (on H200) |")
+    verify_folder("verify-h100-x", "NVIDIA H100 80GB HBM3", None, True)
+    autofit = scenario_table.scenario_rows(results / "bench-fixture")[1][0]
+    assert autofit.endswith("| yes ([verify-h100-x](results/verify-h100-x)) |")
