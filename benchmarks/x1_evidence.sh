@@ -3,6 +3,8 @@
 # since the committed winners and grids were measured on H100s):
 #   1. verify the committed Llama-3-8B T=1024, GLM-4 T=2048 and GLM-4 T=2048 24 GiB winners (30 steps
 #      through HF Trainer each), into $out/verify-h100-*: copy those folders to results/ with their verify.json.
+#      (The last was verified on an H200 instead, results/verify-h200-glm4-lora-T2048-24GiB: on an H100 it
+#      still runs, giving the same-GPU figure.)
 #   2. the GLM-4-9B-chat LoRA scenario at T=2048 under --gpu-memory 24GiB (consumer-24gb space): grid
 #      at T=2048, autofit search, baselines (DeepSpeed's autotuner limited to DS_TIMEOUT, default 300 s).
 # From the project root: source .wheels/setup.sh && bash benchmarks/x1_evidence.sh /tmp/x1
