@@ -275,23 +275,6 @@ def test_winner_over_the_limit_in_a_fresh_worker_gives_way(tmp_path):
     assert res.best["measured"]["peak_gib"] <= 73.6
 
 
-def test_a_cell_measured_alone_in_its_worker_needs_no_fresh_check():
-    from autofit.search.planner import Planner
-    from autofit.spec import ProbeResult, Status
-
-    s = _space().strategies(1)[0]
-    p = Planner([s], (1, 2, 4), (1024,), 1024, 64, Limits(80 * GiB, 0.08), measure=None)
-
-    def ok(mb, pid):
-        return ProbeResult(strategy=s.key(), micro_batch=mb, max_token=1024, status=Status.OK, worker_pid=pid)
-
-    p.results = {(s.key(), 1, 1024, "escalate", 0): ok(1, 7), (s.key(), 4, 1024, "escalate", 0): ok(4, 7)}
-    assert not p._measured_fresh(s.key(), 4, 1024)
-    p.results[(s.key(), 4, 1024, "confirm", 1)] = ok(4, 8)  # a worker that ran only this shape
-    assert p._measured_fresh(s.key(), 4, 1024)
-    assert not p._measured_fresh(s.key(), 1, 1024)
-
-
 @pytest.mark.parametrize("status, winner_mb", [("crash", 4), ("timeout", 4), ("oom", 2)])
 def test_fresh_check_failure_drops_the_winner_only_on_oom(status, winner_mb):
     # One strategy, mb 1/2/4 fit after each other in one worker; mb 8 is an OOM. The fresh probe of mb 4

@@ -248,6 +248,10 @@ class _Search:
         r = self._known(key)
         if r is not None:
             return r
+        if phase == "fresh" and self.busy:
+            # This pass met probes in flight on other workers: its candidates may not be the final ones,
+            # and a fresh check of the wrong one would be a probe no complete pass asks for.
+            raise _Wait
         claim = None if self.board.busy(key) is not None else self.board.claim(key, studymod.params(s, shape))
         if claim is None:  # another worker has it (or has just finished it)
             return self._known(key) or self._in_flight(key)

@@ -20,9 +20,9 @@ Rules, each one a saving:
   strategy is always probed, so a search never ends on estimates alone.
 - Top candidates within measurement noise of each other are re-measured before a winner is named.
 - The winner is measured once more alone in a new worker (phase "fresh"), as the user's training
-  starts, with at least two measured steps (probe.runner.StandbyFactory.fresh), unless one of its
-  measurements already ran alone in its worker. The allocator's state after smaller shapes, and a
-  ZeRO-3 worker's first steps, move the peak at the same shape by several percent either way
+  starts, with at least two measured steps (probe.runner.StandbyFactory.fresh). The allocator's
+  state after smaller shapes, and a ZeRO-3 worker's first steps, move the peak at the same shape by
+  several percent either way
   (1 x H200, GLM-4-9B LoRA ZeRO-3 offload mb 2 T=2048 under 24 GiB: 15.25 GiB fresh after 1 + 1
   steps, 16.37 after 1 + 2, 16.29 in HF Trainer; 2 x H200 Qwen2-1.5B ZeRO-2 mb 16: 104.30 after
   mb 1, 98.22 fresh). The larger figure is kept; a winner over the headroom line there gives way.
@@ -397,8 +397,6 @@ class Planner:
         tried = 0
         while scored and tried < self.confirm_top and not self.out_of_time():
             k, mb, tps, peak = scored[0]
-            if self._measured_fresh(k, mb, t):
-                break
             tried += 1
             r = self.measure(self.by_key[k], mb, t, phase="fresh")
             if r.ok and self.limits.fits(r):
@@ -416,15 +414,6 @@ class Planner:
                      + ": not a candidate")
             scored = scored[1:]
         return scored
-
-    def _measured_fresh(self, k: str, mb: int, t: int) -> bool:
-        """One of this cell's measurements was its worker's only shape (same process, by worker_pid)."""
-        shapes: dict[int, set[tuple[int, int]]] = {}
-        for (kk, m, tt, _, _), r in self.results.items():
-            if r.worker_pid:
-                shapes.setdefault(r.worker_pid, set()).add((m, tt) if kk == k else (-1, -1))
-        return any(r.worker_pid and shapes[r.worker_pid] == {(mb, t)}
-                   for (kk, m, tt, _, _), r in self.results.items() if (kk, m, tt) == (k, mb, t) and r.ok)
 
 
 def _why(r: ProbeResult, limits: Limits) -> str:
