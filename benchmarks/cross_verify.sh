@@ -13,7 +13,7 @@ out=${1:?output folder}; name=${2:?verify folder name}; src=${3:?results folder 
 here=$(dirname "$0")
 mkdir -p "$out"
 source "$here/steps.sh"
-# The winner's cell as `autofit probe` options (best.yaml's config, budget and global batch).
+# The winner's micro-batch, then its cell as `autofit probe` options (best.yaml's config, budget, global batch).
 mapfile -t args < <(python3 - "results/$src/search/best.yaml" <<'EOF'
 import sys, yaml
 b = yaml.safe_load(open(sys.argv[1]))
@@ -25,10 +25,10 @@ a = ["--model", b["model"]["id"], "--max-token", c["max_token"], "--global-batch
 a += ["--offload-optimizer"] * bool(c["offload_optimizer"]) + ["--offload-params"] * bool(c["offload_params"])
 if hw.get("emulated_gpu_memory"):
     a += ["--gpu-memory", f"{hw['memory_budget_gib']:g}GiB"]
-print("\n".join(map(str, a + ["--micro-batch-is", c["micro_batch"]])))
+print("\n".join(map(str, [c["micro_batch"]] + a)))
 EOF
 )
-mb=${args[-1]}; args=("${args[@]:0:${#args[@]}-2}")
+mb=${args[0]}; args=("${args[@]:1}")
 step "probe-$name-fresh" python3 -m autofit probe "${args[@]}" --micro-batch "$mb" --out "$out/probe-$name-fresh.csv"
 [ "$mb" -gt 1 ] && step "probe-$name-warm" python3 -m autofit probe "${args[@]}" --micro-batch "1,$mb" --out "$out/probe-$name-warm.csv"
 VERIFY_STEPS=${VERIFY_STEPS:-5} verify_copy "$name" "$src"

@@ -291,7 +291,7 @@ def headline(results: Path) -> str:
         lines.append(f"| {f.model} {'full FT' if f.full else 'LoRA'}, T={f.max_token}{f.cap} "
                      f"([{folder.name}](results/{folder.name})) | {f.gpus} x {f.gpu} | {a.wall[0]}, {a.probes} | {a.vs_oracle} | "
                      f"{g.wall[0]}, {g.probes} | {baseline('hand')} | {baseline('hf-auto')} | "
-                     f"{VERDICT[a.passed]}{f' (on {a.verified_on})' if a.verified_on and a.passed is not None else ''} |")
+                     f"{VERDICT[a.passed]}{f' (on {a.verified_on})' if a.verified_on else ''} |")
     return "\n".join(lines)
 
 

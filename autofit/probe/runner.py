@@ -310,9 +310,9 @@ class StandbyFactory:
 
     def fresh(self, strategy: Strategy) -> WorkerSession:
         """A worker for the search's fresh-worker check of its winner (autofit.search.planner): at least
-        FRESH_MEASURE_STEPS measured steps. A fresh ZeRO-3 worker's peak still grows after the one step a
-        search probe measures (1 x H200, GLM-4-9B LoRA ZeRO-3 offload mb 2 T=2048 under 24 GiB: 15.25 GiB
-        after 1 + 1 steps, 16.37 after 1 + 2, 16.29 in HF Trainer's 5)."""
+        FRESH_MEASURE_STEPS measured steps. On 1 x H200 (GLM-4-9B LoRA ZeRO-3 offload mb 2 T=2048 under
+        24 GiB, HF Trainer 16.29 GiB) a fresh probe with one measured step read 15.25 GiB, the two with two
+        read 16.37 and 16.41: two runs, not a proof that one step always reads low."""
         return self._take(strategy, replace(self.ctx, measure_steps=max(FRESH_MEASURE_STEPS, self.ctx.measure_steps)))
 
     def close(self) -> None:

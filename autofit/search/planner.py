@@ -21,11 +21,11 @@ Rules, each one a saving:
 - Top candidates within measurement noise of each other are re-measured before a winner is named.
 - The winner is measured once more alone in a new worker (phase "fresh"), as the user's training
   starts, with at least two measured steps (probe.runner.StandbyFactory.fresh). The allocator's
-  state after smaller shapes, and a ZeRO-3 worker's first steps, move the peak at the same shape by
-  several percent either way
-  (1 x H200, GLM-4-9B LoRA ZeRO-3 offload mb 2 T=2048 under 24 GiB: 15.25 GiB fresh after 1 + 1
-  steps, 16.37 after 1 + 2, 16.29 in HF Trainer; 2 x H200 Qwen2-1.5B ZeRO-2 mb 16: 104.30 after
-  mb 1, 98.22 fresh). The larger figure is kept; a winner over the headroom line there gives way.
+  state after smaller shapes, and run-to-run variation under ZeRO-3 offload, move the peak at the
+  same shape by several percent either way (1 x H200, GLM-4-9B LoRA ZeRO-3 offload mb 2 T=2048 under
+  24 GiB: probes read 15.2 or 16.4 GiB, the two alone with two measured steps 16.37 and 16.41, HF
+  Trainer 16.29; 2 x H200 Qwen2-1.5B ZeRO-2 mb 16: 104.30 after mb 1, 98.22 fresh). The larger figure
+  is kept; a winner over the headroom line there gives way.
 """
 
 from __future__ import annotations
@@ -389,7 +389,6 @@ class Planner:
         if scored:
             k, mb, tps, peak = scored[0]
             out.winner, out.winner_tokens_per_s, out.winner_peak = (self.by_key[k], mb), tps, peak
-
 
     def _fresh_check(self, scored: list[tuple[str, int, float, int]], t: int) -> list[tuple[str, int, float, int]]:
         """The leading candidate measured alone in a fresh worker; one that does not fit there is dropped
