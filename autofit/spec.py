@@ -14,6 +14,9 @@ from typing import Any
 
 PRECISIONS = ("fp32", "fp16", "bf16", "bf16-pure")
 METHODS = ("lora", "full", "freeze")
+LOSSES = ("hf", "fused")            # fused: liger-kernel's linear cross-entropy, the logits never whole
+QUANTS = ("none", "nf4", "int8")    # base weights: bf16, or bitsandbytes 4-bit NF4 / LLM.int8
+OPTIMIZERS = ("adamw", "adamw8bit")  # torch AdamW, or bitsandbytes' 8-bit AdamW (state in 8 bits)
 
 
 class Status(str, enum.Enum):
@@ -49,21 +52,105 @@ class Strategy:
     zero_stage: int = 0
     offload_optimizer: bool = False
     offload_params: bool = False
+    loss: str = "hf"
+    quant: str = "none"
+    optim: str = "adamw"
 
     def key(self) -> str:
-        """A short, stable name used in tables, CSVs and worker logs."""
-        parts = [self.method.label(), self.precision, "ckpt" if self.grad_ckpt else "nockpt", f"z{self.zero_stage}"]
+        """A short, stable name used in tables, CSVs and worker logs; from_key reads it back.
+
+        A dimension at its default adds nothing, so keys written before it existed stay valid.
+        """
+        parts = [self.method.label(), self.precision]
+        if self.quant != "none":
+            parts.append(self.quant)
+        parts += ["ckpt" if self.grad_ckpt else "nockpt", f"z{self.zero_stage}"]
         if self.offload_optimizer:
             parts.append("offopt")
         if self.offload_params:
             parts.append("offparam")
+        if self.loss != "hf":
+            parts.append(self.loss)
+        if self.optim != "adamw":
+            parts.append(self.optim)
         return "/".join(parts)
+
+    @classmethod
+    def from_key(cls, key: str, method: Method | None = None) -> "Strategy":
+        """The one decoder of key(). `method` supplies what the key does not name (LoRA alpha,
+        targets); its kind and r/N must agree with the key's."""
+        parts = key.split("/")
+        if len(parts) < 4:
+            raise ValueError(f"not a strategy key: {key!r}")
+        label, precision, rest = parts[0], parts[1], parts[2:]
+        kind, lora_r, freeze_n = _decode_method(label, key)
+        base = method or Method()
+        m = dataclasses.replace(base, kind=kind, lora_r=lora_r if lora_r is not None else base.lora_r,
+                                freeze_trainable_layers=freeze_n if freeze_n is not None else base.freeze_trainable_layers)
+        if precision not in PRECISIONS:
+            raise ValueError(f"strategy key {key!r}: unknown precision {precision!r}")
+        kw: dict[str, Any] = {"method": m, "precision": precision}
+        if rest and rest[0] in QUANTS:
+            kw["quant"] = rest.pop(0)
+        if not rest or rest[0] not in ("ckpt", "nockpt"):
+            raise ValueError(f"strategy key {key!r}: expected ckpt or nockpt after the precision")
+        kw["grad_ckpt"] = rest.pop(0) == "ckpt"
+        if not rest or len(rest[0]) != 2 or rest[0][0] != "z" or rest[0][1] not in "0123":
+            raise ValueError(f"strategy key {key!r}: expected a ZeRO stage z0-z3")
+        kw["zero_stage"] = int(rest.pop(0)[1])
+        flags = {"offopt": ("offload_optimizer", True), "offparam": ("offload_params", True),
+                 **{v: ("loss", v) for v in LOSSES if v != "hf"}, **{v: ("optim", v) for v in OPTIMIZERS if v != "adamw"}}
+        for part in rest:
+            if part not in flags:
+                raise ValueError(f"strategy key {key!r}: unknown part {part!r}")
+            name, value = flags[part]
+            kw[name] = value
+        s = cls(**kw)
+        if s.key() != key:
+            raise ValueError(f"strategy key {key!r} is not in canonical order (expected {s.key()!r})")
+        return s
+
+    @property
+    def exact(self) -> bool:
+        """Numerically the training the user asked for: bf16 base weights and full-precision optimizer
+        state (the fused loss computes the same loss and gradients, up to rounding)."""
+        return self.quant == "none" and self.optim == "adamw"
+
+    def problems(self) -> list[str]:
+        """Combinations that cannot run; empty when this strategy can."""
+        out = []
+        if self.quant != "none":
+            if self.method.kind != "lora":
+                out.append(f"{self.quant} base weights are frozen: only LoRA trains on them (QLoRA)")
+            if self.zero_stage != 0 or self.offload_optimizer or self.offload_params:
+                out.append(f"{self.quant} base weights cannot be partitioned or offloaded by DeepSpeed ZeRO")
+            if self.precision != "bf16-pure":
+                out.append(f"{self.quant} base weights compute in bf16: precision must be bf16-pure")
+        if self.loss == "fused" and self.zero_stage == 3:
+            out.append("the fused loss reads the output projection's weight directly, which ZeRO-3 partitions")
+        if self.optim != "adamw" and (self.zero_stage != 0 or self.offload_optimizer):
+            out.append(f"{self.optim} is a torch optimizer for the plain (ZeRO-0) path; DeepSpeed's ZeRO owns the optimizer otherwise")
+        if self.offload_params and self.zero_stage != 3:
+            out.append("offloading parameters needs ZeRO-3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            out.append("offloading the optimizer needs ZeRO 1-3")
+        return out
 
     def uses_deepspeed(self, num_gpus: int) -> bool:
         # Same rule as HF Trainer: DeepSpeed only when asked for (a ZeRO stage or offload);
         # several GPUs without ZeRO still go through the DeepSpeed engine at stage 0 (DDP-like),
         # never torch DataParallel, which copies the whole model to every card.
         return self.zero_stage > 0 or self.offload_optimizer or self.offload_params or num_gpus > 1
+
+
+def _decode_method(label: str, key: str) -> tuple[str, int | None, int | None]:
+    if label == "full":
+        return "full", None, None
+    for prefix, kind in (("lora-r", "lora"), ("freeze-last", "freeze")):
+        if label.startswith(prefix) and label[len(prefix):].isdigit():
+            n = int(label[len(prefix):])
+            return (kind, n, None) if kind == "lora" else (kind, None, n)
+    raise ValueError(f"strategy key {key!r}: unknown method {label!r}")
 
 
 @dataclass(frozen=True, order=True)

@@ -14,7 +14,8 @@ LEARNING_RATE = 1e-4  # value is irrelevant to memory and speed; exported so the
 
 
 def model_dtype(strategy: Strategy, num_gpus: int) -> str:
-    """dtype the weights are built/loaded in (what users pass as torch_dtype)."""
+    """dtype the weights are built/loaded in (what users pass as torch_dtype); with 4/8-bit base
+    weights, the dtype of everything left unquantized (embeddings, norms, head, adapters)."""
     if strategy.precision == "bf16-pure":
         return "bfloat16"
     if strategy.uses_deepspeed(num_gpus) and strategy.precision in ("fp16", "bf16"):
@@ -86,6 +87,34 @@ def deepspeed_config(strategy: Strategy, ctx: Context, shape: Shape, hf_auto: bo
     return cfg
 
 
+def quantization_config(strategy: Strategy) -> dict[str, Any] | None:
+    """Keyword arguments for transformers.BitsAndBytesConfig, or None for bf16 base weights. Double
+    quantization and bf16 compute for NF4, as QLoRA and the LLaMA-Factory / axolotl exporters set them."""
+    if strategy.quant == "nf4":
+        return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                "bnb_4bit_compute_dtype": "bfloat16"}
+    if strategy.quant == "int8":
+        return {"load_in_8bit": True, "llm_int8_threshold": 6.0}
+    return None
+
+
+def hf_optim(strategy: Strategy) -> str:
+    """TrainingArguments.optim for the strategy's optimizer."""
+    return {"adamw": "adamw_torch", "adamw8bit": "adamw_bnb_8bit"}[strategy.optim]
+
+
+def fused_loss_settings(strategy: Strategy) -> dict[str, Any] | None:
+    """How HF Trainer turns on exactly the fused linear cross-entropy the probe ran, and nothing else of
+    liger-kernel (its RoPE, RMSNorm and SwiGLU kernels would change what was measured). transformers
+    4.40.2 has neither key: autofit's probes and verify patch the loss in themselves (probe/fused_loss.py)."""
+    if strategy.loss != "fused":
+        return None
+    return {"use_liger_kernel": True,
+            "liger_kernel_config": {"fused_linear_cross_entropy": True, "cross_entropy": False, "rope": False,
+                                    "rms_norm": False, "swiglu": False},
+            "requires": "transformers>=4.52 (liger_kernel_config), liger-kernel>=0.5"}
+
+
 def training_args(strategy: Strategy, ctx: Context, shape: Shape, ds_config_path: str | None = "ds_config.json") -> dict[str, Any]:
     """Keyword arguments for transformers.TrainingArguments (4.40.2) that reproduce the probe."""
     uses_ds = strategy.uses_deepspeed(ctx.num_gpus)
@@ -95,7 +124,7 @@ def training_args(strategy: Strategy, ctx: Context, shape: Shape, ds_config_path
         "gradient_accumulation_steps": ctx.grad_accum(shape.micro_batch),
         "gradient_checkpointing": strategy.grad_ckpt,
         "learning_rate": LEARNING_RATE,
-        "optim": "adamw_torch",
+        "optim": hf_optim(strategy),
         "bf16": strategy.precision in ("bf16", "bf16-pure"),
         "fp16": strategy.precision == "fp16",
         "max_grad_norm": 1.0,
