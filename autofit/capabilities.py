@@ -1,0 +1,35 @@
+"""Which memory techniques this machine can run, asked without importing them (the CLI stays instant).
+
+A technique that cannot run here is not an error: the search reports it once, with the reason, and
+leaves it out. Each check names the library that supplies the technique.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from autofit.spec import Context, Strategy
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing(s: Strategy, ctx: Context) -> str | None:
+    """Why `s` cannot run in `ctx`, or None when it can. The reason names the dimension, so
+    strategies that share it share one message."""
+    if s.loss == "fused":
+        if ctx.device != "cuda":
+            return "fused loss: liger-kernel's fused linear cross-entropy is a Triton kernel and needs a CUDA GPU"
+        if not (_installed("liger_kernel") and _installed("triton")):
+            return "fused loss: liger-kernel is not installed (pip install liger-kernel)"
+    if s.quant != "none" or s.optim != "adamw":
+        what = f"{s.quant} base weights" if s.quant != "none" else f"{s.optim} optimizer"
+        if ctx.device != "cuda":
+            return f"{what}: bitsandbytes' quantized kernels are probed on CUDA GPUs only"
+        if not _installed("bitsandbytes"):
+            return f"{what}: bitsandbytes is not installed (pip install bitsandbytes)"
+    return None
