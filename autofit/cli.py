@@ -205,7 +205,11 @@ def _probe_line(r) -> str:
 @model_options
 @hardware_options
 @click.option("--max-token", type=int, required=True, help="Sequence length to optimise for (every sample at full length).")
-@click.option("--space", default="default", show_default=True, help="Search space: a YAML file or a shipped name (search_spaces/).")
+@click.option("--space", default="auto", show_default=True,
+              help="Search space: a YAML file or a shipped name (search_spaces/). auto: every technique that applies "
+                   "to the method and GPUs (fused loss, 4/8-bit weights, checkpointing, ZeRO, offload).")
+@click.option("--quantize", is_flag=True, help="Let 4-bit/8-bit configurations win (they change the numerics); "
+              "without it they are measured and reported beside the exact winner.")
 @click.option("--method", type=click.Choice(["lora", "full", "freeze"]), default=None, help="Override the space's method.")
 @click.option("--budget", default="15m", show_default=True, help="Wall-clock budget for probing, e.g. 8m, 1h.")
 @click.option("--headroom", type=float, default=0.08, show_default=True, help="Fraction of memory kept free by the winner.")
@@ -221,20 +225,20 @@ def _probe_line(r) -> str:
               help="Measured optimizer steps per probe (after one warm-up); close candidates are re-measured anyway.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @handles_errors
-def search(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, hostfile, master_addr, max_token, space, method, budget,
-           headroom, run_dir, resume, storage, heartbeat, explore, probe_timeout, measure_steps, quiet):
+def search(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, hostfile, master_addr, max_token, space, quantize,
+           method, budget, headroom, run_dir, resume, storage, heartbeat, explore, probe_timeout, measure_steps, quiet):
     """Search for the fastest configuration that fits, writing results/<run>/best.yaml."""
     result = _run_search(model=model, weights=weights, trust_remote_code=trust_remote_code, device=device, gpus=gpus,
                          gpu_memory=gpu_memory, global_batch=global_batch, max_token=max_token, space=space,
                          method=method, budget=budget, headroom=headroom, run_dir=run_dir, resume=resume,
                          storage=storage, explore=explore, probe_timeout=probe_timeout, measure_steps=measure_steps,
-                         quiet=quiet, heartbeat=heartbeat, hostfile=hostfile, master_addr=master_addr)
+                         quiet=quiet, heartbeat=heartbeat, hostfile=hostfile, master_addr=master_addr, quantize=quantize)
     _print_result(result)
 
 
 def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, max_token, space, method,
                 budget, headroom, run_dir, resume, storage, explore, probe_timeout, quiet, measure_steps=1, heartbeat=10,
-                hostfile=None, master_addr=None):
+                hostfile=None, master_addr=None, quantize=False):
     import time
 
     from autofit.hardware import memory_budget
@@ -258,9 +262,7 @@ def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, 
     budget_s = parse_duration(budget)
     ctx = _context(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, hostfile, master_addr,
                    probe_timeout_s=parse_duration(probe_timeout), measure_steps=measure_steps)
-    sp = load_space(space)
-    if method:
-        sp = sp.with_method(method)
+    sp = load_space(space, method=method, num_gpus=ctx.num_gpus)
     source = resolve_model(model, trust_remote_code=trust_remote_code)
     if weights == "real" and not source.has_weights:
         raise UsageError(f"--weights real: {model} has no local weights ({source.origin}); use --weights random")
@@ -268,10 +270,12 @@ def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, 
         run_dir = Path("results") / f"{source.name.replace('/', '_')}-T{max_token}-{time.strftime('%Y%m%d-%H%M%S')}"
     limits = Limits(budget=memory_budget(ctx), headroom=headroom)
     req = SearchRequest(ctx=ctx, source=source, space=sp, max_token=max_token, limits=limits, run_dir=run_dir,
-                        budget_s=budget_s, resume=resume, storage=storage, explore=explore, heartbeat_s=heartbeat)
+                        budget_s=budget_s, resume=resume, storage=storage, explore=explore, heartbeat_s=heartbeat,
+                        quantize=quantize)
     header = (f"searching {source.name} ({source.origin}, {weights} weights) on {_where(ctx)}; "
               f"T={max_token}, global batch {global_batch}, budget {limits.budget / 2**30:.1f} GiB, "
-              f"headroom {headroom:.0%}; space {sp.name}; run dir {run_dir}")
+              f"headroom {headroom:.0%}; space {sp.name}" + (" (quantized configurations may win)" if quantize else "")
+              + f"; run dir {run_dir}")
     return run_search(req, progress=Progress(quiet=quiet), header=header)
 
 
@@ -287,7 +291,7 @@ def _print_result(result) -> None:
                    "(run again with --resume and a larger --budget to continue)")
     if result.best:
         c, m = result.best["config"], result.best["measured"]
-        click.echo(f"best: {c['strategy']} micro_batch={c['micro_batch']} x accum {c['gradient_accumulation']} "
+        click.echo(f"best ({c['numerics']}): {c['strategy']} micro_batch={c['micro_batch']} x accum {c['gradient_accumulation']} "
                    f"at max_token {c['max_token']}: {m['tokens_per_s']} tokens/s, peak {m['peak_gib']} GiB "
                    f"(limit {result.best['hardware']['limit_gib']} GiB)")
         click.echo(f"wrote {result.run.best}" + (f" and {result.run.ds_config}" if result.best.get("deepspeed") else ""))
@@ -308,7 +312,7 @@ def demo(run_dir):
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if detect_gpus():
-        kw = dict(model="THUDM/glm-4-9b-chat", device="cuda", max_token=1024, space="default", budget="8m", global_batch=32)
+        kw = dict(model="THUDM/glm-4-9b-chat", device="cuda", max_token=1024, space="auto", budget="8m", global_batch=32)
     else:
         click.echo("no GPU found: running the CPU demo on a tiny model (a real search, real training steps)", err=True)
         kw = dict(model="autofit/tiny-qwen2", device="cpu", max_token=128, space="cpu-tiny", budget="5m", global_batch=8)

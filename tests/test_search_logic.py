@@ -39,8 +39,10 @@ def _hw(**over) -> FakeHardware:
     return hw
 
 
-def _run(tmp_path, hw, space=None, max_token=1024, budget=80 * GiB, resume=False, global_batch=64, **kw):
-    req = SearchRequest(ctx=Context(model="THUDM/glm-4-9b-chat", global_batch=global_batch), source=resolve_model("THUDM/glm-4-9b-chat"),
+def _run(tmp_path, hw, space=None, max_token=1024, budget=80 * GiB, resume=False, global_batch=64, device="cuda", **kw):
+    # device="cpu": no analytic estimate (AnalyticPrior is for GPU searches), so the most frugal strategy goes first.
+    req = SearchRequest(ctx=Context(model="THUDM/glm-4-9b-chat", global_batch=global_batch, device=device),
+                        source=resolve_model("THUDM/glm-4-9b-chat"),
                         space=space or _space(), max_token=max_token, limits=Limits(budget, 0.08),
                         run_dir=tmp_path / "run", resume=resume, **kw)
     return run_search(req, factory=lambda s: FakeSession(hw, s), progress=Progress(quiet=True))
@@ -68,12 +70,12 @@ def test_walls_found_exactly_and_winner_correct(tmp_path):
                if hw.peak(s, sh) <= 80 * 0.92]
     _, key, mb = max(fitting)
     assert (res.best["config"]["strategy"], res.best["config"]["micro_batch"]) == (key, mb)
-    # The frugal strategy goes first: after one probe the analytic slope (autofit.search.prior, GLM-4's
-    # architecture; the fake's slopes are within 7% of it) jumps straight to the predicted wall at 16;
-    # the faster one is escalated below that ceiling the same way (1, then 4).
+    # The estimate predicts the fastest strategy fits at micro-batch 1, so it goes first: after one probe
+    # the analytic slope (autofit.search.prior, GLM-4's architecture; the fake's slopes are within 7% of
+    # it) jumps straight to its predicted wall (4); checkpointing, slower at equal shape, starts above it.
     escalation = [c for c in hw.calls if c[2] == 1024]
-    assert escalation[:2] == [(f"{LORA}/ckpt/z0", 1, 1024), (f"{LORA}/ckpt/z0", 16, 1024)]
-    assert escalation[2:4] == [(f"{LORA}/nockpt/z0", m, 1024) for m in (1, 4)]
+    assert escalation[:2] == [(f"{LORA}/nockpt/z0", m, 1024) for m in (1, 4)]
+    assert escalation[2:4] == [(f"{LORA}/ckpt/z0", m, 1024) for m in (8, 16)]
     # Far fewer probes than the 12-cell grid at this max_token (exploration included).
     assert res.probes_run <= 8
 
@@ -190,17 +192,17 @@ def test_exploration_skips_cells_that_cannot_win(tmp_path):
     # ckpt jumps 2 -> 16, leaving 4 and 8 open; both of their measured neighbours are far below
     # the winner (nockpt mb 4), so the sampler is not given them.
     hw = _hw(speed={f"{LORA}/nockpt/z0": 14000.0, f"{LORA}/ckpt/z0": 7600.0})
-    res = _run(tmp_path, hw, explore=2)
+    res = _run(tmp_path, hw, explore=2, device="cpu")
     assert not [c for c in hw.calls if c[0] == f"{LORA}/ckpt/z0" and c[1] in (4, 8)]
     assert (res.best["config"]["strategy"], res.best["config"]["micro_batch"]) == (f"{LORA}/nockpt/z0", 4)
 
 
 def test_exploration_skips_cells_below_a_rising_upper_neighbour(tmp_path):
-    # ckpt at mb 16 is the best and its jump (1 -> 16) left 2, 4 and 8 open; throughput rises from
-    # mb 1 to mb 16, so none of them can beat mb 16: not explored.
+    # ckpt at mb 16 is the best and its jump (2 -> 16; no analytic slope on the CPU, so two points first)
+    # left 4 and 8 open; throughput rises from mb 1 to mb 16, so neither can beat mb 16: not explored.
     hw = _hw()
-    res = _run(tmp_path, hw, explore=2)
-    assert not [c for c in hw.calls if c[0] == f"{LORA}/ckpt/z0" and c[1] in (2, 4, 8)]
+    res = _run(tmp_path, hw, explore=2, device="cpu")
+    assert not [c for c in hw.calls if c[0] == f"{LORA}/ckpt/z0" and c[1] in (4, 8)]
     assert (res.best["config"]["strategy"], res.best["config"]["micro_batch"]) == (f"{LORA}/ckpt/z0", 16)
 
 
@@ -209,7 +211,7 @@ def test_exploration_probes_open_cells_that_might_win(tmp_path):
     # somewhere in between, so the cells the jump skipped (2, 4, 8) may win and are explored.
     ck = f"{LORA}/ckpt/z0"
     hw = _hw(tokens_at={(ck, 1): 6000.0, (ck, 2): 6300.0, (ck, 4): 6600.0, (ck, 8): 6400.0, (ck, 16): 5800.0})
-    res = _run(tmp_path, hw, explore=3)
+    res = _run(tmp_path, hw, explore=3, device="cpu")
     explored = [c for c in hw.calls if c[0] == ck and c[1] in (2, 4, 8)]
     assert {c[1] for c in explored} == {2, 4, 8}  # explored, then the close ones re-measured
     assert (res.best["config"]["strategy"], res.best["config"]["micro_batch"]) == (ck, 4)

@@ -111,7 +111,10 @@ def test_replay_glm4_full_finetuning(gpus, skipped):
     est = {k.split("/", 2)[2] for k, so in out.strategies.items() if so.fail_status.startswith("estimated")}
     assert est == skipped
     assert not any(k.split("/", 2)[2] in skipped for k, _ in asked)
-    assert asked[0] == ("full/bf16/ckpt/z3/offopt/offparam", 1)  # the frugal strategy, measured first
+    # The fastest strategy the estimate predicts to fit goes first; it went out of memory on these GPUs
+    # (the estimate under-predicts ZeRO's buffers there), so the most frugal one is confirmed next.
+    assert asked[0] == {2: ("full/bf16/nockpt/z2/offopt", 1), 4: ("full/bf16/ckpt/z2", 1)}[gpus]
+    assert asked[1] == ("full/bf16/ckpt/z3/offopt/offparam", 1)
 
 
 def test_nothing_that_fitted_on_two_gpus_would_be_skipped():

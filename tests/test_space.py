@@ -37,3 +37,31 @@ def test_all_problems_reported_at_once():
     msg = str(e.value)
     for fragment in ("x.yaml: unknown key 'bogus'", "key 'method'", "key 'precision'", "key 'micro_batch'"):
         assert fragment in msg
+
+
+def test_auto_space_takes_the_methods_section_and_the_gpu_count():
+    lora1 = {s.key() for s in load_space("auto").strategies(1)}
+    assert "lora-r8/bf16-pure/nockpt/z0/fused" in lora1 and "lora-r8/bf16-pure/nf4/ckpt/z0/fused" in lora1
+    assert "lora-r8/bf16-pure/ckpt/z3/offopt/offparam" in lora1          # the last resort is still there
+    assert not [k for k in lora1 if "/z3" in k and ("fused" in k or "nf4" in k or "int8" in k)]  # cannot run
+    lora2 = {s.key() for s in load_space("auto", num_gpus=2).strategies(2)}
+    assert "lora-r8/bf16-pure/nockpt/z2/fused" in lora2 and "lora-r8/bf16-pure/nockpt/z2/fused" not in lora1
+    full = load_space("auto", method="full", num_gpus=2).strategies(2)
+    assert {s.method.kind for s in full} == {"full"} and not [s for s in full if s.quant != "none"]
+    assert [s for s in full if s.optim == "adamw8bit" and s.zero_stage == 0]
+    assert len(lora1) >= 12 and len(full) >= 20
+
+
+def test_new_dimensions_are_validated():
+    with pytest.raises(SearchSpaceError) as e:
+        parse_space({"loss": ["liger"], "quant": ["fp4"], "optimizer": "adamw", "micro_batch": [1], "max_token": [64]}, "y.yaml")
+    msg = str(e.value)
+    assert "key 'loss'" in msg and "key 'quant'" in msg and "key 'optimizer'" in msg
+
+
+def test_a_space_without_new_dimensions_keeps_its_identity():
+    # Run dirs searched before the dimensions existed must still resume: their space hash is unchanged.
+    space = load_space("default")
+    assert set(space.identity()) == {"name", "method", "precisions", "grad_ckpt", "zero", "micro_batches",
+                                     "max_tokens", "description"}
+    assert "losses" in load_space("auto").identity()

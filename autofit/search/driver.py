@@ -22,11 +22,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from autofit.errors import Interrupted, RunDirError, StorageError
+from autofit.errors import Interrupted, RunDirError, SearchSpaceError, StorageError
 from autofit.models import ModelSource
 from autofit.results import append_probe, read_probes, result_from_row
 from autofit.search import outputs, study as studymod
-from autofit.search.planner import Limits, Outcome, Planner, peak_of
+from autofit.search.planner import Limits, Outcome, Planner, combine, families, peak_of
 from autofit.search.prior import AnalyticPrior
 from autofit.search.progress import Progress
 from autofit.search.rundir import RunDir, RunLock, check_resume, write_run_json
@@ -62,9 +62,10 @@ class SearchRequest:
     explore: int = 2
     worker_env: dict[str, str] = field(default_factory=dict)
     heartbeat_s: int = 10  # shared storage only: a worker silent for 3x this long is presumed dead
+    quantize: bool = False  # 4/8-bit configurations may win (they are measured and reported either way)
 
     def identity(self) -> dict[str, Any]:
-        space_hash = hashlib.sha256(repr(to_jsonable(self.space)).encode()).hexdigest()[:12]
+        space_hash = hashlib.sha256(repr(self.space.identity()).encode()).hexdigest()[:12]
         c = self.ctx
         return {"model": self.source.name, "max_token": self.max_token, "global_batch": c.global_batch,
                 "device": c.device, "gpus": list(c.gpus), "gpu_memory": c.gpu_memory, "weights": c.weights,
@@ -151,7 +152,10 @@ class _Search:
         tokens = sorted(set(req.space.max_tokens) | {req.max_token})
         self.ctx = replace(req.ctx, max_positions=max(tokens))
         self.tokens = tuple(tokens)
-        self.strategies = req.space.strategies(self.ctx.num_gpus)
+        self.strategies, self.unavailable = _runnable(req.space.strategies(self.ctx.num_gpus), self.ctx)
+        if not self.strategies:
+            raise SearchSpaceError(f"space {req.space.name}: nothing in it can run here ("
+                                   + "; ".join(self.unavailable) + ")")
         self.by_key = {s.key(): s for s in self.strategies}
         if factory is None:
             from autofit.probe.runner import StandbyFactory
@@ -396,23 +400,33 @@ class _Search:
         self._load_previous()
         if header:
             self.progress.log(header)
+        for reason in self.unavailable:
+            self.progress.log(f"left out, cannot run here: {reason}")
         write_run_json(self.run, self.req.identity(), {"status": "running", "space": to_jsonable(self.req.space),
-                                                       "context": to_jsonable(self.ctx)})
+                                                       "context": to_jsonable(self.ctx), "quantize": self.req.quantize,
+                                                       "unavailable": self.unavailable})
         deadline = self.t0 + self.req.budget_s if self.req.budget_s else None
         space = self.req.space
         cap = max(1, self.ctx.global_batch // self.ctx.num_gpus)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        planner = None
+        planners: dict[str, Planner] = {}
         prior = AnalyticPrior(self.req.source, self.ctx)  # one cache for every pass
         try:
             while True:  # one pass for a single worker; with others, until a pass meets no probe in flight
                 self.busy, ran = {}, self.probes_run
-                planner = Planner(self.strategies, space.micro_batches, self.tokens, self.req.max_token, cap,
-                                  self.req.limits, self.measure, deadline=deadline,
-                                  log=self._plan_log, slope_prior=prior.slope, estimate=prior.peak)
+                outs: dict[str, Outcome] = {}
                 try:
-                    out = planner.run(explore=self.explore)
+                    for name, family in families(self.strategies).items():
+                        if name == "quantized" and len(outs):
+                            self._plan_log("searching the 4/8-bit configurations too "
+                                           + ("(--quantize: they may win)" if self.req.quantize else
+                                              "(reported beside the exact winner; --quantize lets them win)"))
+                        planners[name] = Planner(family, space.micro_batches, self.tokens, self.req.max_token, cap,
+                                                 self.req.limits, self.measure, deadline=deadline,
+                                                 log=self._plan_log, slope_prior=prior.slope, estimate=prior.peak)
+                        outs[name] = planners[name].run(explore=self.explore)
                     if not self.busy:
+                        out = combine(outs.get("exact"), outs.get("quantized"), self.req.quantize)
                         break
                 except _Wait:
                     pass
@@ -422,15 +436,16 @@ class _Search:
             if self.shared:
                 self._mirror_all()
         except KeyboardInterrupt:
-            self._stop_after_interrupt(planner)
+            self._stop_after_interrupt()
             raise Interrupted(f"interrupted: {len(self.cache)} finished probe(s) saved in {self.run.path}; "
                               "run the same command with --resume to continue") from None
         finally:
             signal.signal(signal.SIGTERM, previous)
             self.pool.close()
-        return self._finish(out, planner)
+        results = {k: r for p in planners.values() for k, r in p.results.items()}
+        return self._finish(out, results)
 
-    def _stop_after_interrupt(self, planner: Planner | None) -> None:
+    def _stop_after_interrupt(self) -> None:
         self.pool.close(kill=True)
         if not self.shared:
             studymod.fail_stale_running(self.study)
@@ -446,21 +461,35 @@ class _Search:
             if key not in self.cache and key[0] in self.by_key:
                 self._known(key)
 
-    def _finish(self, out: Outcome, planner: Planner) -> SearchResult:
+    def _finish(self, out: Outcome, results: dict[Key, ProbeResult]) -> SearchResult:
         wall = time.time() - self.t0
-        results = planner.results
         best = outputs.best_document(out, self.ctx, self.req.source, self.req.limits, results, self.req.space.name,
-                                     wall, self.probes_run)
+                                     wall, self.probes_run, unavailable=self.unavailable)
         if best:
             outputs.write_best(self.run, best)
         outputs.write_boundaries(self.run.boundaries, self.cache, self.req.limits, out)
         write_run_json(self.run, self.req.identity(), {
             "status": "done", "probes_run": self.probes_run, "probes_total": len(self.cache), "wall_time_s": round(wall, 1),
             "workers_started": self.pool.count, "winner": best["config"] if best else None, "note": out.note or None,
+            "alternative": outputs.alternative_document(out), "quantize": self.req.quantize, "unavailable": self.unavailable,
             **({"study": self.study.study_name, "worker": self.worker} if self.shared else {})})
         return SearchResult(outcome=out, run=self.run, probes_run=self.probes_run,
                             probes_reused=len(self.cache) - self.probes_run, wall_time_s=wall, best=best,
                             summary=outputs.summary_table(out, self.cache, self.req.limits))
+
+
+def _runnable(strategies: list[Strategy], ctx: Context) -> tuple[list[Strategy], list[str]]:
+    """The strategies this machine can run, and each distinct reason the others cannot (once each)."""
+    from autofit.capabilities import missing
+
+    keep, reasons = [], []
+    for s in strategies:
+        why = missing(s, ctx)
+        if why is None:
+            keep.append(s)
+        elif why not in reasons:
+            reasons.append(why)
+    return keep, reasons
 
 
 def _row_key(row: dict) -> Key:

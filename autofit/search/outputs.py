@@ -12,7 +12,10 @@ import yaml
 from autofit.results import write_rows
 from autofit.search.planner import Limits, Outcome, peak_of
 from autofit.spec import Context, ProbeResult, Shape
-from autofit.trainconfig import deepspeed_config, model_dtype, peft_config, training_args
+from autofit.spec import Strategy
+from autofit.trainconfig import (
+    deepspeed_config, fused_loss_settings, model_dtype, peft_config, quantization_config, training_args,
+)
 
 BOUNDARY_COLUMNS = ["strategy", "max_token", "largest_fit_micro_batch", "largest_fit_peak_gib",
                     "first_fail_micro_batch", "first_fail_status", "first_fail_peak_gib", "first_fail_source",
@@ -68,8 +71,42 @@ def write_boundaries(path: Path, results: dict[Key, ProbeResult], limits: Limits
     write_rows(path, boundary_rows(results, limits, outcome), BOUNDARY_COLUMNS)
 
 
+def alternative_document(out: Outcome) -> dict[str, Any] | None:
+    """The best of the other family (exact vs 4/8-bit), with its speed against the winner's."""
+    if out.alternative is None:
+        return None
+    k, mb, tps, peak = out.alternative
+    s = Strategy.from_key(k)
+    doc = {"strategy": k, "numerics": "exact" if s.exact else "quantized", "micro_batch": mb,
+           "tokens_per_s": round(tps, 1), "peak_gib": _gib(peak)}
+    if out.winner_tokens_per_s:
+        doc["speedup_vs_winner"] = round(tps / out.winner_tokens_per_s, 2)
+    return doc
+
+
+def alternative_line(out: Outcome) -> str | None:
+    """One sentence on the other family's best: how much faster (or slower) it trains, and how to get it."""
+    alt = alternative_document(out)
+    if alt is None:
+        return None
+    s = Strategy.from_key(alt["strategy"])
+    what = {"nf4": "QLoRA (nf4)", "int8": "LoRA on int8 weights"}.get(s.quant, "8-bit Adam" if s.optim != "adamw" else "exact")
+    if out.winner is None:
+        return (f"{what} fits: {alt['strategy']} at micro-batch {alt['micro_batch']}, {alt['tokens_per_s']} tokens/s, "
+                f"{alt['peak_gib']} GiB; rerun with --quantize to make it the answer")
+    speed = alt["speedup_vs_winner"]
+    if alt["numerics"] == "quantized":
+        if speed > 1:
+            return (f"{what} trains {speed:.1f}x faster at micro-batch {alt['micro_batch']} ({alt['strategy']}, "
+                    f"{alt['peak_gib']} GiB); rerun with --quantize to make it the winner")
+        return f"{what} is no faster ({speed:.2f}x at micro-batch {alt['micro_batch']}, {alt['strategy']}): the exact winner stands"
+    return (f"the fastest exact configuration, {alt['strategy']} at micro-batch {alt['micro_batch']}, trains at "
+            f"{speed:.2f}x the winner's speed")
+
+
 def best_document(out: Outcome, ctx: Context, source, limits: Limits, results: dict[Key, ProbeResult],
-                  space_name: str, wall_time_s: float, probes_run: int) -> dict[str, Any] | None:
+                  space_name: str, wall_time_s: float, probes_run: int,
+                  unavailable: list[str] | None = None) -> dict[str, Any] | None:
     if out.winner is None:
         return None
     s, mb = out.winner
@@ -88,13 +125,14 @@ def best_document(out: Outcome, ctx: Context, source, limits: Limits, results: d
                      "limit_gib": _gib(limits.limit), "emulated_gpu_memory": ctx.gpu_memory is not None},
         "search": {"space": space_name, "max_token_requested": out.requested_max_token, "global_batch": ctx.global_batch,
                    "probes_run": probes_run, "wall_time_s": round(wall_time_s, 1), "note": out.note or None,
-                   "budget_exhausted": out.budget_exhausted},
+                   "budget_exhausted": out.budget_exhausted, **({"unavailable": unavailable} if unavailable else {})},
         "config": {"method": s.method.kind, **({"lora_r": s.method.lora_r, "lora_alpha": s.method.lora_alpha} if s.method.kind == "lora" else {}),
                    **({"freeze_trainable_layers": s.method.freeze_trainable_layers} if s.method.kind == "freeze" else {}),
                    "precision": s.precision, "gradient_checkpointing": s.grad_ckpt, "zero_stage": s.zero_stage,
                    "offload_optimizer": s.offload_optimizer, "offload_params": s.offload_params,
+                   "loss": s.loss, "quant": s.quant, "optim": s.optim,
                    "max_token": out.max_token, "micro_batch": mb, "gradient_accumulation": ctx.grad_accum(mb),
-                   "strategy": s.key()},
+                   "strategy": s.key(), "numerics": out.numerics},
         "measured": {"tokens_per_s": round(out.winner_tokens_per_s, 1), "step_s": r0.step_s,
                      "micro_step_s": r0.micro_step_s, "optimizer_step_s": r0.optimizer_step_s,
                      "peak_gib": _gib(out.winner_peak), "peak_allocated_gib": _gib(r0.peak_allocated),
@@ -103,6 +141,9 @@ def best_document(out: Outcome, ctx: Context, source, limits: Limits, results: d
         "training_args": training_args(s, ctx, shape, "ds_config.json" if ds else None),
         "deepspeed": ds,
         "peft": peft_config(s, source.lora_targets),
+        "quantization_config": quantization_config(s),
+        "fused_loss": fused_loss_settings(s),
+        "alternative": alternative_document(out),
         "runner_up": [{"strategy": k, "micro_batch": m, "tokens_per_s": round(tps, 1), "peak_gib": _gib(p)}
                       for k, m, tps, p in out.candidates[1:5]],
     }
@@ -136,4 +177,7 @@ def summary_table(out: Outcome, results: dict[Key, ProbeResult], limits: Limits)
     for k, so in out.strategies.items():
         if so.skipped:
             lines.append(f"{k:40s} skipped: {so.skipped}")
+    alt = alternative_line(out)
+    if alt:
+        lines += ["", alt]
     return "\n".join(lines)

@@ -75,9 +75,10 @@ class Limits:
         return r.ok and p is not None and p <= self.limit
 
 
-def slower_or_equal(a: Strategy, b: Strategy) -> bool:
-    """a is never faster than b at the same shape (and a != b): a only adds memory-saving costs."""
-    if a == b or a.method != b.method or a.precision != b.precision:
+def never_faster(a: Strategy, b: Strategy) -> bool:
+    """a is never faster than b at the same shape (and a != b): it only adds costs. The fused loss is
+    taken to cost what HF's loss costs (it does the same matmuls, in chunks)."""
+    if a == b or a.method != b.method or a.precision != b.precision or a.quant != b.quant or a.optim != b.optim:
         return False
     z3a, z3b = a.zero_stage == 3, b.zero_stage == 3
     if not z3a and not z3b and a.zero_stage != b.zero_stage:
@@ -86,9 +87,47 @@ def slower_or_equal(a: Strategy, b: Strategy) -> bool:
             and a.offload_params >= b.offload_params and z3a >= z3b)
 
 
+def never_more_memory(a: Strategy, b: Strategy) -> bool:
+    """a needs no more memory than b at the same shape (and a != b): every technique of b's that saves
+    memory, a has too. Where b runs out of memory, so does... nothing can be said; where a does, so does b."""
+    if a == b or a.method != b.method or a.precision != b.precision or a.quant != b.quant:
+        return False
+    z3a, z3b = a.zero_stage == 3, b.zero_stage == 3
+    if not z3a and not z3b and a.zero_stage != b.zero_stage:
+        return False
+    return (a.grad_ckpt >= b.grad_ckpt and a.offload_optimizer >= b.offload_optimizer
+            and a.offload_params >= b.offload_params and z3a >= z3b
+            and (a.loss == "fused") >= (b.loss == "fused") and (a.optim != "adamw") >= (b.optim != "adamw"))
+
+
+def slower_or_equal(a: Strategy, b: Strategy) -> bool:
+    """a is never faster than b and never needs more memory: a trades speed for memory only."""
+    return never_faster(a, b) and never_more_memory(a, b)
+
+
+def dominating_twins(s: Strategy) -> list[Strategy]:
+    """Strategies that differ from s in one technique that costs no speed and saves memory (the fused
+    loss for HF's), or that is faster and saves memory (NF4 for LLM.int8's outlier path): once one of
+    them runs, s cannot win."""
+    twins = []
+    if s.loss == "hf":
+        twins.append(replace(s, loss="fused"))
+    if s.quant == "int8":
+        twins.append(replace(s, quant="nf4"))
+    return [t for t in twins if not t.problems()]
+
+
 def speed_rank(s: Strategy) -> tuple:
-    """Fastest-expected first: no offload, no ZeRO-3, no checkpointing."""
-    return (s.offload_params, s.offload_optimizer, s.zero_stage == 3, s.grad_ckpt, s.zero_stage)
+    """Fastest-expected first: no offload, no ZeRO-3, no checkpointing; at equal speed the technique
+    that saves memory first (the fused loss, NF4 over LLM.int8)."""
+    return (s.offload_params, s.offload_optimizer, s.zero_stage == 3, s.grad_ckpt, s.zero_stage,
+            s.quant == "int8", s.loss != "fused", s.optim != "adamw")
+
+
+def memory_rank(s: Strategy) -> tuple:
+    """Least memory last: the strategy confirmed first when no estimate names a faster one."""
+    return (s.offload_params, s.offload_optimizer, s.zero_stage == 3, s.grad_ckpt, s.quant == "nf4",
+            s.quant != "none", s.loss == "fused", s.optim != "adamw", -s.zero_stage)
 
 
 @dataclass
@@ -123,6 +162,13 @@ class Outcome:
     note: str = ""
     budget_exhausted: bool = False
     largest_fitting_max_token: int | None = None
+    # The best of the other family (exact vs 4/8-bit), reported beside the winner: key, mb, tok/s, peak.
+    alternative: tuple[str, int, float, int] | None = None
+
+    @property
+    def numerics(self) -> str:
+        """exact (bf16 weights, full-precision optimizer state) or quantized: what kind the winner is."""
+        return "exact" if self.winner is None or self.winner[0].exact else "quantized"
 
 
 class Planner:
@@ -133,9 +179,11 @@ class Planner:
         if not strategies:
             raise ValueError("no strategies to search")
         self.order = sorted(strategies, key=speed_rank)
+        self.frugal = max(strategies, key=memory_rank)
         self.mbs = [m for m in micro_batches if m <= micro_batch_cap] or [min(micro_batches)]
         self.max_tokens = tuple(sorted(max_tokens))
-        self.target = target_max_token
+        self.target = self.requested = target_max_token
+        self._first_failure = ""
         self.limits = limits
         self._measure = measure
         self.deadline = deadline
@@ -166,41 +214,86 @@ class Planner:
     # -- the search -----------------------------------------------------------------------------
     def run(self, explore: Callable[["Planner", Outcome], None] | None = None) -> Outcome:
         out = Outcome(requested_max_token=self.target, max_token=self.target)
-        frugal = self.order[-1]
+        start = self._estimated_start()
+        done: list[Strategy] = []
+        if start is not None:
+            # The estimate names a faster strategy that fits: escalating it first puts the fast walls in
+            # place at once, and the frugal strategies start above them (or are skipped as saturated).
+            self.log(f"starting with {start.key()}: the fastest strategy the estimate predicts to fit at T={self.target}")
+            so = self._escalate(start, out)
+            out.strategies[start.key()] = so
+            done.append(start)
+            if so.fit_max is None:
+                self.log(f"{start.key()} did not fit after all ({so.fail_status}); confirming the most frugal strategy")
+                start = None
+        broken = False
+        if start is None and self.frugal not in done:
+            first, broken = self._confirm_frugal(out)
+            if first is None:
+                return out
+            done.append(self.frugal)
+        for s in self.order:
+            if s in done:
+                continue
+            if self.out_of_time():
+                out.budget_exhausted = True
+                break
+            out.strategies[s.key()] = self._escalate(s, out)
+        if broken and not any(r.ok for r in self.results.values()):
+            out.note = f"no strategy ran; the first failure was {self._first_failure}"
+        if explore is not None and not self.out_of_time():
+            explore(self, out)
+        self._confirm(out)
+        if out.winner is None and out.largest_fitting_max_token is not None:
+            # The fresh check or the re-measurement took back what the escalation found: say so plainly.
+            out.note = (f"nothing fits at max_token {self.target} once re-measured in a fresh worker "
+                        f"(max_token {self.target} was the largest the escalation found to fit; the requested "
+                        f"{self.requested} did not)")
+        return out
+
+    def _estimated_start(self) -> Strategy | None:
+        """The fastest strategy (not the most frugal) whose estimated peak at the smallest micro-batch fits."""
+        if self.estimate is None:
+            return None
+        for s in self.order:
+            if s == self.frugal:
+                return None
+            if any(t in self.order for t in dominating_twins(s)):
+                continue  # its twin saves memory at no cost: never the better start
+            est = self.estimate(s, self.mbs[0], self.target)
+            if est is not None and est <= self.limits.limit * PREDICT_MARGIN:
+                return s
+        return None
+
+    def _confirm_frugal(self, out: Outcome) -> tuple[ProbeResult | None, bool]:
+        """The most frugal strategy, probed at the smallest shape and then escalated: whether anything can
+        fit at all, and at which max_token. (None, _) when nothing fits at any max_token."""
+        frugal = self.frugal
         self.log(f"confirming the most frugal strategy runs at all: {frugal.key()} mb={self.mbs[0]} T={self.target}")
         first = self.measure(frugal, self.mbs[0], self.target)
         broken = first.status in (Status.ERROR, Status.CRASH, Status.TIMEOUT)
         if broken:
             # Not a wall: that strategy is broken here (e.g. DeepSpeed cannot build an op). The others
             # may still run; if none does, the note says why.
+            self._first_failure = f"{first.status.value}: {first.error}"
             self.log(f"{frugal.key()} failed ({first.status.value}): {first.error}; trying the other strategies")
-        elif not self.limits.fits(first):
+            out.strategies[frugal.key()] = StrategyOutcome(strategy=frugal, max_token=self.target, fail_min=self.mbs[0],
+                                                           fail_status=first.status.value)
+            return first, True
+        if not self.limits.fits(first):
             t = self._largest_fitting_max_token(frugal)
             out.largest_fitting_max_token = t
             if t is None:
                 out.note = (f"nothing fits: even {frugal.key()} at micro-batch {self.mbs[0]} and the shortest "
                             f"max_token probed exceeds the memory budget")
-                return out
+                return None, False
             out.note = (f"nothing fits at max_token {self.target}; the largest max_token that fits is {t} "
                         f"({frugal.key()}); the search continued at {t}")
             out.max_token = self.target = t
-        # The most frugal strategy is escalated first, in the worker that just confirmed it runs:
-        # its wall caps every faster strategy's (they need at least as much memory).
-        for s in [frugal] + self.order[:-1]:
-            if self.out_of_time():
-                out.budget_exhausted = True
-                break
-            if broken and s == frugal:
-                out.strategies[s.key()] = StrategyOutcome(strategy=s, max_token=self.target, fail_min=self.mbs[0],
-                                                          fail_status=first.status.value)
-                continue
-            out.strategies[s.key()] = self._escalate(s, out)
-        if broken and not any(r.ok for r in self.results.values()):
-            out.note = f"no strategy ran; the first failure was {first.status.value}: {first.error}"
-        if explore is not None and not self.out_of_time():
-            explore(self, out)
-        self._confirm(out)
-        return out
+        # Escalated in the worker that just confirmed it runs: its wall caps every faster strategy's
+        # (they need at least as much memory).
+        out.strategies[frugal.key()] = self._escalate(frugal, out)
+        return first, False
 
     def open_cells(self, out: Outcome) -> list[tuple[Strategy, int]]:
         """Micro-batches the escalation jumped over that may still fit: what the sampler may explore."""
@@ -249,7 +342,14 @@ class Planner:
     def _escalate(self, s: Strategy, out: Outcome) -> StrategyOutcome:
         t = self.target
         so = StrategyOutcome(strategy=s, max_token=t)
-        faster = [out.strategies[k] for k in out.strategies if slower_or_equal(s, out.strategies[k].strategy)]
+        twin = next((out.strategies[t.key()] for t in dominating_twins(s) if t.key() in out.strategies
+                     and out.strategies[t.key()].fit_max is not None), None)
+        if twin is not None:
+            so.skipped = (f"{twin.strategy.key()} ran, and differs only in a technique that saves memory at no "
+                          "cost in speed")
+            self.log(f"skip {s.key()}: {so.skipped}")
+            return so
+        faster = [out.strategies[k] for k in out.strategies if never_faster(s, out.strategies[k].strategy)]
         wall = max([f.fit_max or 0 for f in faster] + [f.inferred_fit or 0 for f in faster], default=0)
         for f in faster:
             curve = self.tokens_curve(f.strategy, t)
@@ -274,7 +374,7 @@ class Planner:
         so.started_at = self.mbs[i]
         # Frugal strategies already escalated bound this one's wall from above.
         ceiling = min([f.fail_min for f in out.strategies.values()
-                       if f.memory_wall and slower_or_equal(f.strategy, s)], default=None)
+                       if f.memory_wall and never_more_memory(f.strategy, s)], default=None)
         if self._estimated_out(s, so, self.mbs[i], t):
             return so
         self.log(f"escalating {s.key()} at T={t} from micro-batch {self.mbs[i]}"
@@ -325,7 +425,7 @@ class Planner:
 
     def _estimated_out(self, s: Strategy, so: StrategyOutcome, mb: int, t: int) -> bool:
         """The estimate rules the strategy out from micro-batch mb up (monotone shapes), by a margin."""
-        if self.estimate is None or s == self.order[-1]:
+        if self.estimate is None or s == self.frugal:
             return False
         est = self.estimate(s, mb, t)
         if est is None or est <= self.limits.limit * ESTIMATE_OVER:
@@ -413,6 +513,28 @@ class Planner:
                      + ": not a candidate")
             scored = scored[1:]
         return scored
+
+
+def families(strategies: list[Strategy]) -> dict[str, list[Strategy]]:
+    """The exact strategies and the 4/8-bit ones, each planned on its own (their speeds and walls do not
+    bound each other's); exact first, so a short budget still answers the question asked."""
+    split = {"exact": [s for s in strategies if s.exact], "quantized": [s for s in strategies if not s.exact]}
+    return {name: f for name, f in split.items() if f}
+
+
+def combine(exact: Outcome | None, quantized: Outcome | None, quantize: bool) -> Outcome:
+    """One answer from the families' outcomes. The winner is exact unless `quantize` allows a faster
+    quantized one; the best of the other family is kept as the alternative either way."""
+    if exact is None or quantized is None:
+        return exact or quantized
+    pick, other = exact, quantized
+    if quantize and quantized.winner is not None and (exact.winner is None
+                                                      or quantized.winner_tokens_per_s > exact.winner_tokens_per_s):
+        pick, other = quantized, exact
+    out = replace(pick, strategies={**other.strategies, **pick.strategies},
+                  budget_exhausted=exact.budget_exhausted or quantized.budget_exhausted)
+    out.alternative = other.candidates[0] if other.winner is not None and other.candidates else None
+    return out
 
 
 def _why(r: ProbeResult, limits: Limits) -> str:

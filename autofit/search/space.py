@@ -1,6 +1,8 @@
 """Search spaces: which dimensions are searched and over what ranges, loaded from YAML.
 
 Validation collects every problem and raises one SearchSpaceError naming file, key and value.
+The shipped `auto` space (the default) is a template: auto.yaml holds one section per method, and
+the ZeRO options for one GPU or several; `load_space("auto", method, num_gpus)` picks them.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from typing import Any
 import yaml
 
 from autofit.errors import SearchSpaceError
-from autofit.spec import METHODS, PRECISIONS, Method, Strategy
+from autofit.spec import LOSSES, METHODS, OPTIMIZERS, PRECISIONS, QUANTS, Method, Strategy
 
 SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
+AUTO = "auto"
 KEYS = {"description", "method", "lora", "freeze_trainable_layers", "precision", "grad_ckpt", "zero",
-        "micro_batch", "max_token"}
+        "micro_batch", "max_token", "loss", "quant", "optimizer"}
+# Dimensions added after the first spaces shipped, with the value every earlier space implied.
+NEW_DIMENSIONS = {"losses": ("hf",), "quants": ("none",), "optims": ("adamw",)}
 ZERO_KEYS = {"stage", "offload_optimizer", "offload_params"}
 
 
@@ -38,20 +43,39 @@ class SearchSpace:
     micro_batches: tuple[int, ...]
     max_tokens: tuple[int, ...]
     description: str = ""
+    losses: tuple[str, ...] = ("hf",)
+    quants: tuple[str, ...] = ("none",)
+    optims: tuple[str, ...] = ("adamw",)
 
     def strategies(self, num_gpus: int) -> list[Strategy]:
-        """Every strategy in the space that makes sense on num_gpus GPUs.
+        """Every strategy in the space that can run and makes sense on num_gpus GPUs.
 
         On one GPU, ZeRO 1 and 2 partition nothing (there is no second rank to hold a shard), so
         they only add overhead; they are kept only with optimizer offload, which does save memory.
+        Combinations that cannot run at all (Strategy.problems: 4-bit weights under ZeRO-3, ...) are left out.
         """
         out = []
-        for prec, ckpt, z in itertools.product(self.precisions, self.grad_ckpt, self.zero):
+        for prec, ckpt, z, loss, quant, optim in itertools.product(self.precisions, self.grad_ckpt, self.zero,
+                                                                   self.losses, self.quants, self.optims):
             if num_gpus == 1 and z.stage in (1, 2) and not z.offload_optimizer:
                 continue
-            out.append(Strategy(method=self.method, precision=prec, grad_ckpt=ckpt, zero_stage=z.stage,
-                                offload_optimizer=z.offload_optimizer, offload_params=z.offload_params))
+            s = Strategy(method=self.method, precision=prec, grad_ckpt=ckpt, zero_stage=z.stage,
+                         offload_optimizer=z.offload_optimizer, offload_params=z.offload_params,
+                         loss=loss, quant=quant, optim=optim)
+            if not s.problems():
+                out.append(s)
         return out
+
+    def identity(self) -> dict[str, Any]:
+        """What names this space in a run's identity; new dimensions at their old default add nothing,
+        so a run dir searched before they existed still resumes."""
+        from autofit.spec import to_jsonable
+
+        d = to_jsonable(self)
+        for name, default in NEW_DIMENSIONS.items():
+            if tuple(d[name]) == default:
+                del d[name]
+        return d
 
     def with_method(self, kind: str) -> "SearchSpace":
         from dataclasses import replace
@@ -70,15 +94,36 @@ def resolve_space_path(name_or_path: str) -> Path:
     raise SearchSpaceError(f"search space {name_or_path!r} not found (not a file; shipped spaces: {shipped})")
 
 
-def load_space(name_or_path: str) -> SearchSpace:
+def load_space(name_or_path: str, method: str | None = None, num_gpus: int = 1) -> SearchSpace:
+    """A shipped space by name, or a YAML file; `method` overrides the space's method (the auto space
+    takes that method's section), `num_gpus` picks the auto space's ZeRO options."""
     path = resolve_space_path(name_or_path)
+    doc = _read_yaml(path)
+    if path.stem == AUTO and path.resolve().parent == SPACES_DIR:
+        return parse_space(auto_document(doc, method or "lora", num_gpus, str(path)), str(path))
+    sp = parse_space(doc, str(path))
+    return sp.with_method(method) if method else sp
+
+
+def _read_yaml(path: Path) -> Any:
     try:
-        doc = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SearchSpaceError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     except OSError as exc:
         raise SearchSpaceError(f"{path}: cannot read ({exc.strerror})") from None
-    return parse_space(doc, str(path))
+
+
+def auto_document(doc: Any, method: str, num_gpus: int, where: str) -> dict[str, Any]:
+    """The plain space document the auto template gives for this method and GPU count."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("methods"), dict):
+        raise SearchSpaceError(f"{where}: the auto template needs a 'methods' mapping")
+    section = doc["methods"].get(method)
+    if not isinstance(section, dict) or not isinstance(section.get("zero"), dict):
+        raise SearchSpaceError(f"{where}: no section for method {method!r} with zero: {{one_gpu, several_gpus}}")
+    zero = section["zero"].get("one_gpu" if num_gpus == 1 else "several_gpus")
+    shared = {k: v for k, v in doc.items() if k != "methods"}
+    return {**shared, **section, "method": method, "zero": zero}
 
 
 def _int_list(doc: dict, key: str, problems: list[str], where: str) -> tuple[int, ...]:
@@ -146,6 +191,9 @@ def parse_space(doc: Any, where: str = "<space>") -> SearchSpace:
         else:
             zero_opts.append(ZeroOption(st, oo, op))
 
+    losses = _choices(doc, "loss", LOSSES, "hf", problems, where)
+    quants = _choices(doc, "quant", QUANTS, "none", problems, where)
+    optims = _choices(doc, "optimizer", OPTIMIZERS, "adamw", problems, where)
     micro = _int_list(doc, "micro_batch", problems, where)
     tokens = _int_list(doc, "max_token", problems, where)
     if problems:
@@ -154,4 +202,12 @@ def parse_space(doc: Any, where: str = "<space>") -> SearchSpace:
                     lora_targets=tuple(targets) if targets else None, freeze_trainable_layers=freeze_n)
     return SearchSpace(name=Path(where).stem, method=method, precisions=tuple(precisions), grad_ckpt=tuple(ckpt),
                        zero=tuple(zero_opts), micro_batches=micro, max_tokens=tokens,
-                       description=str(doc.get("description", "")))
+                       description=str(doc.get("description", "")), losses=losses, quants=quants, optims=optims)
+
+
+def _choices(doc: dict, key: str, allowed: tuple[str, ...], default: str, problems: list[str], where: str) -> tuple[str, ...]:
+    v = doc.get(key, [default])
+    if not isinstance(v, list) or not v or any(x not in allowed for x in v):
+        problems.append(f"{where}: key '{key}' must be a list drawn from {', '.join(allowed)}, got {v!r}")
+        return ()
+    return tuple(dict.fromkeys(v))
