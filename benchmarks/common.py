@@ -22,6 +22,7 @@ def add_scenario_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--max-token", type=int, required=True)
     ap.add_argument("--space", default="default")
+    ap.add_argument("--method", default=None, choices=["lora", "full", "freeze"])
     ap.add_argument("--global-batch", type=int, default=32)
     ap.add_argument("--gpu-memory", default=None)
     ap.add_argument("--gpus", default=None)
@@ -35,7 +36,8 @@ def scenario_from_args(a: argparse.Namespace, **ctx_kw) -> tuple[Context, ModelS
     device, gpus = parse_gpus(a.gpus, a.device)
     ctx = Context(model=a.model, device=device, gpus=gpus, gpu_memory=parse_memory(a.gpu_memory) if a.gpu_memory else None,
                   global_batch=a.global_batch, measure_steps=2, **ctx_kw)
-    return ctx, resolve_model(a.model), load_space(a.space), Limits(memory_budget(ctx), a.headroom)
+    space = load_space(a.space, method=a.method, num_gpus=ctx.num_gpus)
+    return ctx, resolve_model(a.model), space, Limits(memory_budget(ctx), a.headroom)
 
 
 def committed(results: Path, pattern: str) -> list[Path]:

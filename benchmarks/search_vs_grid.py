@@ -43,8 +43,11 @@ def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Pa
     cells = {}
     # The grid gets the same warm workers and standby as the search: only the choice of probes differs.
     factory = StandbyFactory(ctx, source, out / "grid_io")
+    from autofit.capabilities import missing
+
     try:
-        for s in space.strategies(ctx.num_gpus):
+        # What the search leaves out as unavailable here, the grid leaves out too: the same space.
+        for s in [s for s in space.strategies(ctx.num_gpus) if missing(s, ctx) is None]:
             for t in tokens:
                 progress.log(f"grid: {s.key()} T={t} over micro-batch {mbs}")
                 with factory(s) as session:
@@ -128,7 +131,7 @@ def summarize_cut_short(out: Path, log: Path, limits_max_token: int) -> dict:
     return summary
 
 
-def reuse_grid(src: Path, out: Path, search: dict, max_token: int, gpu: str | None = None) -> dict:
+def reuse_grid(src: Path, out: Path, search: dict, max_token: int, gpu: str | None = None, quantize: bool = False) -> dict:
     """The grid half of summary.json, taken from an earlier run of the same scenario (same model, space,
     budget and GPU model): the oracle does not depend on how the search plans, so a planner change can
     be re-measured without paying for the grid again. The search's winner is looked up in that grid."""
@@ -145,6 +148,9 @@ def reuse_grid(src: Path, out: Path, search: dict, max_token: int, gpu: str | No
         g["log"] = "grid.log"
     mine = measured_cell(read_probes(out / "grid.csv"), search["winner"], search["winner_micro_batch"], max_token)
     g["search_winner_tokens_per_s_in_grid"] = float(mine["tokens_per_s"]) if mine else None
+    q = g.get("best_quantized")
+    if quantize and q and (not g.get("best") or q["tokens_per_s"] > g["best"]["tokens_per_s"]):
+        g["best"] = q  # with --quantize the oracle's answer may be a 4/8-bit cell
     part = {"grid": g}
     if mine and g.get("best"):
         part["quality"] = round(float(mine["tokens_per_s"]) / g["best"]["tokens_per_s"], 4)
@@ -167,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid-from", type=Path, metavar="DIR", default=None,
                     help="skip the grid and compare with the one an earlier run of this scenario measured on the "
                          "same GPU model (its grid.csv and summary.json are copied in, marked reused_from)")
+    ap.add_argument("--quantize", action="store_true", help="the search's --quantize: 4/8-bit configurations may win")
+    ap.add_argument("--grid-measure-steps", type=int, default=2,
+                    help="measured steps per grid probe (1 is what the search measures per probe: like for like)")
     ap.add_argument("--summarize-cut-short", type=Path, metavar="LOG", default=None,
                     help="rebuild OUT/summary.json from OUT and this benchmark log after the grid was stopped early")
     a = ap.parse_args(argv)
@@ -187,28 +196,39 @@ def main(argv: list[str] | None = None) -> int:
     # The search measures one step per probe (close candidates are re-measured); the grid, as the
     # oracle, measures two.
     res = run_search(SearchRequest(ctx=replace(ctx, measure_steps=1), source=source, space=space, max_token=a.max_token, limits=limits,
-                                   run_dir=a.out / "search", budget_s=parse_duration(a.budget)), progress=progress)
+                                   run_dir=a.out / "search", budget_s=parse_duration(a.budget), quantize=a.quantize),
+                     progress=progress)
     search_wall = time.time() - t0
     shutil.rmtree(a.out / "search" / "probe_io", ignore_errors=True)
     print(res.summary, flush=True)
     summary = {
         "model": a.model, "max_token": a.max_token, "space": space.name, "global_batch": a.global_batch,
+        "quantize": a.quantize,
         "gpu": (read_probes(a.out / "search" / "probes.csv") or [{}])[0].get("device_name"),
         "budget_gib": round(budget / 2**30, 2), "headroom": a.headroom, "warm_up_s": warm_s,
         "search": {"wall_s": round(search_wall, 1), "probes": res.probes_run,
                    "winner": res.best["config"]["strategy"] if res.best else None,
                    "winner_micro_batch": res.best["config"]["micro_batch"] if res.best else None,
                    "winner_tokens_per_s": res.best["measured"]["tokens_per_s"] if res.best else None,
-                   "note": res.outcome.note or None},
+                   "note": res.outcome.note or None,
+                   "numerics": res.best["config"]["numerics"] if res.best else None,
+                   "alternative": res.best.get("alternative") if res.best else None},
     }
     if a.grid_from:
-        summary.update(reuse_grid(a.grid_from, a.out, summary["search"], a.max_token, summary["gpu"]))
+        summary.update(reuse_grid(a.grid_from, a.out, summary["search"], a.max_token, summary["gpu"], a.quantize))
     elif not a.skip_grid:
         tokens = sorted({int(t) for t in a.grid_tokens.split(",")} | {a.max_token} if a.grid_tokens
                         else set(space.max_tokens) | {a.max_token})
-        g = grid(replace(ctx, max_positions=max(tokens)), source, space, tokens, limits, a.out, progress)
-        # The oracle's answer for the objective: the fastest fitting cell at the requested max_token.
-        fitting = {k[:2]: r for k, r in g["cells"].items() if limits.fits(r) and k[2] == a.max_token}
+        g = grid(replace(ctx, max_positions=max(tokens), measure_steps=a.grid_measure_steps), source, space, tokens,
+                 limits, a.out, progress)
+        # The oracle's answer for the objective: the fastest fitting cell at the requested max_token, among
+        # the configurations the search may pick (exact ones unless --quantize).
+        from autofit.spec import Strategy
+
+        allowed = {s.key() for s in space.strategies(ctx.num_gpus) if a.quantize or s.exact}
+        every = {k[:2]: r for k, r in g["cells"].items() if limits.fits(r) and k[2] == a.max_token}
+        fitting = {k: r for k, r in every.items() if k[0] in allowed}
+        quantized = {k: r for k, r in every.items() if not Strategy.from_key(k[0]).exact}
         best_key = max(fitting, key=lambda k: fitting[k].tokens_per_s) if fitting else None
         winner_key = (summary["search"]["winner"], summary["search"]["winner_micro_batch"])
         in_grid = g["cells"].get((*winner_key, a.max_token))
@@ -216,7 +236,12 @@ def main(argv: list[str] | None = None) -> int:
             "max_tokens": tokens, "wall_s": g["wall_s"], "probes": g["probes"],
             "best": {"strategy": best_key[0], "micro_batch": best_key[1], "tokens_per_s": fitting[best_key].tokens_per_s} if best_key else None,
             "search_winner_tokens_per_s_in_grid": in_grid.tokens_per_s if in_grid and in_grid.ok else None,
+            "measure_steps": a.grid_measure_steps,
         }
+        if quantized:
+            qk = max(quantized, key=lambda k: quantized[k].tokens_per_s)
+            summary["grid"]["best_quantized"] = {"strategy": qk[0], "micro_batch": qk[1],
+                                                 "tokens_per_s": quantized[qk].tokens_per_s}
         if best_key and in_grid and in_grid.ok:
             summary["quality"] = round(in_grid.tokens_per_s / fitting[best_key].tokens_per_s, 4)
         summary["time_fraction"] = round(search_wall / g["wall_s"], 3)
