@@ -295,6 +295,8 @@ def _print_result(result) -> None:
                    f"at max_token {c['max_token']}: {m['tokens_per_s']} tokens/s, peak {m['peak_gib']} GiB "
                    f"(limit {result.best['hardware']['limit_gib']} GiB)")
         click.echo(f"wrote {result.run.best}" + (f" and {result.run.ds_config}" if result.best.get("deepspeed") else ""))
+    elif out.alternative is not None:
+        click.echo("no exact configuration fits (see boundaries.csv for the walls); the 4/8-bit one above does")
     else:
         click.echo("no configuration fits; see boundaries.csv for the walls")
     click.echo(f"{result.probes_run} probe(s) run, {result.probes_reused} reused, {result.wall_time_s:.0f}s; "

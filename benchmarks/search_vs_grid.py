@@ -161,6 +161,42 @@ def reuse_grid(src: Path, out: Path, search: dict, max_token: int, gpu: str | No
     return part
 
 
+def run_grid(a: argparse.Namespace, ctx: Context, source, space, limits: Limits, search: dict, progress: Progress,
+             search_wall: float | None = None) -> dict:
+    """The grid half of summary.json: every cell of the space at the grid's max_tokens, and how the
+    search's winner compares with the grid's best."""
+    search_wall = search["wall_s"] if search_wall is None else search_wall
+    part: dict = {}
+    tokens = sorted({int(t) for t in a.grid_tokens.split(",")} | {a.max_token} if a.grid_tokens
+                    else set(space.max_tokens) | {a.max_token})
+    g = grid(replace(ctx, max_positions=max(tokens), measure_steps=a.grid_measure_steps), source, space, tokens,
+             limits, a.out, progress)
+    # The oracle's answer for the objective: the fastest fitting cell at the requested max_token, among
+    # the configurations the search may pick (exact ones unless --quantize).
+    from autofit.spec import Strategy
+
+    allowed = {s.key() for s in space.strategies(ctx.num_gpus) if a.quantize or s.exact}
+    every = {k[:2]: r for k, r in g["cells"].items() if limits.fits(r) and k[2] == a.max_token}
+    fitting = {k: r for k, r in every.items() if k[0] in allowed}
+    quantized = {k: r for k, r in every.items() if not Strategy.from_key(k[0]).exact}
+    best_key = max(fitting, key=lambda k: fitting[k].tokens_per_s) if fitting else None
+    winner_key = (search["winner"], search["winner_micro_batch"])
+    in_grid = g["cells"].get((*winner_key, a.max_token))
+    part["grid"] = {
+        "max_tokens": tokens, "wall_s": g["wall_s"], "probes": g["probes"],
+        "best": {"strategy": best_key[0], "micro_batch": best_key[1], "tokens_per_s": fitting[best_key].tokens_per_s} if best_key else None,
+        "search_winner_tokens_per_s_in_grid": in_grid.tokens_per_s if in_grid and in_grid.ok else None,
+        "measure_steps": a.grid_measure_steps,
+    }
+    if quantized:
+        qk = max(quantized, key=lambda k: quantized[k].tokens_per_s)
+        part["grid"]["best_quantized"] = {"strategy": qk[0], "micro_batch": qk[1], "tokens_per_s": quantized[qk].tokens_per_s}
+    if best_key and in_grid and in_grid.ok:
+        part["quality"] = round(in_grid.tokens_per_s / fitting[best_key].tokens_per_s, 4)
+    part["time_fraction"] = round(search_wall / g["wall_s"], 3)
+    return part
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_scenario_args(ap)
@@ -173,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid-from", type=Path, metavar="DIR", default=None,
                     help="skip the grid and compare with the one an earlier run of this scenario measured on the "
                          "same GPU model (its grid.csv and summary.json are copied in, marked reused_from)")
+    ap.add_argument("--grid-only", action="store_true",
+                    help="run only the grid, against the search an earlier --skip-grid run left in OUT (summary.json)")
     ap.add_argument("--quantize", action="store_true", help="the search's --quantize: 4/8-bit configurations may win")
     ap.add_argument("--grid-measure-steps", type=int, default=2,
                     help="measured steps per grid probe (1 is what the search measures per probe: like for like)")
@@ -190,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     progress = Progress()
 
+    if a.grid_only:
+        summary = json.loads((a.out / "summary.json").read_text())
+        summary.update(run_grid(a, ctx, source, space, limits, summary["search"], progress))
+        (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2))
+        return 0
     shutil.rmtree(a.out / "search", ignore_errors=True)
     warm_s = None if a.no_warm_up else warm_up(any(s.offload_optimizer for s in space.strategies(ctx.num_gpus)))
     t0 = time.time()
@@ -217,34 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.grid_from:
         summary.update(reuse_grid(a.grid_from, a.out, summary["search"], a.max_token, summary["gpu"], a.quantize))
     elif not a.skip_grid:
-        tokens = sorted({int(t) for t in a.grid_tokens.split(",")} | {a.max_token} if a.grid_tokens
-                        else set(space.max_tokens) | {a.max_token})
-        g = grid(replace(ctx, max_positions=max(tokens), measure_steps=a.grid_measure_steps), source, space, tokens,
-                 limits, a.out, progress)
-        # The oracle's answer for the objective: the fastest fitting cell at the requested max_token, among
-        # the configurations the search may pick (exact ones unless --quantize).
-        from autofit.spec import Strategy
-
-        allowed = {s.key() for s in space.strategies(ctx.num_gpus) if a.quantize or s.exact}
-        every = {k[:2]: r for k, r in g["cells"].items() if limits.fits(r) and k[2] == a.max_token}
-        fitting = {k: r for k, r in every.items() if k[0] in allowed}
-        quantized = {k: r for k, r in every.items() if not Strategy.from_key(k[0]).exact}
-        best_key = max(fitting, key=lambda k: fitting[k].tokens_per_s) if fitting else None
-        winner_key = (summary["search"]["winner"], summary["search"]["winner_micro_batch"])
-        in_grid = g["cells"].get((*winner_key, a.max_token))
-        summary["grid"] = {
-            "max_tokens": tokens, "wall_s": g["wall_s"], "probes": g["probes"],
-            "best": {"strategy": best_key[0], "micro_batch": best_key[1], "tokens_per_s": fitting[best_key].tokens_per_s} if best_key else None,
-            "search_winner_tokens_per_s_in_grid": in_grid.tokens_per_s if in_grid and in_grid.ok else None,
-            "measure_steps": a.grid_measure_steps,
-        }
-        if quantized:
-            qk = max(quantized, key=lambda k: quantized[k].tokens_per_s)
-            summary["grid"]["best_quantized"] = {"strategy": qk[0], "micro_batch": qk[1],
-                                                 "tokens_per_s": quantized[qk].tokens_per_s}
-        if best_key and in_grid and in_grid.ok:
-            summary["quality"] = round(in_grid.tokens_per_s / fitting[best_key].tokens_per_s, 4)
-        summary["time_fraction"] = round(search_wall / g["wall_s"], 3)
+        summary.update(run_grid(a, ctx, source, space, limits, summary["search"], progress, search_wall))
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return 0
