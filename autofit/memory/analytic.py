@@ -1,10 +1,11 @@
 """Predict one GPU's peak memory for a strategy and shape from the architecture alone: no GPU, no files.
 
 The prediction counts what one GPU holds at the peak of a training step as autofit's probe worker
-trains (transformers 4.40.2, PEFT 0.12, torch AdamW or DeepSpeed, configured by autofit.trainconfig):
-weights, gradients, optimizer state, what autograd saves for backward, the fp32 logits of the loss,
-and what the caching allocator and the CUDA context add on top. Each term says why where it is
-computed. Its measured error is benchmarks/estimate_validation.py's job.
+trains (transformers 4.40.2, PEFT 0.12, torch AdamW, bitsandbytes or DeepSpeed, configured by
+autofit.trainconfig): weights (bf16, or 4/8-bit for the blocks' Linear layers), gradients, optimizer
+state (32- or 8-bit), what autograd saves for backward, the loss (HF's fp32 logits, or the fused
+loss's chunks), and what the caching allocator and the CUDA context add on top. Each term says why
+where it is computed. Its measured error is benchmarks/estimate_validation.py's job.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ ZERO3_MAX_LIVE_PARAMS = 1e9
 # default, kept by autofit), converting one sub-group's gradients to fp32 at a time; a sub-group closes
 # at the first parameter that reaches the size, so it can be one parameter partition larger.
 ZERO3_SUB_GROUP_PARAMS = 1e9
+# bitsandbytes base weights (trainconfig.quantization_config) quantize the Linear weights of the decoder
+# blocks only; embeddings, norms, biases and the output projection stay in the model dtype. NF4 with
+# double quantization: 4 bits a weight, an 8-bit absmax per block of 64 and an fp32 absmax per 256 blocks.
+NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
+# LLM.int8 (Linear8bitLt, has_fp16_weights=False): an int8 weight and an fp32 scale per output row.
+INT8_BYTES_PER_PARAM = 1
+INT8_BYTES_PER_ROW = 4
+# bitsandbytes' 8-bit AdamW keeps both moments in uint8, in blocks of 256 with an fp32 absmax per block
+# and moment. Tensors under its min_8bit_size (4096 elements: biases, small norms) keep fp32 moments:
+# a few kilobytes per block, left out.
+ADAMW8BIT_BYTES_PER_PARAM = 2 * (1 + 4 / 256)
 
 
 @dataclass(frozen=True)
@@ -59,7 +71,8 @@ class Peak:
     gradients: float
     optimizer: float         # AdamW moments, plus DeepSpeed's fp32 master copy
     autocast_copies: float   # half copies of fp32 weights that autocast makes and backward keeps
-    activations: float       # what autograd saves, the loss' fp32 logits, masks, RoPE cache
+    activations: float       # what autograd saves, the loss (fp32 logits or fused chunks), masks, RoPE
+                             # cache, and the one 4/8-bit weight dequantized at a time
     step_extra: float        # transient of the optimizer step (fp32 gradient partition, AdamW temporary)
     phase: str               # where the peak is: "forward/backward" or "optimizer step"
     allocated: float         # torch.cuda.max_memory_allocated
@@ -157,7 +170,8 @@ def _block_bytes(arch: Arch, strategy: Strategy, p: _Precision, targets: tuple[s
     # ZeRO-3 replaces F.linear with its memory-efficient LinearFunctionForZeroStage3, which saves every
     # Linear's input, frozen or not (benchmarks/saved_activations.py counts it on the CPU: +h + mlp_width per
     # token and block for GLM-4 LoRA on q/k/v/o). So under ZeRO-3 a frozen Linear keeps its input too.
-    keeps_input = base_trainable or p.zero3
+    # LLM.int8's matmul (MatMul8bitLt) also saves its input whenever that input needs a gradient.
+    keeps_input = base_trainable or p.zero3 or strategy.quant == "int8"
     # RMSNorm (4.40) upcasts its input to fp32 and keeps it for pow/mul; a trainable norm weight also
     # keeps the normalised input it multiplies.
     norms = 2 * 4 * h + (2 * p.weight * h if base_trainable else 0)
@@ -194,35 +208,90 @@ def _grad_layers(arch: Arch, strategy: Strategy, targets: tuple[str, ...]) -> in
 
 def activation_bytes(arch: Arch, strategy: Strategy, num_gpus: int, micro_batch: int, max_token: int,
                      default_targets: tuple[str, ...]) -> float:
-    """Activation memory at the peak of forward/backward for one micro-batch, in bytes."""
+    """Activation memory at the peak of forward/backward for one micro-batch, in bytes: at the loss,
+    or while a block runs backward (recomputed first under checkpointing), whichever is larger."""
     p = _precision(strategy, num_gpus)
     targets = strategy.method.lora_targets or default_targets
     n = _grad_layers(arch, strategy, targets)
     h = arch.hidden
     block = _block_bytes(arch, strategy, p, targets)
     head_trainable = strategy.method.kind in ("full", "freeze")
-    head_input = head_trainable or p.zero3   # the head is a Linear too
+    # The head is a Linear too; the fused loss computes its gradients in forward instead of saving its input.
+    head_input = (head_trainable or p.zero3) and strategy.loss == "hf"
     final = (4 * h + (p.weight * h if head_trainable else 0)
              + (_input_bytes(h, p.weight, 1.0, 0.0, p, False) if head_input else 0)) if n else 0.0
-    loss = LOGITS_BYTES_PER_VOCAB * arch.vocab + INT_BYTES_PER_TOKEN
+    tokens = micro_batch * max_token
+    loss, loss_fixed = _loss_bytes(arch, strategy, p, tokens)
     # Under LoRA or freeze the first block that needs gradients reads an input that needs none, so
     # its first norm keeps nothing.
     first = -4 * h if n and strategy.method.kind != "full" else 0.0
+    # A block's backward adds the gradients of its two widest intermediates (or LLM.int8's quantized
+    # copies of a Linear's input and its int32 product, when larger) and one dequantized weight.
+    transient = max(2 * p.act * arch.mlp_width, _int8_transient(arch, strategy))
+    dequantized = _dequantized_bytes(arch, strategy, p)
     if strategy.grad_ckpt:
-        # Checkpointing keeps each block's input (the residual stream, in the weights' dtype). The peak
-        # is at the loss, or while one block is recomputed and runs backward (its saved tensors plus
-        # the gradients of its two widest intermediates), whichever is larger.
+        # Checkpointing keeps each block's input (the residual stream, in the weights' dtype); the block
+        # that runs backward is recomputed with its saved tensors.
         kept = n * p.weight * h
-        per_token = max(kept + final + loss, kept + block + 2 * p.act * arch.mlp_width) if n else loss
+        at_loss, in_block = kept + final + loss, kept + block + transient
     else:
-        per_token = n * block + first + final + loss
-    tokens = micro_batch * max_token
+        at_loss, in_block = n * block + first + final + loss, n * block + first + transient
+    peak = max(at_loss * tokens + loss_fixed, in_block * tokens + dequantized) if n else loss * tokens + loss_fixed
     mask = 0.0
     if arch.sliding_window and max_token >= arch.sliding_window:
         # 4.40 materialises the causal mask (micro-batch x T x T, model dtype) once T reaches the
         # sliding window (Qwen2/Mistral), shared by every layer.
         mask = micro_batch * max_token * max_token * p.weight
-    return per_token * tokens + mask
+    return peak + mask
+
+
+def _loss_bytes(arch: Arch, strategy: Strategy, p: _Precision, tokens: int) -> tuple[float, float]:
+    """What the loss holds at its peak: (bytes per token, bytes in all)."""
+    if strategy.loss == "hf":
+        return LOGITS_BYTES_PER_VOCAB * arch.vocab + INT_BYTES_PER_TOKEN, 0.0
+    # liger-kernel's fused linear cross-entropy: the last hidden states, their shifted contiguous copy and
+    # the gradient it computes in forward (hidden dtype), an fp32 loss per token; the logits of one chunk
+    # at a time; and, for a trainable head, its weight gradient, also computed in forward.
+    head_grad = arch.head_params * p.weight if strategy.method.kind in ("full", "freeze") else 0.0
+    chunk = fused_chunk_rows(arch, tokens) * arch.vocab * p.act
+    return 3 * p.weight * arch.hidden + 4 + INT_BYTES_PER_TOKEN, chunk + head_grad
+
+
+def fused_chunk_rows(arch: Arch, tokens: int) -> int:
+    """Tokens per chunk of liger-kernel 0.8.5's LigerFusedLinearCrossEntropyFunction (chunk_mem_const 1):
+    next_power_of_2(ceil(tokens / ceil(vocab / hidden))), at most tokens, so that one chunk's logits are
+    about the size of the hidden states (up to twice)."""
+    inc = -(-arch.vocab // arch.hidden)
+    return min(1 << (-(-tokens // inc) - 1).bit_length(), tokens)
+
+
+def _int8_transient(arch: Arch, strategy: Strategy) -> float:
+    """Bytes per token that LLM.int8's matmul allocates for its widest Linear: the input cast to fp16 and
+    quantized to int8, and the int32 product before it is scaled back."""
+    if strategy.quant != "int8":
+        return 0.0
+    return max(((2 + 1) * lin.in_features + 4 * lin.out_features) * lin.share for lin in arch.block_linears)
+
+
+def _dequantized_bytes(arch: Arch, strategy: Strategy, p: _Precision) -> float:
+    """A 4/8-bit Linear dequantizes its weight to a bf16 transient for its matmul (NF4 in forward and
+    backward, LLM.int8 in backward), one layer at a time: the largest one."""
+    if strategy.quant == "none":
+        return 0.0
+    return max(lin.in_features * lin.out_features for lin in arch.block_linears) * p.weight
+
+
+def base_weight_bytes(arch: Arch, strategy: Strategy, weight: int) -> float:
+    """The module's own weights (no adapters), with the blocks' Linear weights in 4/8 bits when quantized."""
+    if strategy.quant == "none":
+        return arch.params * weight
+    quantized = arch.layers * arch.block_linear_params
+    if strategy.quant == "nf4":
+        packed = NF4_BYTES_PER_PARAM * quantized
+    else:
+        packed = INT8_BYTES_PER_PARAM * quantized + INT8_BYTES_PER_ROW * arch.layers * sum(
+            lin.out_features for lin in arch.block_linears)
+    return (arch.params - quantized) * weight + packed
 
 
 # ----------------------------------------------------------------------------- the peak
@@ -248,7 +317,9 @@ def predict(arch: Arch, strategy: Strategy, num_gpus: int, micro_batch: int, max
     fb = weights + gathered + grads_in_fb + optimizer + copies + acts
     step = weights + grads + optimizer + step_extra
     allocated = max(fb, step)
-    slack = max(ALLOCATOR_MIN_SLACK, ALLOCATOR_LOGITS_BLOCKS * micro_batch * max_token * arch.vocab * 4)
+    # The fused loss allocates chunk buffers of one size at every step, which the allocator reuses.
+    slack = ALLOCATOR_MIN_SLACK if strategy.loss == "fused" else max(
+        ALLOCATOR_MIN_SLACK, ALLOCATOR_LOGITS_BLOCKS * micro_batch * max_token * arch.vocab * 4)
     reserved = max(allocated + slack, fb + slack + flat)
     return Peak(micro_batch=micro_batch, max_token=max_token, weights=weights, gathered=gathered, gradients=grads,
                 optimizer=optimizer, autocast_copies=copies, activations=acts, step_extra=step_extra,
@@ -257,13 +328,17 @@ def predict(arch: Arch, strategy: Strategy, num_gpus: int, micro_batch: int, max
 
 
 def _torch_state(arch: Arch, strategy: Strategy, p: _Precision, trainable: int, lora: int, grad_accum: int):
-    """Plain torch AdamW on one GPU (what the worker and HF Trainer run without DeepSpeed)."""
-    weights = arch.params * p.weight + lora * p.adapter
+    """Plain torch AdamW or bitsandbytes' 8-bit AdamW on one GPU (what the worker and HF Trainer run
+    without DeepSpeed)."""
+    weights = base_weight_bytes(arch, strategy, p.weight) + lora * p.adapter
     per_param = p.adapter if lora else p.weight   # gradients and AdamW moments take the parameter's dtype
     grads = trainable * per_param
     # The worker zeroes gradients with set_to_none after each optimizer step, so they exist during
     # forward/backward only from the second micro-step of an accumulation on.
     grads_in_fb = grads if grad_accum > 1 else 0.0
+    if strategy.optim == "adamw8bit":
+        # Its fused kernel updates the 8-bit state in place: no temporary.
+        return weights, 0.0, grads, grads_in_fb, ADAMW8BIT_BYTES_PER_PARAM * trainable, 0.0
     optimizer = 2 * trainable * per_param
     # foreach AdamW allocates sqrt(exp_avg_sq) for all parameters at once during the step.
     step_extra = trainable * per_param
@@ -273,7 +348,7 @@ def _torch_state(arch: Arch, strategy: Strategy, p: _Precision, trainable: int, 
 def _deepspeed_state(arch: Arch, strategy: Strategy, n: int, p: _Precision, trainable: int, lora: int):
     """DeepSpeed engine as trainconfig.deepspeed_config sets it up (weights in the module's dtype)."""
     z = strategy.zero_stage
-    module = (arch.params + lora) * p.weight       # DeepSpeed casts the module, adapters too, to half
+    module = base_weight_bytes(arch, strategy, p.weight) + lora * p.weight  # adapters cast to half too
     weights, gathered = module, 0.0
     if z == 3:
         # Parameters are sharded over the GPUs (or on the host with offload_params); the ones in use
@@ -281,11 +356,12 @@ def _deepspeed_state(arch: Arch, strategy: Strategy, n: int, p: _Precision, trai
         weights = 0.0 if strategy.offload_params else module / n
         gathered = min(arch.params, ZERO3_MAX_LIVE_PARAMS) * p.weight
     shard = n if z >= 1 else 1
-    # The optimizer holds AdamW's two fp32 moments and an fp32 master copy of the trainable
-    # parameters (ZeRO 1-3 clone one even for fp32 weights; stage 0 only for half weights), sharded
-    # by ZeRO 1-3, on the host with offload_optimizer.
+    # The optimizer holds AdamW's two fp32 moments (8-bit ones with adamw8bit, a client optimizer at
+    # stage 0) and an fp32 master copy of the trainable parameters (ZeRO 1-3 clone one even for fp32
+    # weights; stage 0 only for half weights), sharded by ZeRO 1-3, on the host with offload_optimizer.
     master = 4 * trainable if (p.weight == 2 or z >= 1) else 0
-    optimizer = 0.0 if strategy.offload_optimizer else (master + 8 * trainable) / shard
+    moments = ADAMW8BIT_BYTES_PER_PARAM * trainable if strategy.optim == "adamw8bit" else 8 * trainable
+    optimizer = 0.0 if strategy.offload_optimizer else (master + moments) / shard
     bucket = 2 * arch.hidden * arch.hidden * p.weight if z >= 1 else 0.0  # reduce bucket (hidden^2), double-buffered
     if z == 0:
         # bf16 at stage 0 accumulates gradients in fp32 (DeepSpeed's BF16_Optimizer).
