@@ -5,6 +5,9 @@ to count parameters on the meta device), the walls it implies, and its calibrati
 
     python -m benchmarks.estimate_validation              # writes results/estimate-error/{errors.csv,summary.json}
     python -m benchmarks.estimate_validation --out DIR    # somewhere else
+
+Probes of any strategy key are read, new dimensions included (fused loss, 4/8-bit base weights,
+8-bit AdamW): add their file to VALIDATION_SETS and their rows join the tables and the summary.
 """
 
 from __future__ import annotations
