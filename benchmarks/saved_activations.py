@@ -1,5 +1,5 @@
 """Bytes autograd keeps per token and decoder block, counted on the CPU (no GPU needed): the check
-behind autofit.estimate's activation terms. Builds a Qwen2-shaped model (GLM-4-9B's block by default)
+behind autofit.memory.analytic's activation terms. Builds a Qwen2-shaped model (GLM-4-9B's block by default)
 with one and with two blocks, LoRA on the given targets, bf16 weights and adapters (as the DeepSpeed
 engine casts them), runs one forward under torch.autograd.graph.saved_tensors_hooks, sums the distinct
 storages saved (parameters excluded) and takes the difference. `--zero3` patches F.linear with

@@ -1,4 +1,4 @@
-"""The estimate's per-block activation bytes against autograd's own count (CPU, a small Qwen2 block):
+"""The memory model's per-block activation bytes against autograd's own count (CPU, a small Qwen2 block):
 LoRA under the DeepSpeed engine at stage 0 (adapters cast to bf16) and under ZeRO-3 (F.linear replaced
 by DeepSpeed's memory-efficient linear, adapters left fp32). The ZeRO-3 emulation reproduced the real
 engine's count (deepspeed.initialize with ZeRO-3 + offload on the CPU, gloo) to the byte at
@@ -6,7 +6,8 @@ h=512/1024 and GLM-4-9B's h=4096, mlp=13696: 32456, 50952 and 257800 bytes per t
 import pytest
 import torch.nn.functional as F
 
-from autofit import estimate as E
+from autofit.memory import analytic as E
+from autofit.memory.arch import arch_of
 from autofit.spec import Method, Strategy
 from benchmarks.saved_activations import per_block_per_token
 
@@ -21,7 +22,7 @@ def _block(zero: int, model_dir) -> float:
 
     transformers.Qwen2Config(hidden_size=H, intermediate_size=MLP, num_hidden_layers=2, num_attention_heads=HEADS,
                              num_key_value_heads=KV, vocab_size=256).save_pretrained(model_dir)
-    arch = E.arch_of(resolve_model(str(model_dir)))
+    arch = arch_of(resolve_model(str(model_dir)))
     s = Strategy(method=Method(kind="lora", lora_r=8), precision="bf16-pure", grad_ckpt=False, zero_stage=zero,
                  offload_optimizer=zero == 3, offload_params=zero == 3)
     p = E._precision(s, 2)   # two GPUs: the DeepSpeed engine at stage 0 too (bf16 adapters)

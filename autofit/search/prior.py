@@ -45,7 +45,7 @@ class AnalyticPrior:
         if self._arch is None:
             return None
         try:
-            from autofit.estimate import predict
+            from autofit.memory.analytic import predict
 
             return predict(self._arch.result(), s, self.ctx.num_gpus, micro_batch, max_token, grad_accum,
                            self.source.lora_targets).device
@@ -66,7 +66,7 @@ class AnalyticPrior:
 
 def _read_arch(source: ModelSource, into: Future) -> None:
     try:
-        from autofit.estimate import arch_of
+        from autofit.memory.arch import arch_of
 
         into.set_result(arch_of(source))
     except BaseException as exc:  # handed to _predict, which then plans without the prior

@@ -1,0 +1,115 @@
+"""benchmarks/estimate_validation.py: the memory model against every peak real probes measured on
+H100/H200 and committed under results/ (read-only), and the error files it writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from benchmarks.estimate_validation import (
+    ERROR_DIR, REPO_ROOT, VALIDATE_COMMAND, validate, write_validation,
+)
+
+GLM = "THUDM/glm-4-9b-chat"
+
+
+@pytest.fixture(scope="module")
+def validation():
+    return validate()
+
+
+# ----------------------------------------------------------------------------- accuracy vs measurements
+
+
+def test_glm4_lora_predictions_within_the_reported_error(validation):
+    rows, summary = validation
+    glm = [r for r in rows if r["model"] == GLM and r["status"] == "ok" and r["strategy"].startswith("lora")]
+    assert len(glm) == 70, "every GLM-4 LoRA peak (probe-evidence-h100, the H200 grid, both 24 GiB grids)"
+    nvml = sorted(abs(r["err_nvml_pct"]) for r in glm)
+    alloc = sorted(abs(r["err_allocated_pct"]) for r in glm)
+    # uncalibrated: median 1.8% against nvml_peak; the largest error is ZeRO-3 full offload at T=2048,
+    # mb 4 under the 24 GiB cap, 18% high (the safe side). Allocated: within 3% but for ZeRO-3 offload
+    # at its smallest shapes (4-12% low: DeepSpeed's fixed buffers, which calibration takes up).
+    # ZeRO-3 without checkpointing was 27-30% low (allocated) until the estimate counted what DeepSpeed's
+    # memory-efficient linear and the fp32 adapters keep (tests/test_saved_activations.py); now 1-3%.
+    assert nvml[len(nvml) // 2] < 2.0 and nvml[-1] < 18.5
+    assert alloc[-1] < 13.0 and alloc[-4] < 3.0
+    z3_nockpt = [r for r in glm if "/nockpt/z3" in r["strategy"]]
+    assert len(z3_nockpt) == 3 and all(abs(r["err_allocated_pct"]) < 3.0 for r in z3_nockpt)
+    assert summary["glm4_lora"]["nvml"]["median_abs_pct"] < 2.0
+
+
+def test_measured_outcomes_and_walls_are_predicted(validation):
+    _, summary = validation
+    walls = summary["walls"]
+    # every ok/oom probe on 80 GB H100s (1, 2 and 4 of them), 141 GB H200s (1, 2, 4; the 2 x H200 Qwen2-1.5B
+    # grid: 60 cells that all fit, all predicted to) and under a 24 GiB
+    # cap; six misses, all under the cap and all on the safe side (below). The 2- and 4-GPU full
+    # fine-tuning walls (z0/z2/z3, offload; H100 and H200) are all right.
+    assert walls["outcomes"] == 245 and walls["outcomes_predicted_right"] == 239
+    for s in walls["sessions"]:
+        if s["capacity_is"] == "card":
+            assert s["predicted_largest_fit"] == s["measured_largest_fit"], s
+        else:  # 24 GiB cap: e.g. checkpointing mb 2 ran at 22.8 GiB reserved, predicted 23.7 over the 23.5 cap
+            # (ZeRO-3 without checkpointing went one micro-batch too far until the estimate counted
+            # what DeepSpeed's ZeRO-3 keeps; see test_glm4_lora_predictions_within_the_reported_error)
+            step = {mb: i for i, mb in enumerate(s["micro_batches_tried"], start=1)} | {0: 0}
+            assert s["predicted_largest_fit"] <= s["measured_largest_fit"], "errs on the safe side"
+            assert step[s["measured_largest_fit"]] - step[s["predicted_largest_fit"]] <= 1
+
+
+def test_calibration_on_small_probes_lowers_the_error(validation):
+    rows, summary = validation
+    held = summary["calibration"]["held_out"]
+    assert held["calibrated"]["rows"] == held["uncalibrated"]["rows"] >= 20
+    assert held["calibrated"]["median_abs_pct"] < held["uncalibrated"]["median_abs_pct"] / 2
+    assert held["calibrated"]["max_abs_pct"] < held["uncalibrated"]["max_abs_pct"]
+    # Where the analytic model misses low (ZeRO-3 + offload: DeepSpeed's allocator), one measured
+    # micro-batch fixes the rest.
+    ds = [r for r in rows if r["calibration_role"] == "held-out" and r["deepspeed"]]
+    low = [r for r in ds if r["err_nvml_pct"] < -15.0]
+    assert len(low) >= 3 and all(abs(r["err_nvml_calibrated_pct"]) < 6.0 for r in low)
+    # What it does not fix (Qwen2-1.5B full fine-tuning on 2 GPUs; GLM-4 LoRA with ZeRO-3 full offload
+    # at T=2048 under the 24 GiB cap): micro-batch 1-2 peaks sit on an allocator plateau, below the
+    # line the larger ones follow, so the calibrated prediction of the larger ones stays 6-18% high.
+    # High is the safe side: no wall is predicted too far out.
+    high = [r for r in ds if r["err_nvml_calibrated_pct"] > 6.0]
+    assert high and all(r["err_nvml_calibrated_pct"] < 18.0 and r["err_nvml_pct"] > 0 for r in high)
+    # simpler calibrations do worse than the one used (small probes' allocator scatter gets extrapolated)
+    assert held["memmodel_fit_alone"]["median_abs_pct"] > held["calibrated"]["median_abs_pct"]
+
+
+def test_committed_error_files_are_what_the_command_writes(validation, tmp_path):
+    summary = write_validation(out_dir=tmp_path)
+    committed = REPO_ROOT / ERROR_DIR
+    assert json.loads((committed / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert (committed / "errors.csv").read_text() == (tmp_path / "errors.csv").read_text()
+    assert summary["command"] == VALIDATE_COMMAND
+
+
+def test_probes_of_the_new_dimensions_join_the_tables_once_committed(tmp_path):
+    """Keys with the fused loss, 4/8-bit weights or 8-bit AdamW are decoded and predicted like the others.
+    No GPU has measured them yet, so committed GLM-4 LoRA rows stand in for the file's format: the
+    measured columns are not theirs, only the plumbing is checked."""
+    src = REPO_ROOT / "results" / "bench-h100-glm4-lora-T2048-24GiB" / "grid.csv"
+    with open(src, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, [r for r in reader if r["strategy"] == "lora-r8/bf16-pure/ckpt/z0"]
+    new = {"lora-r8/bf16-pure/ckpt/z0/fused", "lora-r8/bf16-pure/nf4/ckpt/z0/fused",
+           "lora-r8/bf16-pure/int8/ckpt/z0"}
+    out = tmp_path / "results" / "new-dims" / "grid.csv"
+    out.parent.mkdir(parents=True)
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows({**r, "strategy": key} for key in sorted(new | {rows[0]["strategy"]}) for r in rows)
+    errors, summary = validate(tmp_path, (("results/new-dims/grid.csv", {"lora": GLM}),))
+
+    assert {r["strategy"] for r in errors} == new | {"lora-r8/bf16-pure/ckpt/z0"}
+    assert new <= {s["strategy"] for s in summary["per_strategy"]}
+    device = {(r["strategy"], r["micro_batch"]): r["predicted_device_gib"] for r in errors}
+    for (key, mb), gib in device.items():  # the new terms are in the prediction: each one saves memory
+        assert key not in new or gib < device[("lora-r8/bf16-pure/ckpt/z0", mb)], (key, mb)
+    assert summary["sources"] == ["results/new-dims/grid.csv"] and summary["walls"]["outcomes"] == len(errors)
