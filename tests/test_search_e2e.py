@@ -29,7 +29,7 @@ def cpu_run(tmp_path_factory):
 def test_search_writes_every_output(cpu_run):
     run, result = cpu_run
     assert result.exit_code == 0, result.output + str(result.exception)
-    assert "best: lora-r4/fp32/" in result.stdout and "wrote" in result.stdout
+    assert "best (exact): lora-r4/fp32/" in result.stdout and "wrote" in result.stdout
     assert "probe " in result.stderr  # live progress went to stderr
     for name in ("probes.csv", "boundaries.csv", "best.yaml", "run.json", "study.db"):
         assert (run / name).stat().st_size > 0, name
