@@ -101,27 +101,26 @@ def test_a_real_probe_trains_it_in_the_worker(tmp_path, tiny_model_dir, strategy
     assert r.strategy == strategy.key() and r.tokens_per_s > 0
 
 
-def _best_yaml(run, strategy: Strategy) -> None:
-    """A best.yaml naming `strategy` as the winner, as the search writes it (fields verify reads)."""
+def write_best_yaml(run, strategy: Strategy, ctx: Context, shape: Shape, measured: dict, hardware: dict) -> None:
+    """A best.yaml naming `strategy` as the winner, with the fields `autofit verify` reads, as the search writes them."""
     import yaml
 
+    from autofit.models import resolve_model
     from autofit.trainconfig import peft_config, training_args
 
-    ctx = Context(model="autofit/tiny-qwen2", device="cpu", gpus=(), global_batch=4)
-    shape = Shape(2, 32)
     m = strategy.method
     best = {
-        "model": {"id": ctx.model, "weights_probed": "random", "trust_remote_code": False},
-        "hardware": {"device": "cpu", "gpu": "cpu", "gpus": [], "memory_budget_gib": 64.0, "emulated_gpu_memory": False},
+        "model": {"id": ctx.model, "weights_probed": ctx.weights, "trust_remote_code": False},
+        "hardware": hardware,
         "search": {"global_batch": ctx.global_batch},
         "config": {"method": m.kind, "lora_r": m.lora_r, "lora_alpha": m.lora_alpha, "max_token": shape.max_token,
                    "micro_batch": shape.micro_batch, "gradient_accumulation": ctx.grad_accum(shape.micro_batch),
                    "strategy": strategy.key()},
-        "measured": {"tokens_per_s": 1000.0, "peak_gib": 1.0},
+        "measured": measured,
         "training_args": training_args(strategy, ctx, shape, ds_config_path=None),
     }
     if m.kind == "lora":
-        best["peft"] = peft_config(strategy, ("q_proj", "k_proj", "v_proj", "o_proj"))
+        best["peft"] = peft_config(strategy, resolve_model(ctx.model).lora_targets)
     run.mkdir()
     (run / "best.yaml").write_text(yaml.safe_dump(best))
 
@@ -143,7 +142,9 @@ def test_verify_trains_a_quantized_winner_through_hf_trainer(tmp_path, monkeypat
     # backend); 0.50 has one, so let Trainer's parameter count see it on the CPU.
     monkeypatch.setattr(transformers.modeling_utils, "is_bitsandbytes_available", lambda: True)
     run = tmp_path / "run"
-    _best_yaml(run, strategy)
+    write_best_yaml(run, strategy, Context(model="autofit/tiny-qwen2", device="cpu", gpus=(), global_batch=4), Shape(2, 32),
+                    measured={"tokens_per_s": 1000.0, "peak_gib": 1.0},
+                    hardware={"device": "cpu", "gpu": "cpu", "gpus": [], "memory_budget_gib": 64.0, "emulated_gpu_memory": False})
     result = CliRunner().invoke(cli, ["verify", str(run), "--steps", "3"])
     assert result.exit_code == 0, result.output + str(result.exception)
     v = json.loads((run / "verify.json").read_text())
