@@ -48,6 +48,11 @@ def test_every_decoder_linear_is_quantized_and_the_rest_stays_bf16(tiny_model_di
     assert len(linears) == 7 * len(blocks)  # q k v o, gate up down
     assert all(type(m) is BNB_LAYER[quant] for m in linears)
     assert {m.weight.dtype for m in linears} == {torch.uint8 if quant == "nf4" else torch.int8}
+    # as the exported BitsAndBytesConfig sets them up: NF4 with double quantization and bf16 compute; int8 at 6.0
+    if quant == "nf4":
+        assert {(m.weight.quant_type, m.weight.compress_statistics, m.compute_dtype) for m in linears} == {("nf4", True, torch.bfloat16)}
+    else:
+        assert {(m.state.threshold, m.state.has_fp16_weights) for m in linears} == {(6.0, False)}
     attn = blocks[0].self_attn
     assert attn.q_proj.bias is not None and attn.q_proj.bias.device == CPU  # Qwen2's qkv bias, materialised
     assert type(model.lm_head) is torch.nn.Linear and model.lm_head.weight.dtype == torch.bfloat16  # HF skips the head

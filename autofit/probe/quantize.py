@@ -15,9 +15,6 @@ from autofit.models import ModelSource, build_config
 from autofit.spec import Context, Strategy
 from autofit.trainconfig import quantization_config
 
-INT8_THRESHOLD = 6.0  # LLM.int8's outlier threshold: BitsAndBytesConfig's llm_int8_threshold default
-
-
 def blocks_of(model: Any, layers_attr: str) -> Any:
     """The decoder block list at `layers_attr` ("model.layers")."""
     blocks = model
@@ -26,21 +23,26 @@ def blocks_of(model: Any, layers_attr: str) -> Any:
     return blocks
 
 
-def quantized_linear(torch: Any, lin: Any, quant: str, device: Any, std: float) -> Any:
-    """A bitsandbytes layer with `lin`'s shape, from a random bf16 weight quantized on `device`."""
+def quantized_linear(torch: Any, lin: Any, settings: dict[str, Any], device: Any, std: float) -> Any:
+    """A bitsandbytes layer with `lin`'s shape, from a random bf16 weight quantized on `device`, set up
+    as BitsAndBytesConfig(**settings) sets up the layers of a loaded model (trainconfig.quantization_config)."""
     import bitsandbytes as bnb
 
     w = torch.empty(lin.out_features, lin.in_features, dtype=torch.bfloat16, device=device).normal_(0.0, std)
+    four_bit = settings.get("load_in_4bit", False)
     with torch.device("meta"):  # the layer's own fp weight is never allocated; a meta bias is replaced below
-        if quant == "nf4":
-            q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=False, compute_dtype=torch.bfloat16,
-                                  compress_statistics=True, quant_type="nf4")
+        if four_bit:
+            q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=False,
+                                  compute_dtype=getattr(torch, settings["bnb_4bit_compute_dtype"]),
+                                  compress_statistics=settings["bnb_4bit_use_double_quant"],
+                                  quant_type=settings["bnb_4bit_quant_type"])
         else:
             q = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=False, has_fp16_weights=False,
-                                    threshold=INT8_THRESHOLD)
-    if quant == "nf4":
+                                    threshold=settings["llm_int8_threshold"])
+    if four_bit:
         # Params4bit quantizes on its first move to a real device, here where the weight already lies.
-        q.weight = bnb.nn.Params4bit(w, requires_grad=False, compress_statistics=True, quant_type="nf4", module=q).to(device)
+        q.weight = bnb.nn.Params4bit(w, requires_grad=False, compress_statistics=settings["bnb_4bit_use_double_quant"],
+                                     quant_type=settings["bnb_4bit_quant_type"], module=q).to(device)
     else:
         # Int8Params quantizes only on a move off the CPU, so quantize here with its own function.
         cb, scb, _ = bnb.functional.int8_vectorwise_quant(w.to(torch.float16))
@@ -51,14 +53,14 @@ def quantized_linear(torch: Any, lin: Any, quant: str, device: Any, std: float) 
     return q
 
 
-def quantize_blocks(torch: Any, model: Any, layers_attr: str, quant: str, device: Any, std: float) -> int:
+def quantize_blocks(torch: Any, model: Any, layers_attr: str, settings: dict[str, Any], device: Any, std: float) -> int:
     """Replace every Linear inside the decoder blocks, one at a time; returns how many."""
     n = 0
     for block in blocks_of(model, layers_attr):
         for parent in list(block.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is torch.nn.Linear:
-                    setattr(parent, name, quantized_linear(torch, child, quant, device, std))
+                    setattr(parent, name, quantized_linear(torch, child, settings, device, std))
                     n += 1
     return n
 
@@ -120,7 +122,7 @@ def build_random(torch: Any, source: ModelSource, ctx: Context, strategy: Strate
                                                  trust_remote_code=source.trust_remote_code)
     model.tie_weights()  # init_empty_weights re-registers each parameter, which unties the head
     std = float(getattr(config, "initializer_range", 0.02))
-    quantize_blocks(torch, model, source.layers_attr, strategy.quant, device, std)
+    quantize_blocks(torch, model, source.layers_attr, quantization_config(strategy), device, std)
     materialise_rest(torch, model, device, std)
     mark_quantized(model, strategy)
     peft_int8_compat(model)

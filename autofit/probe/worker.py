@@ -105,7 +105,7 @@ def setup_device(torch: Any, ctx: Context, local_rank: int) -> tuple[Any, str]:
 def build_model(torch: Any, source: ModelSource, ctx: Context, strategy: Strategy, device: Any, ds_cfg: dict | None):
     from transformers import AutoModelForCausalLM
 
-    if strategy.quant != "none":  # never under DeepSpeed: Strategy.problems() rules that out
+    if strategy.quant != "none":  # never ZeRO-partitioned: Strategy.problems() rules that out
         from autofit.probe import quantize
 
         model = (quantize.load_real(torch, source, strategy, device.index or 0) if ctx.weights == "real"
