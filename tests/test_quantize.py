@@ -154,3 +154,30 @@ def test_verify_trains_a_quantized_winner_through_hf_trainer(tmp_path, monkeypat
     assert result.exit_code == 0, result.output + str(result.exception)
     v = json.loads((run / "verify.json").read_text())
     assert v["strategy"] == strategy.key() and v["tokens_per_s"] > 0
+
+
+def _architectures():
+    from autofit.models import load_table
+
+    seen: dict[str, dict] = {}
+    for entry in load_table().values():
+        seen.setdefault(entry["architecture"], entry["config"])
+    return sorted(seen.items())
+
+
+@pytest.mark.parametrize("architecture,config", _architectures(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_table_architecture_builds_quantized_and_trains_lora(tmp_path, architecture, config):
+    from transformers import CONFIG_MAPPING
+
+    from tests.test_fused_loss import TINY_SHAPES
+
+    cfg = {k: TINY_SHAPES.get(k, v) for k, v in config.items() if k != "torch_dtype"}
+    cfg.update({k: TINY_SHAPES[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size", "max_position_embeddings")})
+    CONFIG_MAPPING[architecture](**cfg).save_pretrained(tmp_path)
+    source = resolve_model(str(tmp_path))
+    strategy = Strategy(quant="nf4")
+    model = apply_method(quantize.build_random(torch, source, _ctx(tmp_path), strategy, CPU), source, strategy)
+    assert not [n for n, p in model.named_parameters() if p.is_meta]
+    ids = torch.randint(0, TINY_SHAPES["vocab_size"], (1, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert any(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
