@@ -211,8 +211,9 @@ def setup(plan: dict[str, Any], first_shape: Shape, import_s: float) -> Rig:
         import deepspeed
     if strategy.method.kind == "lora":
         import peft  # noqa: F401
-    t_import = import_s + import_techniques(strategy)
     device, device_name = setup_device(torch, ctx, local_rank)
+    # After set_device: a library that touches CUDA on import then does it on this rank's GPU.
+    t_import = import_s + import_techniques(strategy)
 
     t = time.time()
     _fault("build", strategy.key())
