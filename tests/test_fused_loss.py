@@ -110,3 +110,34 @@ def test_a_model_without_a_readable_head_is_a_clear_error():
 def test_shifted_targets_are_hf_shift_padded_with_the_ignore_index():
     labels = torch.tensor([[1, 2, 3, 4], [5, -100, 7, 8]])
     assert fused_loss.shifted_targets(labels).tolist() == [[2, 3, 4, -100], [-100, 7, 8, -100]]
+
+
+@pytest.mark.slow
+def test_verify_trains_a_fused_winner_through_hf_trainer_with_the_patch(tmp_path, monkeypatch):
+    """verify builds the winner through the worker's trainable_model, so HF Trainer's model(**inputs) runs
+    the patched loss; the FAKE kernel counts its calls."""
+    import json
+
+    from click.testing import CliRunner
+
+    from autofit.cli import cli
+    from autofit.spec import Context, Shape, Strategy
+    from tests.test_quantize import write_best_yaml
+
+    calls = []
+
+    def counting_fake_kernel():
+        def loss(weight, hidden, target, bias=None):
+            calls.append(hidden.shape)
+            return fake_kernel_reference_loss(weight, hidden, target, bias)
+        return loss
+
+    monkeypatch.setattr(fused_loss, "liger_loss", counting_fake_kernel)
+    strategy = Strategy(precision="fp32", loss="fused")
+    write_best_yaml(tmp_path / "run", strategy, Context(model="autofit/tiny-qwen2", device="cpu", gpus=(), global_batch=4),
+                    Shape(2, 32), measured={"tokens_per_s": 1000.0, "peak_gib": 1.0},
+                    hardware={"device": "cpu", "gpu": "cpu", "gpus": [], "memory_budget_gib": 64.0, "emulated_gpu_memory": False})
+    result = CliRunner().invoke(cli, ["verify", str(tmp_path / "run"), "--steps", "3"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    assert json.loads((tmp_path / "run" / "verify.json").read_text())["strategy"] == "lora-r8/fp32/nockpt/z0/fused"
+    assert len(calls) == 3 * 2 and set(calls) == {(2 * 32, 64)}  # 3 steps x 2 micro-batches of 2 x 32 tokens
