@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from autofit.errors import AutofitError, UsageError
+from autofit.spec import LOSSES, OPTIMIZERS, QUANTS
 
 EXIT_USAGE = 2
 
@@ -132,6 +133,12 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--zero", "zero_stage", type=click.IntRange(0, 3), default=0, show_default=True, help="DeepSpeed ZeRO stage.")
 @click.option("--offload-optimizer", is_flag=True, help="ZeRO: optimizer state on the CPU.")
 @click.option("--offload-params", is_flag=True, help="ZeRO-3: parameters on the CPU.")
+@click.option("--loss", type=click.Choice(LOSSES), default="hf", show_default=True,
+              help="fused: liger-kernel's fused linear cross-entropy (the full logits never exist).")
+@click.option("--quant", type=click.Choice(QUANTS), default="none", show_default=True,
+              help="Base weights in 4-bit NF4 or 8-bit LLM.int8 (bitsandbytes; LoRA only).")
+@click.option("--optim", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True,
+              help="adamw8bit: bitsandbytes' 8-bit AdamW (ZeRO-0 only).")
 @click.option("--warmup-steps", type=int, default=1, show_default=True)
 @click.option("--measure-steps", type=int, default=2, show_default=True)
 @click.option("--timeout", "timeout", default="5m", show_default=True, help="Per-probe time limit (model build gets its own 10m).")
@@ -140,7 +147,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 @handles_errors
 def probe(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, hostfile, master_addr, max_token, micro_batch, method,
           lora_r, lora_alpha, freeze_trainable_layers, precision, grad_ckpt, zero_stage, offload_optimizer,
-          offload_params, warmup_steps, measure_steps, timeout, out, as_json):
+          offload_params, loss, quant, optim, warmup_steps, measure_steps, timeout, out, as_json):
     """Run real training probes for one strategy, escalating micro-batch until the first OOM."""
     import tempfile
 
@@ -165,7 +172,13 @@ def probe(model, weights, trust_remote_code, device, gpus, gpu_memory, global_ba
     strategy = Strategy(method=Method(kind=method, lora_r=lora_r, lora_alpha=lora_alpha,
                                       freeze_trainable_layers=freeze_trainable_layers),
                         precision=precision, grad_ckpt=grad_ckpt, zero_stage=zero_stage,
-                        offload_optimizer=offload_optimizer, offload_params=offload_params)
+                        offload_optimizer=offload_optimizer, offload_params=offload_params,
+                        loss=loss, quant=quant, optim=optim)
+    from autofit.capabilities import missing
+
+    problems = strategy.problems() + [m for m in [missing(strategy, ctx)] if m]
+    if problems:
+        raise UsageError(f"cannot probe {strategy.key()}: " + "; ".join(problems))
     shapes = [Shape(mb, max_token) for mb in _int_list(micro_batch, "--micro-batch")]
     if not as_json:
         click.echo(f"probing {source.name} ({source.origin}, {weights} weights) on {_where(ctx)}: {strategy.key()}", err=True)

@@ -112,8 +112,11 @@ def _strategy_and_context(best: dict[str, Any]):
     method = Method(kind=c["method"], lora_r=c.get("lora_r", 8), lora_alpha=c.get("lora_alpha", 32),
                     freeze_trainable_layers=c.get("freeze_trainable_layers", 2),
                     lora_targets=tuple(best["peft"]["target_modules"]) if best.get("peft") else None)
-    strategy = Strategy(method=method, precision=c["precision"], grad_ckpt=c["gradient_checkpointing"],
-                        zero_stage=c["zero_stage"], offload_optimizer=c["offload_optimizer"], offload_params=c["offload_params"])
+    try:
+        # The key names every dimension (loss, base-weight quantization, optimizer included).
+        strategy = Strategy.from_key(c["strategy"], method=method)
+    except ValueError as exc:
+        raise RunDirError(f"best.yaml: {exc}") from None
     ctx = Context(model=best["model"]["id"], weights=best["model"]["weights_probed"],
                   trust_remote_code=best["model"]["trust_remote_code"], device=hw["device"], gpus=tuple(hw["gpus"]),
                   gpu_memory=int(hw["memory_budget_gib"] * 2**30) if hw.get("emulated_gpu_memory") else None,
@@ -238,7 +241,7 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
 
     from autofit.models import build_config, resolve_model
     from autofit.probe.measure import PeakSampler
-    from autofit.probe.worker import apply_method, build_model, max_over_ranks, setup_device
+    from autofit.probe.worker import max_over_ranks, setup_device, trainable_model
     from autofit.spec import compared_peak
 
     on_cuda = ctx.device == "cuda"
@@ -259,7 +262,8 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
         # The config as HF filled it in ("auto" batch sizes resolved): ZeRO-3's partitioned build parses
         # it before the Trainer exists, and DeepSpeed rejects the raw "auto" strings.
         ds_cfg = targs.hf_deepspeed_config.config if args.get("deepspeed") else None
-        model = apply_method(build_model(torch, source, ctx, strategy, device, ds_cfg), source, strategy)
+        # Built, quantized and loss-patched as the probe did (autofit/probe/worker.py).
+        model = trainable_model(torch, source, ctx, strategy, device, ds_cfg)
         vocab = int(build_config(source).vocab_size)
         c = best["config"]
         n_gpus = max(1, len(ctx.gpus)) if on_cuda else 1

@@ -105,6 +105,13 @@ def setup_device(torch: Any, ctx: Context, local_rank: int) -> tuple[Any, str]:
 def build_model(torch: Any, source: ModelSource, ctx: Context, strategy: Strategy, device: Any, ds_cfg: dict | None):
     from transformers import AutoModelForCausalLM
 
+    if strategy.quant != "none":  # never ZeRO-partitioned: Strategy.problems() rules that out
+        from autofit.probe import quantize
+
+        model = (quantize.load_real(torch, source, strategy, device.index or 0) if ctx.weights == "real"
+                 else quantize.build_random(torch, source, ctx, strategy, device))
+        model.config.use_cache = False
+        return model
     dtype = getattr(torch, model_dtype(strategy, ctx.num_gpus))
     zero3 = ds_cfg is not None and strategy.zero_stage == 3
     keep = None
@@ -153,6 +160,41 @@ def apply_method(model: Any, source: ModelSource, strategy: Strategy) -> Any:
     return model
 
 
+def apply_loss(model: Any, strategy: Strategy) -> Any:
+    """The fused loss patched in after PEFT's wrapping (it reaches through it), before DeepSpeed's."""
+    if strategy.loss == "fused":
+        from autofit.probe import fused_loss
+
+        fused_loss.patch(model)
+    return model
+
+
+def trainable_model(torch: Any, source: ModelSource, ctx: Context, strategy: Strategy, device: Any, ds_cfg: dict | None):
+    """The model as the strategy trains it, for the probe and `autofit verify` alike."""
+    model = build_model(torch, source, ctx, strategy, device, ds_cfg)
+    return apply_loss(apply_method(model, source, strategy), strategy)
+
+
+def torch_optimizer(torch: Any, strategy: Strategy, params: list[Any]) -> Any:
+    """The optimizer of the plain (ZeRO-0) path: what HF Trainer makes for optim=hf_optim(strategy)."""
+    if strategy.optim == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=LEARNING_RATE, weight_decay=0.0)
+    return torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
+
+
+def import_techniques(strategy: Strategy) -> float:
+    """Import the libraries of the strategy's memory techniques (not preimported: most workers never
+    need them); returns the seconds spent, counted as import time."""
+    t = time.time()
+    if strategy.quant != "none" or strategy.optim != "adamw":
+        import bitsandbytes  # noqa: F401
+    if strategy.loss == "fused":
+        import liger_kernel.transformers  # noqa: F401
+    return time.time() - t
+
+
 def setup(plan: dict[str, Any], first_shape: Shape, import_s: float) -> Rig:
     import torch
 
@@ -170,21 +212,22 @@ def setup(plan: dict[str, Any], first_shape: Shape, import_s: float) -> Rig:
     if strategy.method.kind == "lora":
         import peft  # noqa: F401
     device, device_name = setup_device(torch, ctx, local_rank)
-    t_import = import_s
+    # After set_device: a library that touches CUDA on import then does it on this rank's GPU.
+    t_import = import_s + import_techniques(strategy)
 
     t = time.time()
     _fault("build", strategy.key())
     ds_cfg = deepspeed_config(strategy, ctx, first_shape, hidden_size=source.config.get("hidden_size"))
     if uses_ds:
         deepspeed.init_distributed(dist_backend="nccl")
-    model = apply_method(build_model(torch, source, ctx, strategy, device, ds_cfg), source, strategy)
+    model = trainable_model(torch, source, ctx, strategy, device, ds_cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     engine = optimizer = scaler = None
     if uses_ds:
-        client_opt = None if "optimizer" in ds_cfg else torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
+        client_opt = None if "optimizer" in ds_cfg else torch_optimizer(torch, strategy, params)
         engine, *_ = deepspeed.initialize(model=model, model_parameters=params, optimizer=client_opt, config=ds_cfg)
     else:
-        optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
+        optimizer = torch_optimizer(torch, strategy, params)
         if strategy.precision == "fp16":
             scaler = torch.amp.GradScaler(device.type)
     model.train()
