@@ -72,7 +72,10 @@ def test_nf4_with_the_fused_loss_trains_in_well_under_the_bf16_peak(tmp_path):
 
 def test_int8_lora_trains(tmp_path):
     r = _probe(tmp_path, "Qwen/Qwen2-1.5B", Strategy(quant="int8"), Shape(2, 512))
-    assert r.peak_allocated < 5 * GiB  # 1.5 B parameters: ~1.2 GiB of int8 blocks, ~0.4 GiB of bf16 embeddings
+    # Weights are small (~1.2 GiB of int8 blocks); what dominates at this shape is HF's fp32 logits over a
+    # 152k vocabulary and LLM.int8's fp16/int8 copies of each Linear's input: 6.36 GiB on an H200
+    # (results/gpu-smoke-18/gpu-tests.log). The bound catches the weights falling back to bf16 (+1.5 GiB).
+    assert r.ok and r.peak_allocated < 7 * GiB
 
 
 def test_adamw8bit_full_fine_tuning_keeps_a_smaller_optimizer_state(tmp_path):
