@@ -78,3 +78,54 @@ def test_prior_is_only_for_gpu_searches():
     gpu = AnalyticPrior(source, replace(Context(model="THUDM/glm-4-9b-chat"), device="cuda", gpus=(0,))).slope
     slope = gpu(s, 1024)
     assert slope is not None and slope > 0
+
+
+def _replay_families(folder: str, quantize: bool):
+    """Both families planned against the grid of the auto space (one H200 under 24 GiB), as the driver
+    plans them; the grid answers the fresh-worker check with the cell it measured."""
+    from autofit.search.planner import combine, families
+
+    summary = json.loads((RESULTS / folder / "summary.json").read_text())
+    cells = {(r["strategy"], int(r["micro_batch"]), int(r["max_token"])): result_from_row(r)
+             for r in read_probes(RESULTS / folder / "grid.csv")}
+    asked = []
+
+    def measure(s, shape: Shape, phase, repeat) -> ProbeResult:
+        asked.append((s.key(), shape.micro_batch, phase))
+        key = (s.key(), shape.micro_batch, shape.max_token)
+        if key in cells:
+            return cells[key]
+        below = [m for (k, m, t), r in cells.items() if k == key[0] and t == key[2] and not r.ok and m < key[1]]
+        assert below, f"the planner asked for {key}, which the grid never measured"
+        return ProbeResult(strategy=key[0], micro_batch=key[1], max_token=key[2], status=Status.OOM)
+
+    source = resolve_model(summary["model"])
+    ctx = Context(model=summary["model"], device="cuda", gpus=(0,), global_batch=summary["global_batch"],
+                  gpu_memory=int(summary["budget_gib"] * 2**30))
+    prior = AnalyticPrior(source, ctx)
+    space = load_space("auto")
+    limits = Limits(int(summary["budget_gib"] * 2**30), summary["headroom"])
+    cap = summary["global_batch"]
+    outs, planners = {}, {}
+    for name, family in families(space.strategies(1)).items():
+        planners[name] = Planner(family, space.micro_batches, (summary["max_token"],), summary["max_token"], cap, limits,
+                                 measure, slope_prior=prior.slope, estimate=prior.peak,
+                                 exact=planners.get("exact") if name == "quantized" else None,
+                                 decisive=name == "exact" or quantize)
+        outs[name] = planners[name].run()
+    return summary, combine(outs.get("exact"), outs.get("quantized"), quantize), asked
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_replay_auto_space_under_24gib(quantize):
+    summary, out, asked = _replay_families("bench-h200-glm4-lora-T2048-24GiB-auto", quantize)
+    grid = summary["grid"]
+    exact, quant = grid["best"], grid["best_quantized"]
+    want, other = (quant, exact) if quantize else (exact, quant)
+    assert (out.winner[0].key(), out.winner[1]) == (want["strategy"], want["micro_batch"])
+    assert out.alternative[:2] == (other["strategy"], other["micro_batch"])
+    # Distinct cells probed, against the grid's 30: dominated twins and strategies estimated out of reach
+    # are never probed, and the quantized family starts above its exact twins' walls.
+    cells = {(k, mb) for k, mb, phase in asked if phase != "fresh"}
+    assert len(cells) <= 8, sorted(cells)
+    assert not [k for k, _ in cells if "int8" in k or not k.endswith("/fused") and "z3" not in k]

@@ -423,7 +423,9 @@ class _Search:
                                               "(reported beside the exact winner; --quantize lets them win)"))
                         planners[name] = Planner(family, space.micro_batches, self.tokens, self.req.max_token, cap,
                                                  self.req.limits, self.measure, deadline=deadline,
-                                                 log=self._plan_log, slope_prior=prior.slope, estimate=prior.peak)
+                                                 log=self._plan_log, slope_prior=prior.slope, estimate=prior.peak,
+                                                 exact=planners.get("exact") if name == "quantized" else None,
+                                                 decisive=name == "exact" or self.req.quantize)
                         outs[name] = planners[name].run(explore=self.explore)
                     if not self.busy:
                         out = combine(outs.get("exact"), outs.get("quantized"), self.req.quantize)

@@ -106,15 +106,23 @@ def slower_or_equal(a: Strategy, b: Strategy) -> bool:
 
 
 def dominating_twins(s: Strategy) -> list[Strategy]:
-    """Strategies that differ from s in one technique that costs no speed and saves memory (the fused
-    loss for HF's), or that is faster and saves memory (NF4 for LLM.int8's outlier path): once one of
-    them runs, s cannot win."""
-    twins = []
-    if s.loss == "hf":
-        twins.append(replace(s, loss="fused"))
+    """Strategies that differ from s only in techniques that cost no speed and save memory (the fused
+    loss for HF's) or that are faster and save memory (NF4 for LLM.int8's outlier path), alone or
+    together: once one of them runs, s cannot win."""
+    swaps = [{"loss": "fused"}] if s.loss == "hf" else []
     if s.quant == "int8":
-        twins.append(replace(s, quant="nf4"))
+        swaps.append({"quant": "nf4"})
+    twins = [replace(s, **swaps[0])] if swaps else []
+    if len(swaps) == 2:
+        twins += [replace(s, **swaps[1]), replace(s, **swaps[0], **swaps[1])]
     return [t for t in twins if not t.problems()]
+
+
+def quantized_never_faster(q: Strategy, e: Strategy) -> bool:
+    """q, a 4/8-bit strategy, is never faster than e, its bf16 twin at the same shape: it does the same
+    matmuls after dequantizing each weight. Lets the exact family's walls and flat curves bound the
+    quantized family's escalation."""
+    return q.quant != "none" and e.quant == "none" and replace(q, quant="none") == replace(e, optim=q.optim)
 
 
 def speed_rank(s: Strategy) -> tuple:
@@ -175,7 +183,8 @@ class Planner:
     def __init__(self, strategies: list[Strategy], micro_batches: tuple[int, ...], max_tokens: tuple[int, ...],
                  target_max_token: int, micro_batch_cap: int, limits: Limits, measure: Measure,
                  deadline: float | None = None, confirm_top: int = 3, log: Callable[[str], None] = lambda s: None,
-                 slope_prior: SlopePrior | None = None, estimate: PeakEstimate | None = None):
+                 slope_prior: SlopePrior | None = None, estimate: PeakEstimate | None = None,
+                 exact: "Planner | None" = None, decisive: bool = True):
         if not strategies:
             raise ValueError("no strategies to search")
         self.order = sorted(strategies, key=speed_rank)
@@ -193,6 +202,11 @@ class Planner:
         self.estimate = estimate
         self.results: dict[tuple[str, int, int, str, int], ProbeResult] = {}
         self.by_key = {s.key(): s for s in strategies}
+        # The quantized family is planned after the exact one, whose walls and curves bound it. A family
+        # whose winner cannot become the answer (quantized without --quantize) is reported as measured:
+        # no re-measurement of close candidates, no fresh-worker check (a --quantize resume runs them).
+        self.exact, self.decisive = exact, decisive
+        self.outcome: Outcome | None = None
 
     # -- measuring ------------------------------------------------------------------------------
     def out_of_time(self) -> bool:
@@ -227,7 +241,7 @@ class Planner:
                 self.log(f"{start.key()} did not fit after all ({so.fail_status}); confirming the most frugal strategy")
                 start = None
         broken = False
-        if start is None and self.frugal not in done:
+        if start is None and self.frugal not in done and not self._exact_fits():
             first, broken = self._confirm_frugal(out)
             if first is None:
                 return out
@@ -244,12 +258,18 @@ class Planner:
         if explore is not None and not self.out_of_time():
             explore(self, out)
         self._confirm(out)
+        self.outcome = out
         if out.winner is None and out.largest_fitting_max_token is not None:
             # The fresh check or the re-measurement took back what the escalation found: say so plainly.
             out.note = (f"nothing fits at max_token {self.target} once re-measured in a fresh worker "
                         f"(max_token {self.target} was the largest the escalation found to fit; the requested "
                         f"{self.requested} did not)")
         return out
+
+    def _exact_fits(self) -> bool:
+        """The exact family already fits at this max_token: nothing to confirm before escalating."""
+        o = self.exact.outcome if self.exact else None
+        return bool(o and o.max_token == self.target and any(so.fit_max for so in o.strategies.values()))
 
     def _estimated_start(self) -> Strategy | None:
         """The fastest strategy (not the most frugal) whose estimated peak at the smallest micro-batch fits."""
@@ -260,10 +280,16 @@ class Planner:
                 return None
             if any(t in self.order for t in dominating_twins(s)):
                 continue  # its twin saves memory at no cost: never the better start
+            if any(quantized_never_faster(s, f.strategy) and f.fit_max for f in self._exact_outcomes()):
+                continue  # starts above its exact twin's wall, which _escalate finds
             est = self.estimate(s, self.mbs[0], self.target)
             if est is not None and est <= self.limits.limit * PREDICT_MARGIN:
                 return s
         return None
+
+    def _exact_outcomes(self) -> list["StrategyOutcome"]:
+        o = self.exact.outcome if self.exact else None
+        return list(o.strategies.values()) if o and o.max_token == self.target else []
 
     def _confirm_frugal(self, out: Outcome) -> tuple[ProbeResult | None, bool]:
         """The most frugal strategy, probed at the smallest shape and then escalated: whether anything can
@@ -349,10 +375,11 @@ class Planner:
                           "cost in speed")
             self.log(f"skip {s.key()}: {so.skipped}")
             return so
-        faster = [out.strategies[k] for k in out.strategies if never_faster(s, out.strategies[k].strategy)]
+        faster = ([out.strategies[k] for k in out.strategies if never_faster(s, out.strategies[k].strategy)]
+                  + [f for f in self._exact_outcomes() if quantized_never_faster(s, f.strategy)])
         wall = max([f.fit_max or 0 for f in faster] + [f.inferred_fit or 0 for f in faster], default=0)
         for f in faster:
-            curve = self.tokens_curve(f.strategy, t)
+            curve = (self.exact if self.exact and f.strategy.exact != s.exact else self).tokens_curve(f.strategy, t)
             if len(curve) >= 2 and curve[-1][1] < curve[-2][1] * SATURATION_GAIN:
                 so.skipped = (f"cannot beat {f.strategy.key()}: its throughput is flat by micro-batch {curve[-1][0]} "
                               f"and {s.key()} is slower at equal micro-batch")
@@ -474,7 +501,7 @@ class Planner:
         scored = []
         for k, mb, r0 in close:
             runs = [r0]
-            if len(close) > 1 and not self.out_of_time():
+            if len(close) > 1 and self.decisive and not self.out_of_time():
                 runs.append(self.measure(self.by_key[k], mb, t, phase="confirm", repeat=1))
             ok_runs = [r for r in runs if r.ok]
             peak = max(peak_of(r) or 0 for r in ok_runs)
@@ -484,7 +511,8 @@ class Planner:
             scored.append((k, mb, statistics.median(r.tokens_per_s for r in ok_runs), peak))
         scored += [(k, mb, r.tokens_per_s, peak_of(r)) for k, mb, r in fitting[len(close):]]
         scored.sort(key=lambda x: -x[2])
-        scored = self._fresh_check(scored, t)
+        if self.decisive:
+            scored = self._fresh_check(scored, t)
         out.candidates = scored
         if scored:
             k, mb, tps, peak = scored[0]
