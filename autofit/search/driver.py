@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import signal
 import socket
 import time
@@ -24,7 +25,7 @@ from typing import Any, Callable, Protocol
 
 from autofit.errors import Interrupted, RunDirError, StorageError
 from autofit.models import ModelSource
-from autofit.results import append_probe, read_probes, result_from_row
+from autofit.results import ProbeLog, append_probe, probe_row, read_probe_log, result_from_row, rewrite_probes
 from autofit.search import outputs, study as studymod
 from autofit.search.planner import Limits, Outcome, Planner, peak_of
 from autofit.search.prior import AnalyticPrior
@@ -192,32 +193,65 @@ class _Search:
                                "worker the same --gpu-memory (or GPU model)")
 
     def _load_previous(self) -> None:
-        """Reload finished probes and make the study agree with probes.csv."""
-        rows = read_probes(self.run.probes)
+        """Reload finished probes and make the study and probes.csv agree (see _reconcile)."""
+        log = read_probe_log(self.run.probes)
         if self.shared:
-            self._load_previous_shared(rows)
+            if log.torn_line is not None:
+                raise RunDirError(f"{self.run.probes}: line {log.torn_line} was cut short (an interrupted write); "
+                                  "resume once without --storage to repair it from this run dir's study")
+            self._load_previous_shared(log.rows)
             return
-        from optuna.trial import TrialState
-
-        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        rows = self._reconcile(log)
         for row in rows:
             key = _row_key(row)
-            r = result_from_row(row)
-            self.cache[key] = r
+            self.cache[key] = result_from_row(row)
             self.mirrored.add(key)
-            s = self.by_key.get(row["strategy"])
-            t = trials.get(int(row["trial"])) if row["trial"] else None
-            if s is not None and (t is None or t.state == TrialState.RUNNING):
-                # The driver died between writing the row and telling the study.
-                if t is not None:
-                    self.study.tell(t.number, state=TrialState.FAIL)
-                studymod.add_finished(self.study, self.dists, s, Shape(key[1], key[2]), r, peak_of(r),
-                                      self.req.limits.limit, key[3], key[4], self._key_attrs(key))
         stale = studymod.fail_stale_running(self.study)
         if stale:
             self.progress.log(f"{stale} probe(s) were in flight when the last run died; they run again")
         if rows:
             self.progress.log(f"resuming: {len(rows)} finished probe(s) from {self.run.probes} will not run again")
+
+    def _reconcile(self, log: ProbeLog) -> list[dict]:
+        """probes.csv is written first, then the study. A row the study lacks (the driver died between the
+        two writes) goes into the study; a result the study holds but probes.csv lacks or holds torn (cut
+        short mid-write) is restored into probes.csv; a row that disagrees with the study is refused."""
+        from optuna.trial import TrialState
+
+        self.board.refresh()
+        held = {k: got for k, got in self.board.results().items() if k[0] in self.by_key}
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        rows: list[dict] = []
+        for row, line in zip(log.rows, log.lines):
+            key = _row_key(row)
+            r = result_from_row(row)
+            if key in held:
+                differs = _differs(r, held[key][1])
+                if differs:
+                    raise RunDirError(f"{self.run.probes}: line {line} disagrees with the study in {self.run.study_db.name} "
+                                      f"({differs}); one of them was altered: move the run dir away and search again")
+            elif (s := self.by_key.get(row["strategy"])) is not None:
+                t = trials.get(int(row["trial"])) if row.get("trial") else None
+                if t is not None and t.state == TrialState.RUNNING:
+                    self.study.tell(t.number, state=TrialState.FAIL)
+                studymod.add_finished(self.study, self.dists, s, Shape(key[1], key[2]), r, peak_of(r),
+                                      self.req.limits.limit, key[3], key[4], self._key_attrs(key))
+            rows.append(row)
+        have = {_row_key(row) for row in rows}
+        restored = [self._row_from_study(k, *held[k]) for k in sorted(held, key=lambda k: held[k][0].number) if k not in have]
+        if restored or log.torn_line is not None:
+            rows += restored
+            rewrite_probes(self.run.probes, rows)
+            what = (f"line {log.torn_line} was cut short (an interrupted write)" if log.torn_line is not None
+                    else "rows were missing")
+            self.progress.log(f"repaired {self.run.probes}: {what}; {len(restored)} row(s) restored from the study"
+                              + ("" if restored or log.torn_line is None else "; that probe never finished and runs again"))
+        return rows
+
+    def _row_from_study(self, key: Key, trial, r: ProbeResult) -> dict:
+        done = trial.datetime_complete.timestamp() if trial.datetime_complete else time.time()
+        return probe_row(r, self.by_key[key[0]], trial=trial.number, fits=self.req.limits.fits(r), finished_at=done,
+                         phase=key[3], repeat=key[4], peak=peak_of(r))
 
     def _load_previous_shared(self, rows: list[dict]) -> None:
         """The shared study is the record; probes.csv only adds what the study lacks (a run dir first
@@ -270,6 +304,7 @@ class _Search:
         row = dict(trial=claim.number, fits=limits.fits(r), finished_at=time.time(), phase=key[3], repeat=key[4], peak=peak)
         if not self.shared:
             append_probe(self.run.probes, r, s, **row)
+            self.cache[key] = r  # saved from here on: an interrupt now counts it
             studymod.record(self.study, claim.trial, r, peak, limits.limit, key[3], key[4])
         else:
             try:
@@ -461,6 +496,17 @@ class _Search:
         return SearchResult(outcome=out, run=self.run, probes_run=self.probes_run,
                             probes_reused=len(self.cache) - self.probes_run, wall_time_s=wall, best=best,
                             summary=outputs.summary_table(out, self.cache, self.req.limits))
+
+
+def _differs(a: ProbeResult, b: ProbeResult) -> str | None:
+    """The first measured figure two records of one probe disagree on (None: they agree)."""
+    for name in ("status", "peak_allocated", "peak_reserved", "nvml_peak", "host_peak", "tokens_per_s", "step_s"):
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, float) and isinstance(y, (int, float)) and math.isclose(x, y, rel_tol=1e-6):
+            continue
+        if x != y:
+            return f"{name}: {getattr(x, 'value', x)!r} in probes.csv, {getattr(y, 'value', y)!r} in the study"
+    return None
 
 
 def _row_key(row: dict) -> Key:
