@@ -11,9 +11,10 @@ from pathlib import Path
 
 import click
 
-from autofit.errors import AutofitError, UsageError
+from autofit.errors import AutofitError, Interrupted, UsageError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT, whether or not a probe had finished
 
 
 def _fail(msg: str) -> None:
@@ -22,20 +23,25 @@ def _fail(msg: str) -> None:
 
 
 def handles_errors(fn):
-    """AutofitError -> one line + exit 2 (a traceback only with --debug); Ctrl-C -> exit 130."""
+    """AutofitError -> one line + exit 2 (a traceback only with --debug); Ctrl-C or SIGTERM -> exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         debug = click.get_current_context().find_root().params.get("debug", False)
         try:
             return fn(*args, **kwargs)
+        except Interrupted as exc:
+            if debug:
+                raise
+            click.echo(f"autofit: {exc}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except AutofitError as exc:
             if debug:
                 raise
             _fail(str(exc))
         except KeyboardInterrupt:
             click.echo("autofit: interrupted; everything measured so far is saved", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
 

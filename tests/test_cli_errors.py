@@ -156,3 +156,18 @@ def test_help_is_instant_and_imports_no_torch():
             "heavy = [m for m in ('torch', 'transformers', 'deepspeed', 'optuna', 'pandas') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_interrupted_search_exits_130_with_one_line(tmp_path, monkeypatch):
+    import autofit.search.driver as driver
+    from autofit.errors import Interrupted
+
+    def interrupted(*a, **kw):
+        raise Interrupted("interrupted: 3 finished probe(s) saved in x; run the same command with --resume to continue")
+
+    monkeypatch.setenv("AUTOFIT_FORCE_NO_GPU", "1")
+    monkeypatch.setattr(driver, "run_search", interrupted)
+    result = CliRunner().invoke(cli, [*SEARCH, "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines() == ["autofit: interrupted: 3 finished probe(s) saved in x; "
+                                                  "run the same command with --resume to continue"]
