@@ -12,6 +12,7 @@ pass that met no placeholder decides the winner, so every worker names the same 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from autofit.errors import Interrupted, RunDirError, StorageError
+from autofit.errors import AutofitError, Interrupted, RunDirError, StorageError
 from autofit.models import ModelSource
 from autofit.results import ProbeLog, append_probe, probe_row, read_probe_log, result_from_row, rewrite_probes
 from autofit.search import outputs, study as studymod
@@ -31,8 +32,9 @@ from autofit.search.planner import Limits, Outcome, Planner, peak_of
 from autofit.search.prior import AnalyticPrior
 from autofit.search.progress import Progress
 from autofit.search.rundir import RunDir, RunLock, check_resume, write_run_json
-from autofit.search.space import SearchSpace
+from autofit.search.space import SearchSpace, runnable_strategies
 from autofit.search.workers import KEY_ATTR, WORKER_ATTR, Board, Claim, Key, key_text
+from autofit.writable import check_writable_dir, remove_quietly
 from autofit.spec import Context, ProbeResult, Shape, Status, Strategy, to_jsonable
 
 POLL_S = 1.0  # how often a worker waiting on another's probe looks at the study again
@@ -135,14 +137,33 @@ def run_search(req: SearchRequest, factory: SessionFactory | None = None, progre
     run = RunDir(Path(req.run_dir))
     if run.path.exists() and not run.path.is_dir():
         raise RunDirError(f"--run-dir {run.path} exists and is not a directory")
-    try:
-        run.path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirError(f"cannot create run dir {run.path}: {exc.strerror}") from None
+    new = [p for p in (run.path, run.study_db, run.run_json, run.io) if not p.exists()]
+    check_writable_dir(run.path, create=True)  # read-only, a file in the way, a full disk: said before anything starts
     progress = progress or Progress()
-    with RunLock(run):
-        check_resume(run, req.identity(), req.resume)
-        return _Search(req, run, factory, progress).go(header)
+    try:
+        with RunLock(run):
+            check_resume(run, req.identity(), req.resume)
+            return _Search(req, run, factory, progress).go(header)
+    except AutofitError as exc:
+        if not isinstance(exc, Interrupted) and not (run.probes.exists() and run.probes.stat().st_size):
+            _remove_new(new)
+        raise
+
+
+def _remove_new(paths: list[Path]) -> None:
+    """A start that failed before any probe leaves nothing it created behind (a study.db, an empty run dir)."""
+    import shutil
+
+    for p in reversed(paths):  # the run dir last, and only when nothing else is in it
+        if p.is_dir() and p.name == "probe_io":
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.is_dir():
+            try:
+                p.rmdir()
+            except OSError:
+                pass
+        else:
+            remove_quietly(p)
 
 
 class _Search:
@@ -152,6 +173,7 @@ class _Search:
         tokens = sorted(set(req.space.max_tokens) | {req.max_token})
         self.ctx = replace(req.ctx, max_positions=max(tokens))
         self.tokens = tuple(tokens)
+        runnable_strategies(req.space, self.ctx.num_gpus, self.ctx.device)  # none: one line, not Optuna's ValueError
         self.strategies = req.space.strategies(self.ctx.num_gpus)
         self.by_key = {s.key(): s for s in self.strategies}
         if factory is None:
@@ -169,6 +191,7 @@ class _Search:
         self.announced: set[Key] = set()   # keys whose result was printed
         self.logged: set[str] = set()
         self.inflight: Claim | None = None
+        self.started = False               # run.json says "running": a failure from here on is recorded there
 
     # -- setup ----------------------------------------------------------------------------------
     def _open_study(self):
@@ -427,12 +450,29 @@ class _Search:
 
     # -- the whole search -----------------------------------------------------------------------
     def go(self, header: str | None = None) -> SearchResult:
+        """The search; a full disk or a failing storage once it has started ends it in one line, with
+        run.json saying so and everything measured kept for --resume."""
+        try:
+            return self._go(header)
+        except Exception as exc:
+            why = _io_failure(exc)
+            if why is None or not self.started:
+                raise
+            self.pool.close(kill=True)
+            _best_effort(lambda: write_run_json(self.run, self.req.identity(), {"status": "failed", "error": why}))
+            for name in (".boundaries.csv.tmp", ".probes.csv.tmp", ".best.yaml.tmp", ".run.json.tmp"):
+                remove_quietly(self.run.path / name)  # the writers remove their own; this is the net
+            raise RunDirError(f"{why}; {len(self.cache)} finished probe(s) are saved in {self.run.path}: "
+                              "make room and run the same command with --resume to continue") from None
+
+    def _go(self, header: str | None = None) -> SearchResult:
         self._open_study()
         self._load_previous()
         if header:
             self.progress.log(header)
         write_run_json(self.run, self.req.identity(), {"status": "running", "space": to_jsonable(self.req.space),
                                                        "context": to_jsonable(self.ctx)})
+        self.started = True
         deadline = self.t0 + self.req.budget_s if self.req.budget_s else None
         space = self.req.space
         cap = max(1, self.ctx.global_batch // self.ctx.num_gpus)
@@ -507,6 +547,30 @@ def _differs(a: ProbeResult, b: ProbeResult) -> str | None:
         if x != y:
             return f"{name}: {getattr(x, 'value', x)!r} in probes.csv, {getattr(y, 'value', y)!r} in the study"
     return None
+
+
+# Failures of the disk or the storage, not of autofit: the user can act on them.
+_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _io_failure(exc: BaseException) -> str | None:
+    """One line for a failure of the disk or the storage under a running search; None for anything else."""
+    if isinstance(exc, (RunDirError, StorageError)):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in _ENV_ERRNOS:
+        return f"cannot write {exc.filename or 'the run dir'}: {exc.strerror}"
+    if type(exc).__name__ == "StorageInternalError":  # optuna's, e.g. SQLite's "database or disk is full"
+        cause = exc.__cause__ or exc
+        return f"the Optuna storage failed: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}"
+    return None
+
+
+def _best_effort(write: Callable[[], None]) -> None:
+    """A record of a failure, where the failure (a full disk) may prevent it too."""
+    try:
+        write()
+    except (OSError, RunDirError):
+        pass
 
 
 def _row_key(row: dict) -> Key:

@@ -13,6 +13,7 @@ from autofit.results import write_rows
 from autofit.search.planner import Limits, Outcome, peak_of
 from autofit.spec import Context, ProbeResult, Shape
 from autofit.trainconfig import deepspeed_config, model_dtype, peft_config, training_args
+from autofit.writable import write_text
 
 BOUNDARY_COLUMNS = ["strategy", "max_token", "largest_fit_micro_batch", "largest_fit_peak_gib",
                     "first_fail_micro_batch", "first_fail_status", "first_fail_peak_gib", "first_fail_source",
@@ -113,11 +114,9 @@ def write_best(run, doc: dict[str, Any]) -> None:
     header = ("# autofit best.yaml: paste training_args into transformers.TrainingArguments(**...),\n"
               "# load the model with model.torch_dtype, wrap it with peft.LoraConfig(**peft) when present,\n"
               "# and pass ds_config.json (the deepspeed block) when present. Every figure was measured.\n")
-    tmp = run.best.with_suffix(".tmp")
-    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False, width=110))
-    tmp.replace(run.best)
+    write_text(run.best, header + yaml.safe_dump(doc, sort_keys=False, width=110))
     if doc.get("deepspeed"):
-        run.ds_config.write_text(json.dumps(doc["deepspeed"], indent=2))
+        write_text(run.ds_config, json.dumps(doc["deepspeed"], indent=2))
     elif run.ds_config.exists():
         run.ds_config.unlink()
 
