@@ -19,7 +19,8 @@ EXIT_INTERRUPTED = 130  # the shell's code for SIGINT, whether or not a probe ha
 
 
 def _fail(msg: str) -> None:
-    click.echo(f"autofit: error: {redact_text(msg)}", err=True)
+    one_line = " ".join(msg.split())  # a value quoted from a file may hold a line break
+    click.echo(f"autofit: error: {redact_text(one_line)}", err=True)
     sys.exit(EXIT_USAGE)
 
 

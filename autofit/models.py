@@ -344,10 +344,18 @@ _SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_atte
               "padded_vocab_size", "kv_channels", "multi_query_group_num", "seq_length")
 
 
+# Far beyond any real model (126 layers, a 10M-token context), and below what overflows a tensor's size.
+_MAX_LAYERS, _MAX_SIZE = 1024, 2**27
+
+
 def size_problems(config: dict) -> list[str]:
     """What makes a config's sizes impossible (zero heads, a negative width), each naming key and value."""
-    problems = [f"{k} must be a positive integer, got {config[k]!r}" for k in _SIZE_KEYS
-                if config.get(k) is not None and not (type(config[k]) is int and config[k] > 0)]
+    def bad(k: str) -> bool:
+        v, top = config[k], _MAX_LAYERS if k in ("num_hidden_layers", "num_layers") else _MAX_SIZE
+        return not (type(v) is int and 0 < v <= top)
+
+    problems = [f"{k} must be a positive integer up to {_MAX_LAYERS if 'layers' in k else _MAX_SIZE}, got {config[k]!r}"
+                for k in _SIZE_KEYS if config.get(k) is not None and bad(k)]
     if problems:
         return problems
     hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")

@@ -137,7 +137,7 @@ CASES = [
     ("space-zero2-on-cpu", lambda t: [*SEARCH[:-1], _space(t, GOOD_SPACE.replace("{stage: 0}", "{stage: 2}"))],
      "no strategy can run on the CPU"),
     ("model-zero-heads", lambda t: ["estimate", "--model", _model(t, num_attention_heads=0), "--max-token", "64"],
-     "num_attention_heads must be a positive integer, got 0"),
+     "num_attention_heads must be a positive integer up to 134217728, got 0"),
     ("model-negative-hidden", lambda t: ["search", "--model", _model(t, hidden_size=-64), "--device", "cpu",
                                          "--max-token", "64", "--space", "cpu-tiny"], "hidden_size must be a positive integer"),
     ("model-glm-zero-heads", lambda t: ["estimate", "--model", str(_write(t / "glm" / "config.json", json.dumps(

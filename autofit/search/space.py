@@ -109,8 +109,8 @@ def parse_space(doc: Any, where: str = "<space>") -> SearchSpace:
     if not isinstance(doc, dict):
         raise SearchSpaceError(f"{where}: expected a mapping of keys, got {type(doc).__name__}")
     problems: list[str] = []
-    for k in sorted(set(doc) - KEYS):
-        problems.append(f"{where}: unknown key '{k}' (known: {', '.join(sorted(KEYS))})")
+    for k in sorted(set(doc) - KEYS, key=str):  # YAML keys may be numbers too
+        problems.append(f"{where}: unknown key {k!r} (known: {', '.join(sorted(KEYS))})")
 
     kind = doc.get("method", "lora")
     if kind not in METHODS:
