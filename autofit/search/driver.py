@@ -255,10 +255,11 @@ class _Search:
                                       f"({differs}); one of them was altered: move the run dir away and search again")
             elif (s := self.by_key.get(row["strategy"])) is not None:
                 t = trials.get(int(row["trial"])) if row.get("trial") else None
-                if t is not None and t.state == TrialState.RUNNING:
-                    self.study.tell(t.number, state=TrialState.FAIL)
-                studymod.add_finished(self.study, self.dists, s, Shape(key[1], key[2]), r, peak_of(r),
-                                      self.req.limits.limit, key[3], key[4], self._key_attrs(key))
+                if not _holds_result(t):  # the driver died between writing the row and telling the study
+                    if t is not None and t.state == TrialState.RUNNING:
+                        self.study.tell(t.number, state=TrialState.FAIL)
+                    studymod.add_finished(self.study, self.dists, s, Shape(key[1], key[2]), r, peak_of(r),
+                                          self.req.limits.limit, key[3], key[4], self._key_attrs(key))
             rows.append(row)
         have = {_row_key(row) for row in rows}
         restored = [self._row_from_study(k, *held[k]) for k in sorted(held, key=lambda k: held[k][0].number) if k not in have]
@@ -536,6 +537,11 @@ class _Search:
         return SearchResult(outcome=out, run=self.run, probes_run=self.probes_run,
                             probes_reused=len(self.cache) - self.probes_run, wall_time_s=wall, best=best,
                             summary=outputs.summary_table(out, self.cache, self.req.limits))
+
+
+def _holds_result(trial) -> bool:
+    """The trial was told its probe's result (a study written before probe keys has no key to match by)."""
+    return trial is not None and "status" in trial.user_attrs
 
 
 def _differs(a: ProbeResult, b: ProbeResult) -> str | None:
