@@ -157,3 +157,21 @@ def test_a_row_that_disagrees_with_the_study_is_refused(tmp_path):
         w.writerows(rows)
     with pytest.raises(RunDirError, match=r"probes.csv: line 2 disagrees with the study .*host_peak"):
         _search(tmp_path, _hw(), resume=True)
+
+
+def test_a_study_written_before_probe_keys_gains_no_duplicate_trials(tmp_path, monkeypatch):
+    import optuna
+
+    import autofit.search.driver as driver
+    import autofit.search.workers as workers
+
+    with monkeypatch.context() as m:  # the study of an older autofit: trials carry no probe key
+        m.setattr(workers, "KEY_ATTR", "not_a_probe_key")
+        m.setattr(driver, "KEY_ATTR", "not_a_probe_key")
+        _search(tmp_path, _hw())
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    name = optuna.get_all_study_summaries(storage)[0].study_name
+    before = len(optuna.load_study(study_name=name, storage=storage).trials)
+    hw = _hw()
+    _search(tmp_path, hw, resume=True)
+    assert hw.calls == [] and len(optuna.load_study(study_name=name, storage=storage).trials) == before
