@@ -11,32 +11,40 @@ from pathlib import Path
 
 import click
 
-from autofit.errors import AutofitError, UsageError
+from autofit.errors import AutofitError, Interrupted, UsageError
+from autofit.redact import redact_text
 from autofit.spec import LOSSES, OPTIMIZERS, QUANTS
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT, whether or not a probe had finished
 
 
 def _fail(msg: str) -> None:
-    click.echo(f"autofit: error: {msg}", err=True)
+    one_line = " ".join(msg.split())  # a value quoted from a file may hold a line break
+    click.echo(f"autofit: error: {redact_text(one_line)}", err=True)
     sys.exit(EXIT_USAGE)
 
 
 def handles_errors(fn):
-    """AutofitError -> one line + exit 2 (a traceback only with --debug); Ctrl-C -> exit 130."""
+    """AutofitError -> one line + exit 2 (a traceback only with --debug); Ctrl-C or SIGTERM -> exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         debug = click.get_current_context().find_root().params.get("debug", False)
         try:
             return fn(*args, **kwargs)
+        except Interrupted as exc:
+            if debug:
+                raise
+            click.echo(f"autofit: {exc}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except AutofitError as exc:
             if debug:
                 raise
             _fail(str(exc))
         except KeyboardInterrupt:
             click.echo("autofit: interrupted; everything measured so far is saved", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
 
@@ -151,14 +159,16 @@ def probe(model, weights, trust_remote_code, device, gpus, gpu_memory, global_ba
     """Run real training probes for one strategy, escalating micro-batch until the first OOM."""
     import tempfile
 
-    from autofit.models import resolve_model
+    from autofit.models import check_max_token, resolve_model
     from autofit.probe.runner import WorkerSession, escalate
+    from autofit.writable import check_writable
     from autofit.results import append_probe
     from autofit.spec import Method, Shape, Strategy
     from autofit.units import parse_duration
 
-    if max_token < 1:
-        raise UsageError(f"--max-token must be positive, got {max_token}")
+    _check_probe_numbers(max_token=max_token, lora_r=lora_r, lora_alpha=lora_alpha,
+                         freeze_trainable_layers=freeze_trainable_layers, measure_steps=measure_steps,
+                         warmup_steps=warmup_steps)
     if offload_params and zero_stage != 3:
         raise UsageError("--offload-params needs --zero 3 (DeepSpeed offloads parameters only under ZeRO-3)")
     if offload_optimizer and zero_stage == 0:
@@ -166,7 +176,12 @@ def probe(model, weights, trust_remote_code, device, gpus, gpu_memory, global_ba
     ctx = _context(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, hostfile, master_addr,
                    warmup_steps=warmup_steps, measure_steps=measure_steps, probe_timeout_s=parse_duration(timeout),
                    max_positions=max_token)
+    if ctx.device == "cpu" and zero_stage:
+        raise UsageError(f"--zero {zero_stage} needs DeepSpeed, which needs a GPU; on the CPU use --zero 0")
+    if out:
+        check_writable(out)  # before the model is built
     source = resolve_model(model, trust_remote_code=trust_remote_code)
+    check_max_token(source, max_token)
     if weights == "real" and not source.has_weights:
         raise UsageError(f"--weights real: {model} has no local weights ({source.origin}); use --weights random")
     strategy = Strategy(method=Method(kind=method, lora_r=lora_r, lora_alpha=lora_alpha,
@@ -190,6 +205,14 @@ def probe(model, weights, trust_remote_code, device, gpus, gpu_memory, global_ba
             click.echo(json.dumps(r.to_dict()) if as_json else _probe_line(r))
             if r.status.value in ("error", "crash") and not as_json:
                 click.echo(session.log_tail(2000), err=True)
+
+
+def _check_probe_numbers(**values: int) -> None:
+    """Every count a probe takes must be positive (warm-up steps may be 0); all problems in one line."""
+    problems = [f"--{k.replace('_', '-')} must be at least {0 if k == 'warmup_steps' else 1}, got {v}"
+                for k, v in values.items() if v < (0 if k == "warmup_steps" else 1)]
+    if problems:
+        raise UsageError("; ".join(problems))
 
 
 def _where(ctx) -> str:
@@ -255,11 +278,11 @@ def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, 
     import time
 
     from autofit.hardware import memory_budget
-    from autofit.models import resolve_model
+    from autofit.models import check_max_token, resolve_model
     from autofit.search.driver import SearchRequest, run_search
     from autofit.search.planner import Limits
     from autofit.search.progress import Progress
-    from autofit.search.space import load_space
+    from autofit.search.space import load_space, runnable_strategies
     from autofit.units import parse_duration
 
     if max_token < 1:
@@ -276,7 +299,9 @@ def _run_search(*, model, weights, trust_remote_code, device, gpus, gpu_memory, 
     ctx = _context(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, hostfile, master_addr,
                    probe_timeout_s=parse_duration(probe_timeout), measure_steps=measure_steps)
     sp = load_space(space, method=method, num_gpus=ctx.num_gpus)
+    runnable_strategies(sp, ctx.num_gpus, ctx.device)
     source = resolve_model(model, trust_remote_code=trust_remote_code)
+    check_max_token(source, max_token)
     if weights == "real" and not source.has_weights:
         raise UsageError(f"--weights real: {model} has no local weights ({source.origin}); use --weights random")
     if run_dir is None:

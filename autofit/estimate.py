@@ -77,7 +77,7 @@ def estimate(model: str, max_token: int, gpu_memory: str | int = "24GiB", global
              space: str = "default", method: str | None = None, run_dir: str | Path | None = None,
              num_gpus: int = 1, headroom: float = 0.08, trust_remote_code: bool = False) -> Estimate:
     """Predicted peaks and walls for every strategy of `space` on `num_gpus` GPUs of `gpu_memory` each."""
-    from autofit.models import resolve_model
+    from autofit.models import check_max_token, resolve_model
     from autofit.search.planner import Limits
     from autofit.search.space import load_space
     from autofit.units import parse_memory
@@ -100,6 +100,7 @@ def estimate(model: str, max_token: int, gpu_memory: str | int = "24GiB", global
     if method:
         sp = sp.with_method(method)
     source = resolve_model(model, trust_remote_code=trust_remote_code)
+    check_max_token(source, max_token)
     arch = arch_of(source)
     measured = _run_points(Path(run_dir), num_gpus) if run_dir is not None else {}
     limit = Limits(budget=budget, headroom=headroom).limit

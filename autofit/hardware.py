@@ -35,6 +35,8 @@ def detect_gpus() -> list[GPU]:
 def parse_gpus(text: str | None, device: str) -> tuple[str, tuple[int, ...]]:
     """Resolve --device/--gpus into (device, gpu indices). 'auto' picks cuda when a GPU exists."""
     gpus = detect_gpus()
+    if device == "auto" and text and not gpus:
+        raise NoGPUError(f"--gpus {text}: no CUDA GPU found (NVML sees none); drop --gpus to probe on the CPU")
     if device == "auto":
         device = "cuda" if gpus else "cpu"
     if device == "cpu":

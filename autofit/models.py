@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from autofit.errors import ModelSourceError
+from autofit.errors import ModelSourceError, UsageError
 
 TABLE_PATH = Path(__file__).parent / "data" / "models.yaml"
 
@@ -332,7 +332,46 @@ def _read_config(config_file: Path) -> dict:
         raise ModelSourceError(f"{config_file} is not a JSON object")
     if not isinstance(config.get("model_type"), str) or not config["model_type"]:
         raise ModelSourceError(f"{config_file} has no model_type, so its architecture is unknown")
+    problems = size_problems(config)
+    if problems:
+        raise ModelSourceError(f"{config_file}: " + "; ".join(problems))
     return config
+
+
+# Sizes that must be positive integers wherever a config has them (HF names, then GLM's own).
+_SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "head_dim", "vocab_size", "max_position_embeddings", "num_layers", "ffn_hidden_size",
+              "padded_vocab_size", "kv_channels", "multi_query_group_num", "seq_length")
+
+
+# Far beyond any real model (126 layers, a 10M-token context), and below what overflows a tensor's size.
+_MAX_LAYERS, _MAX_SIZE = 1024, 2**27
+
+
+def size_problems(config: dict) -> list[str]:
+    """What makes a config's sizes impossible (zero heads, a negative width), each naming key and value."""
+    def bad(k: str) -> bool:
+        v, top = config[k], _MAX_LAYERS if k in ("num_hidden_layers", "num_layers") else _MAX_SIZE
+        return not (type(v) is int and 0 < v <= top)
+
+    problems = [f"{k} must be a positive integer up to {_MAX_LAYERS if 'layers' in k else _MAX_SIZE}, got {config[k]!r}"
+                for k in _SIZE_KEYS if config.get(k) is not None and bad(k)]
+    if problems:
+        return problems
+    hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
+    kv = config.get("num_key_value_heads") or config.get("multi_query_group_num")
+    if hidden and heads and not (config.get("head_dim") or config.get("kv_channels")) and hidden % heads:
+        problems.append(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+    if heads and kv and heads % kv:
+        problems.append(f"num_attention_heads {heads} is not a multiple of the {kv} key/value heads")
+    return problems
+
+
+def check_max_token(source: "ModelSource", max_token: int, flag: str = "--max-token") -> None:
+    """A sequence longer than the model's context is no configuration anyone can train."""
+    length = source.config.get("max_position_embeddings") or source.config.get("seq_length")
+    if type(length) is int and max_token > length:
+        raise UsageError(f"{flag} {max_token} is beyond {source.name}'s context length ({length} tokens)")
 
 
 def _has_weights(path: Path) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from autofit.errors import RunDirError, UsageError
+from autofit.writable import check_writable_dir, write_text
 from autofit.spec import compared_peak
 
 MIN_MARGIN = 0.02  # same floor on the headroom as the search (planner.MIN_MARGIN), for runs without best.yaml
@@ -973,14 +974,16 @@ def write_report(run_dir: Path, out: Path | None = None, grid: Path | None = Non
     (default RUN_DIR/report). Returns the HTML path."""
     run = load_run(Path(run_dir), None if grid is None else Path(grid))
     out = Path(out) if out is not None else run.path / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out, create=True)  # before the figures are drawn
     images = render_figures(run)
-    for name, data in images.items():
-        (out / name).write_bytes(data)
+    html = render_html(run, images)
+    try:
+        for name, data in images.items():
+            (out / name).write_bytes(data)
+    except OSError as exc:
+        raise RunDirError(f"cannot write in {out}: {exc.strerror}") from None
     page = out / "report.html"
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(render_html(run, images), encoding="utf-8")
-    tmp.replace(page)
+    write_text(page, html)
     return page
 
 

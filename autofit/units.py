@@ -7,6 +7,7 @@ import re
 from autofit.errors import UsageError
 
 GiB = 1024**3
+MAX_MEMORY = 1024**5  # beyond any device: a typo, and past it floats overflow
 
 _MEM_UNITS = {
     "": 1, "b": 1,
@@ -27,6 +28,8 @@ def parse_memory(text: str) -> int:
         raise UsageError(f"cannot read memory size {text!r}: use e.g. 24GiB, 24GB, 80G or 24 (GiB)")
     value = float(m.group(1))
     scale = GiB if unit == "" else _MEM_UNITS[unit]
+    if not value * scale <= MAX_MEMORY:
+        raise UsageError(f"memory size {text!r} is more than 1 PiB; no device has that much")
     size = int(value * scale)
     if size < 64 * 1024**2:
         raise UsageError(f"memory size {text!r} is below 64 MiB; nothing trains in that")

@@ -217,9 +217,15 @@ def _verify_distributed(run_dir: Path, steps: int, tolerance: float, gpus: tuple
                        f"their output above says why")
 
 
-def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANCE) -> Verification:
+def _check_args(steps: int, tolerance: float) -> None:
     if steps <= WARMUP_STEPS:
-        raise click.UsageError(f"--steps must be more than {WARMUP_STEPS} (the warm-up steps are not timed)")
+        raise UsageError(f"--steps must be more than {WARMUP_STEPS} (the warm-up steps are not timed)")
+    if not tolerance >= 0:  # NaN too
+        raise UsageError(f"--tolerance must be a fraction >= 0 (0.1 allows 10%), got {tolerance}")
+
+
+def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANCE) -> Verification:
+    _check_args(steps, tolerance)
     best = _load_best(run_dir)
     hosts = (best.get("hardware") or {}).get("hosts")
     if hosts:
@@ -312,15 +318,20 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
               help="Largest allowed relative difference between this run's peak and the probe's.")
 def verify_cmd(run_dir: Path, steps: int, tolerance: float) -> None:
     """Train the winner for longer through HF Trainer and check peak memory and speed against the search."""
-    v = verify_run(run_dir, steps, tolerance)
     from autofit.probe.worker import dist_env
+    from autofit.writable import check_writable, write_text
 
     rank, world, _ = dist_env()
+    record = run_dir / "verify.json"
+    _check_args(steps, tolerance)
+    _load_best(run_dir)
+    if rank == 0:
+        check_writable(record)  # before minutes of training, not after
+    v = verify_run(run_dir, steps, tolerance)
     if world > 1:
         if rank == 0:  # one record; the parent prints it
-            (run_dir / "verify.json").write_text(json.dumps(asdict(v), indent=2))
+            write_text(record, json.dumps(asdict(v), indent=2))
         return
-    (run_dir / "verify.json").write_text(json.dumps(asdict(v), indent=2))
     click.echo(f"verify {v.strategy} mb={v.micro_batch} T={v.max_token}, {v.steps} steps through HF Trainer on {v.device}:")
     elsewhere = f" on {v.search_device}" if v.search_device else ""
     click.echo(f"  tokens/s {v.tokens_per_s:.1f} (search measured {v.probe_tokens_per_s}{elsewhere}, ratio {v.tokens_per_s_ratio:.3f})")
@@ -328,6 +339,7 @@ def verify_cmd(run_dir: Path, steps: int, tolerance: float) -> None:
     if v.peak_allocated_gib is not None and v.peak_reserved_gib is not None:
         click.echo(f"  allocated {v.peak_allocated_gib:.2f} GiB (probe {v.probe_peak_allocated_gib}), "
                    f"reserved {v.peak_reserved_gib:.2f} GiB (probe {v.probe_peak_reserved_gib})")
-    click.echo(f"wrote {run_dir / 'verify.json'}")
+    write_text(record, json.dumps(asdict(v), indent=2))
+    click.echo(f"wrote {record}")
     if not v.passed:
         raise VerifyFailed("verify failed: " + "; ".join(v.problems))

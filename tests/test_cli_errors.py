@@ -30,6 +30,23 @@ def _space(tmp_path, text):
     return str(_write(tmp_path / "space.yaml", text))
 
 
+def _latin1(path, text):
+    path.write_bytes(text.encode("latin-1"))
+    return str(path)
+
+
+def _model(tmp_path, **over):
+    """A model directory whose config.json is a tiny Qwen2's with `over` applied."""
+    cfg = dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=512, max_position_embeddings=512)
+    cfg.update(over)
+    return str(_write(tmp_path / "model" / "config.json", json.dumps(cfg)).parent)
+
+
+GLM = dict(model_type="chatglm", num_layers=2, padded_vocab_size=512, ffn_hidden_size=128, kv_channels=16,
+           multi_query_group_num=2, seq_length=512, add_qkv_bias=True)
+
+
 def _identity(model: str) -> dict:
     """The identity the SEARCH command line above gets, so only the intended difference shows."""
     from autofit.models import resolve_model
@@ -48,7 +65,8 @@ def _run_dir(tmp_path, identity_model="autofit/tiny-qwen2", schema=1, probes="ok
     d.mkdir(exist_ok=True)
     (d / "run.json").write_text(json.dumps({"schema": schema, "identity": _identity(identity_model)}))
     header = "trial,phase,repeat,strategy,micro_batch,max_token,status\n"
-    row = {"ok": "0,escalate,0,lora-r4/fp32/ckpt/z0,1,64,ok\n", "bad": "0,escalate,0,x,one,64,maybe\n"}[probes]
+    row = {"ok": "0,escalate,0,lora-r4/fp32/ckpt/z0,1,64,ok\n", "bad": "0,escalate,0,x,one,64,maybe\n",
+           "float-T": "0,escalate,0,lora-r4/fp32/ckpt/z0,1,64.5,ok\n"}[probes]
     (d / "probes.csv").write_text(header + row)
     return str(d)
 
@@ -108,6 +126,40 @@ CASES = [
     ("storage-scheme", lambda t: [*SEARCH, "--run-dir", str(t / "s1"), "--storage", "bogus://x"], "cannot open Optuna storage"),
     ("storage-sqlite-path", lambda t: [*SEARCH, "--run-dir", str(t / "s2"), "--storage", "sqlite:////no/such/dir/x.db"],
      "cannot open Optuna storage"),
+    # -- found by trying it as a new user would (issue 21): each was a traceback or an exit 0
+    ("gpu-memory-huge", lambda t: [*SEARCH, "--gpu-memory", "1" + "0" * 400], "more than 1 PiB"),
+    ("gpus-without-gpu", lambda t: ["search", "--model", "autofit/tiny-qwen2", "--max-token", "64", "--gpus", "0"],
+     "--gpus 0: no CUDA GPU found"),
+    ("space-lora-dropout", lambda t: [*SEARCH[:-1], _space(t, GOOD_SPACE + "lora: {dropout: lots}\n")], "key 'lora.dropout'"),
+    ("space-not-utf8", lambda t: [*SEARCH[:-1], _latin1(t / "s.yaml", "method: lora\ndescription: caf\xe9\n")], "not UTF-8"),
+    ("space-zero3-on-cpu", lambda t: [*SEARCH[:-1], _space(t, GOOD_SPACE.replace("{stage: 0}", "{stage: 3}"))],
+     "no strategy can run on the CPU"),
+    ("space-zero2-on-cpu", lambda t: [*SEARCH[:-1], _space(t, GOOD_SPACE.replace("{stage: 0}", "{stage: 2}"))],
+     "no strategy can run on the CPU"),
+    ("model-zero-heads", lambda t: ["estimate", "--model", _model(t, num_attention_heads=0), "--max-token", "64"],
+     "num_attention_heads must be a positive integer up to 134217728, got 0"),
+    ("model-negative-hidden", lambda t: ["search", "--model", _model(t, hidden_size=-64), "--device", "cpu",
+                                         "--max-token", "64", "--space", "cpu-tiny"], "hidden_size must be a positive integer"),
+    ("model-glm-zero-heads", lambda t: ["estimate", "--model", str(_write(t / "glm" / "config.json", json.dumps(
+        {**GLM, "hidden_size": 64, "num_attention_heads": 0})).parent), "--max-token", "64"], "num_attention_heads must be"),
+    ("run-json-wrong-types", lambda t: [*SEARCH, "--run-dir", str(_write(t / "rj" / "run.json", json.dumps(
+        {"schema": "1", "identity": []})).parent), "--resume"], "not an autofit run.json"),
+    ("run-json-directory", lambda t: [*SEARCH, "--run-dir", str((t / "rd" / "run.json").mkdir(parents=True) or t / "rd"),
+                                      "--resume"], "Is a directory"),
+    ("probes-csv-float-max-token", lambda t: [*SEARCH, "--run-dir", _run_dir(t, probes="float-T"), "--resume"],
+     "line 2 is corrupted (max_token='64.5')"),
+    ("probe-out-under-a-file", lambda t: ["probe", *TINY, "--out", str(_write(t / "afile", "x") / "probes.csv")], "is a file"),
+    ("probe-measure-steps-zero", lambda t: ["probe", *TINY, "--measure-steps", "0"], "--measure-steps must be at least 1"),
+    ("probe-lora-r-zero", lambda t: ["probe", *TINY, "--lora-r", "0"], "--lora-r must be at least 1"),
+    ("probe-zero3-on-cpu", lambda t: ["probe", *TINY, "--zero", "3"], "--zero 3 needs DeepSpeed, which needs a GPU"),
+    ("verify-tolerance-negative", lambda t: ["verify", str(t), "--tolerance", "-1"], "--tolerance must be"),
+    ("verify-steps-one-line", lambda t: ["verify", str(t), "--steps", "1"], "autofit: error: --steps must be more than"),
+    ("estimate-max-token-huge", lambda t: ["estimate", "--model", "autofit/tiny-qwen2", "--max-token", str(10**12)],
+     "beyond autofit/tiny-qwen2's context length"),
+    ("search-beyond-context", lambda t: ["search", *TINY, "--max-token", "5000", "--space", "cpu-tiny"],
+     "--max-token 5000 is beyond autofit/tiny-qwen2's context length"),
+    ("storage-password-hidden", lambda t: [*SEARCH, "--run-dir", str(t / "s4"), "--storage", "postgresql://u:secret@[::1"],
+     "postgresql://u:***@[::1"),
     ("storage-postgres-down", lambda t: [*SEARCH, "--run-dir", str(t / "s3"), "--storage",
                                          "postgresql://autofit@127.0.0.1:1/none"], "cannot open Optuna storage"),
 ]
@@ -123,6 +175,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, case):
     assert "Traceback" not in result.output
     assert len(err.splitlines()) == 1 or err.startswith("Usage:"), err
     assert fragment in err, err
+    assert "secret" not in result.output
 
 
 def test_the_table_is_big_enough():
@@ -156,3 +209,18 @@ def test_help_is_instant_and_imports_no_torch():
             "heavy = [m for m in ('torch', 'transformers', 'deepspeed', 'optuna', 'pandas') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_interrupted_search_exits_130_with_one_line(tmp_path, monkeypatch):
+    import autofit.search.driver as driver
+    from autofit.errors import Interrupted
+
+    def interrupted(*a, **kw):
+        raise Interrupted("interrupted: 3 finished probe(s) saved in x; run the same command with --resume to continue")
+
+    monkeypatch.setenv("AUTOFIT_FORCE_NO_GPU", "1")
+    monkeypatch.setattr(driver, "run_search", interrupted)
+    result = CliRunner().invoke(cli, [*SEARCH, "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines() == ["autofit: interrupted: 3 finished probe(s) saved in x; "
+                                                  "run the same command with --resume to continue"]

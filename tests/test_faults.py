@@ -145,8 +145,8 @@ def test_ctrl_c_stops_cleanly_and_keeps_everything(tmp_path):
     before = _rows(run)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 2
-    assert err.strip().splitlines()[-1].startswith("autofit: error: interrupted:")
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith(f"autofit: interrupted: {len(before)} finished probe(s) saved")
     assert "--resume" in err and "Traceback" not in err
     assert _rows(run) == before
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"

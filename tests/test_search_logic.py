@@ -302,3 +302,25 @@ def test_fresh_check_failure_drops_the_winner_only_on_oom(status, winner_mb):
     out = p.run()
     assert out.winner[1] == winner_mb
     assert (4, "fresh") in asked and ((2, "fresh") in asked) == (status == "oom")
+
+
+def test_an_interrupt_after_the_row_is_written_counts_it_as_saved(tmp_path, monkeypatch):
+    from autofit.search import study as studymod
+
+    real, calls = studymod.record, []
+
+    def record_then_ctrl_c(*a, **kw):  # Ctrl-C lands between the probes.csv row and the study's record
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(studymod, "record", record_then_ctrl_c)
+    with pytest.raises(Interrupted) as info:
+        _run(tmp_path, _hw())
+    rows = list(csv.DictReader(open(tmp_path / "run" / "probes.csv")))
+    assert len(rows) == 3 and str(info.value).startswith("interrupted: 3 finished probe(s) saved")
+    monkeypatch.undo()
+    hw = _hw()
+    res = _run(tmp_path, hw, resume=True)
+    assert res.probes_reused == 3 and (rows[2]["strategy"], int(rows[2]["micro_batch"]), 1024) not in hw.calls

@@ -12,8 +12,10 @@ pass that met no placeholder decides the winner, so every worker names the same 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import signal
 import socket
 import time
@@ -22,16 +24,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from autofit.errors import Interrupted, RunDirError, SearchSpaceError, StorageError
+from autofit.errors import AutofitError, Interrupted, RunDirError, SearchSpaceError, StorageError
 from autofit.models import ModelSource
-from autofit.results import append_probe, read_probes, result_from_row
+from autofit.results import ProbeLog, append_probe, probe_row, read_probe_log, result_from_row, rewrite_probes
 from autofit.search import outputs, study as studymod
 from autofit.search.planner import Limits, Outcome, Planner, combine, families, peak_of
 from autofit.search.prior import AnalyticPrior
 from autofit.search.progress import Progress
 from autofit.search.rundir import RunDir, RunLock, check_resume, write_run_json
-from autofit.search.space import SearchSpace
+from autofit.search.space import SearchSpace, runnable_strategies
 from autofit.search.workers import KEY_ATTR, WORKER_ATTR, Board, Claim, Key, key_text
+from autofit.writable import check_writable_dir, remove_quietly
 from autofit.spec import Context, ProbeResult, Shape, Status, Strategy, to_jsonable
 
 POLL_S = 1.0  # how often a worker waiting on another's probe looks at the study again
@@ -135,14 +138,33 @@ def run_search(req: SearchRequest, factory: SessionFactory | None = None, progre
     run = RunDir(Path(req.run_dir))
     if run.path.exists() and not run.path.is_dir():
         raise RunDirError(f"--run-dir {run.path} exists and is not a directory")
-    try:
-        run.path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirError(f"cannot create run dir {run.path}: {exc.strerror}") from None
+    new = [p for p in (run.path, run.study_db, run.run_json, run.io) if not p.exists()]
+    check_writable_dir(run.path, create=True)  # read-only, a file in the way, a full disk: said before anything starts
     progress = progress or Progress()
-    with RunLock(run):
-        check_resume(run, req.identity(), req.resume)
-        return _Search(req, run, factory, progress).go(header)
+    try:
+        with RunLock(run):
+            check_resume(run, req.identity(), req.resume)
+            return _Search(req, run, factory, progress).go(header)
+    except AutofitError as exc:
+        if not isinstance(exc, Interrupted) and not (run.probes.exists() and run.probes.stat().st_size):
+            _remove_new(new)
+        raise
+
+
+def _remove_new(paths: list[Path]) -> None:
+    """A start that failed before any probe leaves nothing it created behind (a study.db, an empty run dir)."""
+    import shutil
+
+    for p in reversed(paths):  # the run dir last, and only when nothing else is in it
+        if p.is_dir() and p.name == "probe_io":
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.is_dir():
+            try:
+                p.rmdir()
+            except OSError:
+                pass
+        else:
+            remove_quietly(p)
 
 
 class _Search:
@@ -152,7 +174,9 @@ class _Search:
         tokens = sorted(set(req.space.max_tokens) | {req.max_token})
         self.ctx = replace(req.ctx, max_positions=max(tokens))
         self.tokens = tuple(tokens)
-        self.strategies, self.unavailable = _runnable(req.space.strategies(self.ctx.num_gpus), self.ctx)
+        # None runnable: one line, not Optuna's ValueError. Techniques this machine lacks are left out, once each.
+        self.strategies, self.unavailable = _runnable(runnable_strategies(req.space, self.ctx.num_gpus, self.ctx.device),
+                                                      self.ctx)
         if not self.strategies:
             raise SearchSpaceError(f"space {req.space.name}: nothing in it can run here ("
                                    + "; ".join(self.unavailable) + ")")
@@ -172,6 +196,7 @@ class _Search:
         self.announced: set[Key] = set()   # keys whose result was printed
         self.logged: set[str] = set()
         self.inflight: Claim | None = None
+        self.started = False               # run.json says "running": a failure from here on is recorded there
 
     # -- setup ----------------------------------------------------------------------------------
     def _open_study(self):
@@ -196,32 +221,66 @@ class _Search:
                                "worker the same --gpu-memory (or GPU model)")
 
     def _load_previous(self) -> None:
-        """Reload finished probes and make the study agree with probes.csv."""
-        rows = read_probes(self.run.probes)
+        """Reload finished probes and make the study and probes.csv agree (see _reconcile)."""
+        log = read_probe_log(self.run.probes)
         if self.shared:
-            self._load_previous_shared(rows)
+            if log.torn_line is not None:
+                raise RunDirError(f"{self.run.probes}: line {log.torn_line} was cut short (an interrupted write); "
+                                  "resume once without --storage to repair it from this run dir's study")
+            self._load_previous_shared(log.rows)
             return
-        from optuna.trial import TrialState
-
-        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        rows = self._reconcile(log)
         for row in rows:
             key = _row_key(row)
-            r = result_from_row(row)
-            self.cache[key] = r
+            self.cache[key] = result_from_row(row)
             self.mirrored.add(key)
-            s = self.by_key.get(row["strategy"])
-            t = trials.get(int(row["trial"])) if row["trial"] else None
-            if s is not None and (t is None or t.state == TrialState.RUNNING):
-                # The driver died between writing the row and telling the study.
-                if t is not None:
-                    self.study.tell(t.number, state=TrialState.FAIL)
-                studymod.add_finished(self.study, self.dists, s, Shape(key[1], key[2]), r, peak_of(r),
-                                      self.req.limits.limit, key[3], key[4], self._key_attrs(key))
         stale = studymod.fail_stale_running(self.study)
         if stale:
             self.progress.log(f"{stale} probe(s) were in flight when the last run died; they run again")
         if rows:
             self.progress.log(f"resuming: {len(rows)} finished probe(s) from {self.run.probes} will not run again")
+
+    def _reconcile(self, log: ProbeLog) -> list[dict]:
+        """probes.csv is written first, then the study. A row the study lacks (the driver died between the
+        two writes) goes into the study; a result the study holds but probes.csv lacks or holds torn (cut
+        short mid-write) is restored into probes.csv; a row that disagrees with the study is refused."""
+        from optuna.trial import TrialState
+
+        self.board.refresh()
+        held = {k: got for k, got in self.board.results().items() if k[0] in self.by_key}
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        rows: list[dict] = []
+        for row, line in zip(log.rows, log.lines):
+            key = _row_key(row)
+            r = result_from_row(row)
+            if key in held:
+                differs = _differs(r, held[key][1])
+                if differs:
+                    raise RunDirError(f"{self.run.probes}: line {line} disagrees with the study in {self.run.study_db.name} "
+                                      f"({differs}); one of them was altered: move the run dir away and search again")
+            elif (s := self.by_key.get(row["strategy"])) is not None:
+                t = trials.get(int(row["trial"])) if row.get("trial") else None
+                if not _holds_result(t):  # the driver died between writing the row and telling the study
+                    if t is not None and t.state == TrialState.RUNNING:
+                        self.study.tell(t.number, state=TrialState.FAIL)
+                    studymod.add_finished(self.study, self.dists, s, Shape(key[1], key[2]), r, peak_of(r),
+                                          self.req.limits.limit, key[3], key[4], self._key_attrs(key))
+            rows.append(row)
+        have = {_row_key(row) for row in rows}
+        restored = [self._row_from_study(k, *held[k]) for k in sorted(held, key=lambda k: held[k][0].number) if k not in have]
+        if restored or log.torn_line is not None:
+            rows += restored
+            rewrite_probes(self.run.probes, rows)
+            what = (f"line {log.torn_line} was cut short (an interrupted write)" if log.torn_line is not None
+                    else "rows were missing")
+            self.progress.log(f"repaired {self.run.probes}: {what}; {len(restored)} row(s) restored from the study"
+                              + ("" if restored or log.torn_line is None else "; that probe never finished and runs again"))
+        return rows
+
+    def _row_from_study(self, key: Key, trial, r: ProbeResult) -> dict:
+        done = trial.datetime_complete.timestamp() if trial.datetime_complete else time.time()
+        return probe_row(r, self.by_key[key[0]], trial=trial.number, fits=self.req.limits.fits(r), finished_at=done,
+                         phase=key[3], repeat=key[4], peak=peak_of(r))
 
     def _load_previous_shared(self, rows: list[dict]) -> None:
         """The shared study is the record; probes.csv only adds what the study lacks (a run dir first
@@ -274,6 +333,7 @@ class _Search:
         row = dict(trial=claim.number, fits=limits.fits(r), finished_at=time.time(), phase=key[3], repeat=key[4], peak=peak)
         if not self.shared:
             append_probe(self.run.probes, r, s, **row)
+            self.cache[key] = r  # saved from here on: an interrupt now counts it
             studymod.record(self.study, claim.trial, r, peak, limits.limit, key[3], key[4])
         else:
             try:
@@ -396,6 +456,22 @@ class _Search:
 
     # -- the whole search -----------------------------------------------------------------------
     def go(self, header: str | None = None) -> SearchResult:
+        """The search; a full disk or a failing storage once it has started ends it in one line, with
+        run.json saying so and everything measured kept for --resume."""
+        try:
+            return self._go(header)
+        except Exception as exc:
+            why = _io_failure(exc)
+            if why is None or not self.started:
+                raise
+            self.pool.close(kill=True)
+            _best_effort(lambda: write_run_json(self.run, self.req.identity(), {"status": "failed", "error": why}))
+            for name in (".boundaries.csv.tmp", ".probes.csv.tmp", ".best.yaml.tmp", ".run.json.tmp"):
+                remove_quietly(self.run.path / name)  # the writers remove their own; this is the net
+            raise RunDirError(f"{why}; {len(self.cache)} finished probe(s) are saved in {self.run.path}: "
+                              "make room and run the same command with --resume to continue") from None
+
+    def _go(self, header: str | None = None) -> SearchResult:
         self._open_study()
         self._load_previous()
         if header:
@@ -405,6 +481,7 @@ class _Search:
         write_run_json(self.run, self.req.identity(), {"status": "running", "space": to_jsonable(self.req.space),
                                                        "context": to_jsonable(self.ctx), "quantize": self.req.quantize,
                                                        "unavailable": self.unavailable})
+        self.started = True
         deadline = self.t0 + self.req.budget_s if self.req.budget_s else None
         space = self.req.space
         cap = max(1, self.ctx.global_batch // self.ctx.num_gpus)
@@ -492,6 +569,46 @@ def _runnable(strategies: list[Strategy], ctx: Context) -> tuple[list[Strategy],
         elif why not in reasons:
             reasons.append(why)
     return keep, reasons
+
+
+def _holds_result(trial) -> bool:
+    """The trial was told its probe's result (a study written before probe keys has no key to match by)."""
+    return trial is not None and "status" in trial.user_attrs
+
+
+def _differs(a: ProbeResult, b: ProbeResult) -> str | None:
+    """The first measured figure two records of one probe disagree on (None: they agree)."""
+    for name in ("status", "peak_allocated", "peak_reserved", "nvml_peak", "host_peak", "tokens_per_s", "step_s"):
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, float) and isinstance(y, (int, float)) and math.isclose(x, y, rel_tol=1e-6):
+            continue
+        if x != y:
+            return f"{name}: {getattr(x, 'value', x)!r} in probes.csv, {getattr(y, 'value', y)!r} in the study"
+    return None
+
+
+# Failures of the disk or the storage, not of autofit: the user can act on them.
+_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _io_failure(exc: BaseException) -> str | None:
+    """One line for a failure of the disk or the storage under a running search; None for anything else."""
+    if isinstance(exc, (RunDirError, StorageError)):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in _ENV_ERRNOS:
+        return f"cannot write {exc.filename or 'the run dir'}: {exc.strerror}"
+    if type(exc).__name__ == "StorageInternalError":  # optuna's, e.g. SQLite's "database or disk is full"
+        cause = exc.__cause__ or exc
+        return f"the Optuna storage failed: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}"
+    return None
+
+
+def _best_effort(write: Callable[[], None]) -> None:
+    """A record of a failure, where the failure (a full disk) may prevent it too."""
+    try:
+        write()
+    except (OSError, RunDirError):
+        pass
 
 
 def _row_key(row: dict) -> Key:

@@ -16,6 +16,7 @@ from autofit.spec import Strategy
 from autofit.trainconfig import (
     deepspeed_config, fused_loss_settings, model_dtype, peft_config, quantization_config, training_args,
 )
+from autofit.writable import write_text
 
 BOUNDARY_COLUMNS = ["strategy", "max_token", "largest_fit_micro_batch", "largest_fit_peak_gib",
                     "first_fail_micro_batch", "first_fail_status", "first_fail_peak_gib", "first_fail_source",
@@ -154,11 +155,9 @@ def write_best(run, doc: dict[str, Any]) -> None:
     header = ("# autofit best.yaml: paste training_args into transformers.TrainingArguments(**...),\n"
               "# load the model with model.torch_dtype, wrap it with peft.LoraConfig(**peft) when present,\n"
               "# and pass ds_config.json (the deepspeed block) when present. Every figure was measured.\n")
-    tmp = run.best.with_suffix(".tmp")
-    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False, width=110))
-    tmp.replace(run.best)
+    write_text(run.best, header + yaml.safe_dump(doc, sort_keys=False, width=110))
     if doc.get("deepspeed"):
-        run.ds_config.write_text(json.dumps(doc["deepspeed"], indent=2))
+        write_text(run.ds_config, json.dumps(doc["deepspeed"], indent=2))
     elif run.ds_config.exists():
         run.ds_config.unlink()
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import autofit
 from autofit.errors import RunDirError
+from autofit.redact import redact_text
 from autofit.results import SCHEMA_VERSION
+from autofit.writable import write_text
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,16 @@ class RunLock:
         self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunDirError(f"cannot write in run dir {self.path.parent}: {exc.strerror}") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # The lock file is removed on exit: a lock taken on a file just removed is no lock.
+            if os.fstat(self.fd).st_ino != os.stat(self.path).st_ino:
+                raise BlockingIOError
+        except (BlockingIOError, FileNotFoundError):
             holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(self.fd)
             raise RunDirError(f"{self.path.parent} is in use by another autofit search (pid {holder}); "
@@ -73,6 +81,10 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         if self.fd is not None:
+            try:
+                self.path.unlink()  # while still held: no debris, and no second holder of a removed file
+            except OSError:
+                pass
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
 
@@ -109,14 +121,12 @@ def write_run_json(run: RunDir, identity: dict[str, Any], extra: dict[str, Any])
         "versions": {p: _version(p) for p in ("torch", "transformers", "peft", "deepspeed", "optuna", "accelerate")},
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "command": sys.argv,
+        "command": [redact_text(a) for a in sys.argv],
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **gpu_facts(),
         **extra,
     }
-    tmp = run.run_json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str))
-    os.replace(tmp, run.run_json)
+    write_text(run.run_json, json.dumps(doc, indent=2, default=str))
 
 
 def check_resume(run: RunDir, identity: dict[str, Any], resume: bool) -> None:
@@ -132,8 +142,10 @@ def check_resume(run: RunDir, identity: dict[str, Any], resume: bool) -> None:
         doc = json.loads(run.run_json.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RunDirError(f"{run.run_json} is corrupted (not JSON); move it away or choose another --run-dir") from None
-    if not isinstance(doc, dict) or "identity" not in doc:
-        raise RunDirError(f"{run.run_json} is not an autofit run.json")
+    except OSError as exc:
+        raise RunDirError(f"cannot read {run.run_json}: {exc.strerror}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("identity"), dict) or type(doc.get("schema", 0)) is not int:
+        raise RunDirError(f"{run.run_json} is not an autofit run.json (identity or schema missing or of the wrong type)")
     if doc.get("schema", 0) > SCHEMA_VERSION:
         raise RunDirError(f"{run.path} was written by a newer autofit (schema {doc['schema']} > {SCHEMA_VERSION}); upgrade autofit")
     if not has_probes:

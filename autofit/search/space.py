@@ -83,6 +83,20 @@ class SearchSpace:
         return replace(self, method=replace(self.method, kind=kind))
 
 
+def runnable_strategies(space: SearchSpace, num_gpus: int, device: str) -> list[Strategy]:
+    """The space's strategies that can run here; none at all is the user's error, not an empty search."""
+    # DeepSpeed (every ZeRO stage above 0) needs a GPU.
+    out = [s for s in space.strategies(num_gpus) if device == "cuda" or s.zero_stage == 0]
+    if not out:
+        stages = sorted({z.stage for z in space.zero})
+        why = ("ZeRO stages above 0 need DeepSpeed, which needs a GPU" if device != "cuda"
+               else "on one GPU, ZeRO 1 and 2 shard nothing (they are kept only with offload_optimizer)")
+        where = f"{num_gpus} GPU(s)" if device == "cuda" else "the CPU"
+        raise SearchSpaceError(f"search space {space.name}: no strategy can run on {where} (zero stages {stages}): "
+                               f"{why}; add {{stage: 0}} to its zero list")
+    return out
+
+
 def resolve_space_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.exists():
@@ -112,6 +126,8 @@ def _read_yaml(path: Path) -> Any:
         raise SearchSpaceError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     except OSError as exc:
         raise SearchSpaceError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise SearchSpaceError(f"{path}: not UTF-8 text") from None
 
 
 def auto_document(doc: Any, method: str, num_gpus: int, where: str) -> dict[str, Any]:
@@ -138,8 +154,8 @@ def parse_space(doc: Any, where: str = "<space>") -> SearchSpace:
     if not isinstance(doc, dict):
         raise SearchSpaceError(f"{where}: expected a mapping of keys, got {type(doc).__name__}")
     problems: list[str] = []
-    for k in sorted(set(doc) - KEYS):
-        problems.append(f"{where}: unknown key '{k}' (known: {', '.join(sorted(KEYS))})")
+    for k in sorted(set(doc) - KEYS, key=str):  # YAML keys may be numbers too
+        problems.append(f"{where}: unknown key {k!r} (known: {', '.join(sorted(KEYS))})")
 
     kind = doc.get("method", "lora")
     if kind not in METHODS:
@@ -153,6 +169,9 @@ def parse_space(doc: Any, where: str = "<space>") -> SearchSpace:
         problems.append(f"{where}: key 'lora.r' must be a positive integer, got {r!r}")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
         problems.append(f"{where}: key 'lora.alpha' must be positive, got {alpha!r}")
+    dropout = lora.get("dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        problems.append(f"{where}: key 'lora.dropout' must be a number in [0, 1), got {dropout!r}")
     targets = lora.get("targets")
     if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, str) for t in targets) or not targets):
         problems.append(f"{where}: key 'lora.targets' must be a list of module names, got {targets!r}")
@@ -198,7 +217,7 @@ def parse_space(doc: Any, where: str = "<space>") -> SearchSpace:
     tokens = _int_list(doc, "max_token", problems, where)
     if problems:
         raise SearchSpaceError("; ".join(problems))
-    method = Method(kind=kind, lora_r=r, lora_alpha=alpha, lora_dropout=float(lora.get("dropout", 0.0)),
+    method = Method(kind=kind, lora_r=r, lora_alpha=alpha, lora_dropout=float(dropout),
                     lora_targets=tuple(targets) if targets else None, freeze_trainable_layers=freeze_n)
     return SearchSpace(name=Path(where).stem, method=method, precisions=tuple(precisions), grad_ckpt=tuple(ckpt),
                        zero=tuple(zero_opts), micro_batches=micro, max_tokens=tokens,

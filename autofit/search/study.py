@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from autofit.errors import StorageError
+from autofit.redact import redact_text
 from autofit.spec import ProbeResult, Shape, Strategy
 
 
@@ -42,7 +43,7 @@ def open_study(storage: str, name: str, strategies: list[str], micro_batches: tu
             hint = ""
             if isinstance(exc, ImportError) and storage.startswith("postgres"):
                 hint = " (install the PostgreSQL driver: pip install 'autofit[postgres]')"
-            raise StorageError(f"cannot open Optuna storage {redact(storage)!r}: {first}{hint}") from None
+            raise StorageError(redact_text(f"cannot open Optuna storage {redact(storage)!r}: {first}{hint}")) from None
     dists = {"strategy": CategoricalDistribution(strategies),
              "micro_batch": CategoricalDistribution(list(micro_batches)),
              "max_token": CategoricalDistribution(sorted(set(max_tokens)))}
@@ -74,8 +75,8 @@ def redact(url: str) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: it has no password field to hide either
-        return url
+    except Exception:  # not a URL SQLAlchemy can parse: hide what looks like a password anyway
+        return redact_text(url)
 
 
 def make_sampler(seed: int):
