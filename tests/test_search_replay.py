@@ -24,11 +24,12 @@ from autofit.spec import Context, ProbeResult, Shape, Status
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def _replay(folder: str, prior: bool):
+def _grid_answers(folder: str):
+    """The folder's summary, a measure() answering from its grid.csv, and the list of what it was asked
+    as (strategy, micro-batch, max_token, phase)."""
     summary = json.loads((RESULTS / folder / "summary.json").read_text())
     cells = {(r["strategy"], int(r["micro_batch"]), int(r["max_token"])): result_from_row(r)
              for r in read_probes(RESULTS / folder / "grid.csv")}
-    space = load_space(summary["space"])
     asked = []
 
     def measure(s, shape: Shape, phase, repeat) -> ProbeResult:
@@ -40,6 +41,13 @@ def _replay(folder: str, prior: bool):
         below = [m for (k, m, t), r in cells.items() if k == key[0] and t == key[2] and not r.ok and m < key[1]]
         assert below, f"the planner asked for {key}, which the grid never measured"
         return ProbeResult(strategy=key[0], micro_batch=key[1], max_token=key[2], status=Status.OOM)
+
+    return summary, measure, asked
+
+
+def _replay(folder: str, prior: bool):
+    summary, measure, asked = _grid_answers(folder)
+    space = load_space(summary["space"])
 
     source = resolve_model(summary["model"])
     ctx = Context(model=summary["model"], device="cuda", gpus=(0,), global_batch=summary["global_batch"])
@@ -85,20 +93,7 @@ def _replay_families(folder: str, quantize: bool):
     plans them; the grid answers the fresh-worker check with the cell it measured."""
     from autofit.search.planner import combine, families
 
-    summary = json.loads((RESULTS / folder / "summary.json").read_text())
-    cells = {(r["strategy"], int(r["micro_batch"]), int(r["max_token"])): result_from_row(r)
-             for r in read_probes(RESULTS / folder / "grid.csv")}
-    asked = []
-
-    def measure(s, shape: Shape, phase, repeat) -> ProbeResult:
-        asked.append((s.key(), shape.micro_batch, phase))
-        key = (s.key(), shape.micro_batch, shape.max_token)
-        if key in cells:
-            return cells[key]
-        below = [m for (k, m, t), r in cells.items() if k == key[0] and t == key[2] and not r.ok and m < key[1]]
-        assert below, f"the planner asked for {key}, which the grid never measured"
-        return ProbeResult(strategy=key[0], micro_batch=key[1], max_token=key[2], status=Status.OOM)
-
+    summary, measure, asked = _grid_answers(folder)
     source = resolve_model(summary["model"])
     ctx = Context(model=summary["model"], device="cuda", gpus=(0,), global_batch=summary["global_batch"],
                   gpu_memory=int(summary["budget_gib"] * 2**30))
@@ -126,6 +121,6 @@ def test_replay_auto_space_under_24gib(quantize):
     assert out.alternative[:2] == (other["strategy"], other["micro_batch"])
     # Distinct cells probed, against the grid's 30: dominated twins and strategies estimated out of reach
     # are never probed, and the quantized family starts above its exact twins' walls.
-    cells = {(k, mb) for k, mb, phase in asked if phase != "fresh"}
+    cells = {(k, mb) for k, mb, _, phase in asked if phase != "fresh"}
     assert len(cells) <= 8, sorted(cells)
     assert not [k for k, _ in cells if "int8" in k or not k.endswith("/fused") and "z3" not in k]
