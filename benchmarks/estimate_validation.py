@@ -72,6 +72,10 @@ VALIDATION_SETS: ValidationSets = (
     ("results/bench-h100-glm4-lora-T2048-24GiB/grid.csv", {"lora": "THUDM/glm-4-9b-chat"}),
     ("results/bench-h100-glm4-lora-T1024-24GiB/grid.csv", {"lora": "THUDM/glm-4-9b-chat"}),
     ("results/bench-2xh200-qwen2-1.5b-full-T1024/grid.csv", {"full": "Qwen/Qwen2-1.5B"}),
+    # The auto space on one H200 under 24 GiB: fused loss, NF4/int8 base weights.
+    ("results/bench-h200-glm4-lora-T2048-24GiB-auto/grid.csv", {"lora": "THUDM/glm-4-9b-chat"}),
+    ("results/bench-h200-qwen2-7b-lora-T4096-24GiB-auto/search/probes.csv", {"lora": "Qwen/Qwen2-7B"}),
+    ("results/bench-h200-glm4-lora-T1024-auto/search/probes.csv", {"lora": "THUDM/glm-4-9b-chat"}),
 )
 # Calibration is validated as a search would use it: a strategy's first, smallest probes calibrate
 # the prediction of its larger micro-batches (micro-batch 1 alone where only 1 and 4 were run).

@@ -25,7 +25,8 @@ def validation():
 
 def test_glm4_lora_predictions_within_the_reported_error(validation):
     rows, summary = validation
-    glm = [r for r in rows if r["model"] == GLM and r["status"] == "ok" and r["strategy"].startswith("lora")]
+    glm = [r for r in rows if r["model"] == GLM and r["status"] == "ok" and r["strategy"].startswith("lora")
+           and not _auto(r)]
     assert len(glm) == 70, "every GLM-4 LoRA peak (probe-evidence-h100, the H200 grid, both 24 GiB grids)"
     nvml = sorted(abs(r["err_nvml_pct"]) for r in glm)
     alloc = sorted(abs(r["err_allocated_pct"]) for r in glm)
@@ -38,7 +39,7 @@ def test_glm4_lora_predictions_within_the_reported_error(validation):
     assert alloc[-1] < 13.0 and alloc[-4] < 3.0
     z3_nockpt = [r for r in glm if "/nockpt/z3" in r["strategy"]]
     assert len(z3_nockpt) == 3 and all(abs(r["err_allocated_pct"]) < 3.0 for r in z3_nockpt)
-    assert summary["glm4_lora"]["nvml"]["median_abs_pct"] < 2.0
+    assert summary["glm4_lora"]["nvml"]["median_abs_pct"] < 2.5  # the auto space's probes included
 
 
 def test_measured_outcomes_and_walls_are_predicted(validation):
@@ -48,8 +49,10 @@ def test_measured_outcomes_and_walls_are_predicted(validation):
     # grid: 60 cells that all fit, all predicted to) and under a 24 GiB
     # cap; six misses, all under the cap and all on the safe side (below). The 2- and 4-GPU full
     # fine-tuning walls (z0/z2/z3, offload; H100 and H200) are all right.
-    assert walls["outcomes"] == 245 and walls["outcomes_predicted_right"] == 239
+    assert walls["outcomes"] == 300 and walls["outcomes_predicted_right"] == 288
     for s in walls["sessions"]:
+        if _auto(s) and "int8" in s["strategy"]:
+            continue  # LLM.int8 with checkpointing is under-predicted: test_new_dimensions_error_is_shown
         if s["capacity_is"] == "card":
             assert s["predicted_largest_fit"] == s["measured_largest_fit"], s
         else:  # 24 GiB cap: e.g. checkpointing mb 2 ran at 22.8 GiB reserved, predicted 23.7 over the 23.5 cap
@@ -113,3 +116,23 @@ def test_probes_of_the_new_dimensions_join_the_tables_once_committed(tmp_path):
     for (key, mb), gib in device.items():  # the new terms are in the prediction: each one saves memory
         assert key not in new or gib < device[("lora-r8/bf16-pure/ckpt/z0", mb)], (key, mb)
     assert summary["sources"] == ["results/new-dims/grid.csv"] and summary["walls"]["outcomes"] == len(errors)
+
+
+def _auto(r: dict) -> bool:
+    """A probe of the auto space's techniques (fused loss, 4/8-bit weights; results/*-auto)."""
+    return "-auto/" in r["file"]
+
+
+def test_new_dimensions_error_is_shown(validation):
+    rows, _ = validation
+    auto = [r for r in rows if _auto(r) and r["status"] == "ok" and r["err_nvml_pct"] is not None]
+    assert len(auto) >= 30
+    exact_or_nf4 = sorted(abs(r["err_nvml_pct"]) for r in auto
+                          if "int8" not in r["strategy"] and ("fused" in r["strategy"] or "nf4" in r["strategy"]))
+    # The fused loss and NF4 weights: within a few percent (the largest, 11%, is NF4 without checkpointing
+    # at micro-batch 16, predicted high).
+    assert exact_or_nf4[len(exact_or_nf4) // 2] < 3.0 and exact_or_nf4[-1] < 12.0
+    # LLM.int8 with checkpointing is predicted 25-53% low: the estimate misses what bitsandbytes keeps for
+    # the recomputed blocks. int8 never wins (nf4 dominates it), so the planner only spends probes on it.
+    low = [r for r in auto if "int8/ckpt" in r["strategy"]]
+    assert low and all(r["err_nvml_pct"] < -20 for r in low)
