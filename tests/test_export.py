@@ -18,8 +18,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from autofit.errors import RunDirError, UsageError
+from autofit.errors import ExportError, RunDirError, UsageError
 from autofit.export import FORMATS, export_cmd, export_run
+from autofit.spec import Method, Strategy
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 LORA_PLAIN = RESULTS / "bench-h100-glm4-lora-T1024" / "search"           # LoRA, no DeepSpeed
@@ -33,6 +34,7 @@ LLAMAFACTORY_KEYS = {
     "dataset", "template", "cutoff_len",
     "stage", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
     "freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules", "pure_bf16",
+    "quantization_bit", "quantization_method", "quantization_type", "double_quantization", "enable_liger_kernel",
 }
 # axolotl-ai-cloud/axolotl docs/config.qmd (and docs/attention.qmd for attn_implementation).
 AXOLOTL_KEYS = {
@@ -40,11 +42,14 @@ AXOLOTL_KEYS = {
     "pad_to_sequence_len", "sample_packing", "adapter", "lora_r", "lora_alpha", "lora_dropout",
     "lora_target_modules", "unfrozen_parameters", "micro_batch_size", "gradient_accumulation_steps",
     "gradient_checkpointing", "gradient_checkpointing_kwargs", "bf16", "fp16", "learning_rate", "optimizer",
-    "max_grad_norm", "logging_steps", "deepspeed",
+    "max_grad_norm", "logging_steps", "deepspeed", "chat_template", "load_in_4bit", "load_in_8bit", "tf32",
+    "lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel", "plugins",
+    "liger_fused_linear_cross_entropy", "liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm",
+    "liger_cross_entropy",
 }
 # THUDM/GLM-4 finetune_demo/finetune.py: FinetuningConfig's fields (from_file passes the YAML's
 # top-level keys straight to it) and DataConfig's.
-GLM_REQUIRED = {"data_config", "max_input_length", "max_output_length", "combine"}
+GLM_REQUIRED = {"data_config", "max_input_length", "max_output_length", "combine", "freezeV"}
 GLM_OPTIONAL = {"training_args", "peft_config"}
 GLM_DATA_KEYS = {"train_file", "val_file", "test_file", "num_proc"}
 
@@ -57,12 +62,18 @@ def example(request, tmp_path) -> tuple[Path, dict]:
     return run, yaml.safe_load((run / "best.yaml").read_text())
 
 
-def _variant(tmp_path: Path, name: str, change, src: Path = LORA_PLAIN) -> tuple[Path, dict]:
-    """A run dir whose best.yaml is a committed winner edited by `change(doc)` (method, precision...)."""
+def _variant(tmp_path: Path, name: str, change, src: Path = LORA_PLAIN, **dims) -> tuple[Path, dict]:
+    """A run dir whose best.yaml is a committed winner edited by `change(doc)` (method, precision...), its
+    strategy key rewritten to match, with `dims` (loss, quant, optim) set."""
     run = tmp_path / name
     shutil.copytree(src, run)
     doc = yaml.safe_load((run / "best.yaml").read_text())
     change(doc)
+    c = doc["config"]
+    method = Method(kind=c["method"], lora_r=c.get("lora_r", 8), freeze_trainable_layers=c.get("freeze_trainable_layers", 2))
+    c["strategy"] = Strategy(method=method, precision=c["precision"], grad_ckpt=c["gradient_checkpointing"],
+                             zero_stage=c["zero_stage"], offload_optimizer=c["offload_optimizer"],
+                             offload_params=c["offload_params"], **dims).key()
     (run / "best.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return run, doc
 
@@ -85,6 +96,11 @@ def _as_fp16(doc):
     doc["training_args"].update(bf16=False, fp16=True)
 
 
+def _export(run: Path, fmt: str, out=None, **kw) -> list[Path]:
+    """export_run with the user's values filled in (the refusal without them is tested on its own)."""
+    return export_run(run, fmt, out, **{"dataset": "my_data.jsonl", "template": "glm4", **kw})
+
+
 def _load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
@@ -101,7 +117,7 @@ def test_every_format_writes_its_files(example, fmt):
     uses_ds = best["deepspeed"] is not None
     if fmt == "deepspeed" and not uses_ds:
         pytest.skip("no DeepSpeed in this winner: see test_deepspeed_format_without_deepspeed_is_refused")
-    paths = export_run(run, fmt, None)
+    paths = _export(run, fmt, None)
     main = run / "export" / (f"{fmt}.json" if fmt == "deepspeed" else f"{fmt}.yaml")
     assert paths[0] == main.resolve() and all(p.is_file() for p in paths)
     measured = f"measured: {best['measured']['tokens_per_s']:g} tokens/s, peak {best['measured']['peak_gib']:g} GiB"
@@ -125,7 +141,7 @@ def test_hf_is_accepted_by_transformers_peft_and_deepspeed(example):
     from transformers import TrainingArguments
 
     run, best = example
-    paths = export_run(run, "hf", None)
+    paths = _export(run, "hf", None)
     doc = _load(paths[0])
     model_keys = ("torch_dtype", "attn_implementation", "trust_remote_code")
     assert doc["model_kwargs"] == {k: best["model"][k] for k in model_keys}
@@ -171,7 +187,7 @@ def test_deepspeed_format_is_concrete_and_valid(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(LORA_ZERO3, run)
     best = _load(run / "best.yaml")
-    (path,) = export_run(run, "deepspeed", None)
+    (path,) = _export(run, "deepspeed", None)
     cfg = json.loads(path.read_text())
     assert "\"auto\"" not in json.dumps(cfg)
     ds = DeepSpeedConfig(cfg)
@@ -194,7 +210,7 @@ def test_current_search_output_exports_unchanged(tmp_path):
     current = deepspeed_config(s, Context(model="m", gpus=(0,), global_batch=32), Shape(4, 1024),
                                hf_auto=True, hidden_size=4096)
     run, best = _variant(tmp_path, "current", lambda doc: doc.update(deepspeed=current), src=LORA_ZERO3)
-    paths = export_run(run, "hf", None)
+    paths = _export(run, "hf", None)
     cfg = json.loads(paths[1].read_text())
     assert cfg.pop("_comment") and cfg == current
     args = TrainingArguments(**{k: v for k, v in best["training_args"].items() if k != "deepspeed"})
@@ -207,14 +223,14 @@ def test_deepspeed_format_refuses_an_auto_only_hf_can_fill(tmp_path):
 
     run, _ = _variant(tmp_path, "sched", add_scheduler, src=LORA_ZERO3)
     with pytest.raises(RunDirError, match=r"deepspeed\.scheduler\.params\.total_num_steps is 'auto'.*--format hf"):
-        export_run(run, "deepspeed", None)
+        _export(run, "deepspeed", None)
 
 
 def test_deepspeed_format_without_deepspeed_is_refused(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(LORA_PLAIN, run)
     with pytest.raises(UsageError, match="uses no DeepSpeed.*use --format hf"):
-        export_run(run, "deepspeed", None)
+        _export(run, "deepspeed", None)
     assert not (run / "export").exists()
 
 
@@ -223,7 +239,7 @@ def test_llamafactory_keys(example):
     from transformers import Seq2SeqTrainingArguments
 
     run, best = example
-    paths = export_run(run, "llamafactory", None)
+    paths = _export(run, "llamafactory", None)
     doc, c = _load(paths[0]), best["config"]
     hf_fields = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
     assert set(doc) <= LLAMAFACTORY_KEYS | hf_fields, set(doc) - LLAMAFACTORY_KEYS - hf_fields
@@ -237,8 +253,8 @@ def test_llamafactory_keys(example):
     assert doc["learning_rate"] == best["training_args"]["learning_rate"]
     assert doc["bf16"] is True and doc["fp16"] is False and doc["flash_attn"] == "sdpa"
     assert doc["disable_gradient_checkpointing"] is (not c["gradient_checkpointing"])
-    assert doc["template"].startswith("<fill in:") and doc["dataset"].startswith("<fill in:")
-    assert "dataset, template" in "".join(_header(paths[0]))
+    assert doc["template"] == "glm4" and doc["dataset"] == "my_data.jsonl"
+    assert "placeholders for you to fill: none" in "".join(_header(paths[0]))
     assert any("set trust_remote_code: true and LoRA targets query_key_value,dense" in ln for ln in _header(paths[0]))
     if best["deepspeed"] is None:
         assert doc["pure_bf16"] is True and "deepspeed" not in doc
@@ -247,12 +263,14 @@ def test_llamafactory_keys(example):
         assert doc["use_reentrant_gc"] is False
 
 
-def test_glm4_keys(example):
+@pytest.mark.parametrize("fmt, targets", [("glm4", ["q_proj", "k_proj", "v_proj", "o_proj"]),
+                                           ("glm4-demo", ["query_key_value", "dense"])])
+def test_glm4_keys(example, fmt, targets):
     import peft
     from transformers import GenerationConfig, Seq2SeqTrainingArguments
 
     run, best = example
-    paths = export_run(run, "glm4", None)
+    paths = _export(run, fmt, None)
     doc, c = _load(paths[0]), best["config"]
     assert GLM_REQUIRED <= set(doc) <= GLM_REQUIRED | GLM_OPTIONAL
     assert set(doc["data_config"]) == GLM_DATA_KEYS and doc["data_config"]["train_file"].endswith(".jsonl")
@@ -261,9 +279,10 @@ def test_glm4_keys(example):
     pc = doc["peft_config"]
     assert pc["peft_type"] == "LORA" and pc["task_type"] == "CAUSAL_LM"
     assert pc["r"] == best["peft"]["r"] and pc["lora_alpha"] == best["peft"]["lora_alpha"]
-    assert pc["target_modules"] == ["query_key_value", "dense"]
+    assert pc["target_modules"] == targets
     lora = peft.get_peft_config(pc)  # what FinetuningConfig.from_dict does with it
-    assert isinstance(lora, peft.LoraConfig) and lora.target_modules == {"query_key_value", "dense"}
+    assert isinstance(lora, peft.LoraConfig) and lora.target_modules == set(targets)
+    assert ta_checkpointing(doc) is c["gradient_checkpointing"]  # finetune.py's only switch since 2024-11
 
     ta = dict(doc["training_args"])
     assert ta["per_device_train_batch_size"] == c["micro_batch"]
@@ -281,9 +300,13 @@ def test_glm4_keys(example):
     assert args.do_eval and args.predict_with_generate
 
 
+def ta_checkpointing(doc: dict) -> bool:
+    return doc["training_args"]["gradient_checkpointing"]
+
+
 def test_axolotl_keys(example):
     run, best = example
-    paths = export_run(run, "axolotl", None)
+    paths = _export(run, "axolotl", None)
     doc, c = _load(paths[0]), best["config"]
     assert set(doc) <= AXOLOTL_KEYS, set(doc) - AXOLOTL_KEYS
     assert doc["base_model"] == best["model"]["id"] and doc["sequence_len"] == c["max_token"]
@@ -295,7 +318,9 @@ def test_axolotl_keys(example):
     assert doc["gradient_checkpointing"] is c["gradient_checkpointing"]
     assert doc["bf16"] is True and doc["fp16"] is False and doc["optimizer"] == best["training_args"]["optim"]
     assert doc["learning_rate"] == best["training_args"]["learning_rate"]
-    assert doc["datasets"][0]["path"].startswith("<fill in:")
+    assert doc["datasets"][0]["path"] == "my_data.jsonl" and doc["chat_template"] == "glm4"
+    # axolotl would auto-enable its fused LoRA kernels and TF32: pinned to what the probe ran
+    assert [doc[k] for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "tf32")] == [False] * 4
     assert ("deepspeed" in doc) == (best["deepspeed"] is not None)
     if best["deepspeed"] is not None:
         assert Path(doc["deepspeed"]) == paths[1]
@@ -304,15 +329,17 @@ def test_axolotl_keys(example):
 # -- other methods and precisions (best.yaml edited from a committed winner) --------------------------
 def test_freeze_winner(tmp_path):
     run, _ = _variant(tmp_path, "freeze", _as_freeze)
-    hf = _load(export_run(run, "hf", None)[0])
+    hf = _load(_export(run, "hf", None)[0])
     assert hf["peft"] is None and hf["freeze_trainable_layers"] == 2
-    lf = _load(export_run(run, "llamafactory", None)[0])
+    lf = _load(_export(run, "llamafactory", None)[0])
     assert lf["finetuning_type"] == "freeze" and lf["freeze_trainable_layers"] == 2
     assert "lora_rank" not in lf and "lora_target" not in lf
-    glm_path = export_run(run, "glm4", None)[0]
+    glm_path = _export(run, "glm4", None)[0]
     assert "peft_config" not in _load(glm_path)
     assert any("no freeze mode" in ln for ln in _header(glm_path))  # it would train every parameter
-    ax_path = export_run(run, "axolotl", None)[0]
+    with pytest.raises(ExportError, match=r"needs values only you know: unfrozen_parameters; pass --allow-placeh"):
+        _export(run, "axolotl", None)
+    ax_path = _export(run, "axolotl", None, allow_placeholders=True)[0]
     ax = _load(ax_path)
     assert "adapter" not in ax and ax["unfrozen_parameters"][0].startswith("<fill in:")
     assert any("unfrozen_parameters" in ln for ln in _header(ax_path) if "placeholders" in ln)
@@ -320,20 +347,20 @@ def test_freeze_winner(tmp_path):
 
 def test_full_winner(tmp_path):
     run, _ = _variant(tmp_path, "full", _as_full)
-    assert _load(export_run(run, "hf", None)[0])["peft"] is None
-    assert _load(export_run(run, "llamafactory", None)[0])["finetuning_type"] == "full"
-    assert "peft_config" not in _load(export_run(run, "glm4", None)[0])
-    ax = _load(export_run(run, "axolotl", None)[0])
+    assert _load(_export(run, "hf", None)[0])["peft"] is None
+    assert _load(_export(run, "llamafactory", None)[0])["finetuning_type"] == "full"
+    assert "peft_config" not in _load(_export(run, "glm4", None)[0])
+    ax = _load(_export(run, "axolotl", None)[0])
     assert "adapter" not in ax and "lora_r" not in ax
 
 
 def test_fp16_winner(tmp_path):
     run, _ = _variant(tmp_path, "fp16", _as_fp16)
-    lf = _load(export_run(run, "llamafactory", None)[0])
+    lf = _load(_export(run, "llamafactory", None)[0])
     assert lf["fp16"] is True and lf["bf16"] is False and "pure_bf16" not in lf
-    ax = _load(export_run(run, "axolotl", None)[0])
+    ax = _load(_export(run, "axolotl", None)[0])
     assert ax["fp16"] is True and ax["bf16"] is False
-    glm_path = export_run(run, "glm4", None)[0]
+    glm_path = _export(run, "glm4", None)[0]
     assert _load(glm_path)["training_args"]["fp16"] is True
     assert any("always loads the weights in bfloat16" in ln for ln in _header(glm_path))
 
@@ -342,11 +369,11 @@ def test_fp16_winner(tmp_path):
 def test_out_file_and_directory(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(LORA_ZERO3, run)
-    paths = export_run(run, "axolotl", tmp_path / "cfg" / "my.yml")
+    paths = _export(run, "axolotl", tmp_path / "cfg" / "my.yml")
     assert paths == [tmp_path / "cfg" / "my.yml", tmp_path / "cfg" / "my.ds_config.json"]
     assert _load(paths[0])["deepspeed"] == str(paths[1])
     (tmp_path / "outdir").mkdir()
-    assert export_run(run, "deepspeed", tmp_path / "outdir") == [tmp_path / "outdir" / "deepspeed.json"]
+    assert _export(run, "deepspeed", tmp_path / "outdir") == [tmp_path / "outdir" / "deepspeed.json"]
 
 
 def test_out_never_overwrites_the_search(tmp_path):
@@ -354,16 +381,16 @@ def test_out_never_overwrites_the_search(tmp_path):
     shutil.copytree(LORA_ZERO3, run)
     before = (run / "best.yaml").read_text()
     with pytest.raises(UsageError, match=r"would overwrite the search's own .*best\.yaml"):
-        export_run(run, "hf", run / "best.yaml")
+        _export(run, "hf", run / "best.yaml")
     with pytest.raises(UsageError, match=r"would overwrite the search's own .*ds_config\.json"):
-        export_run(run, "deepspeed", run / "ds_config.json")
+        _export(run, "deepspeed", run / "ds_config.json")
     assert (run / "best.yaml").read_text() == before
 
 
 def test_click_command(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(LORA_PLAIN, run)
-    result = CliRunner().invoke(export_cmd, [str(run), "--format", "llamafactory"])
+    result = CliRunner().invoke(export_cmd, [str(run), "--format", "llamafactory", "--dataset", "d", "--template", "t"])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"wrote {(run / 'export' / 'llamafactory.yaml').resolve()}"
     assert CliRunner().invoke(export_cmd, [str(run), "--format", "nemo"]).exit_code == 2  # click's own usage error
@@ -378,7 +405,7 @@ def test_export_imports_no_gpu_stack(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(LORA_ZERO3, run)
     code = ("import sys; from pathlib import Path; from autofit.export import export_run\n"
-            f"for fmt in {FORMATS!r}: export_run(Path({str(run)!r}), fmt, None)\n"
+            f"for fmt in {FORMATS!r}: export_run(Path({str(run)!r}), fmt, None, allow_placeholders=True)\n"
             "heavy = sorted({'torch', 'transformers', 'deepspeed', 'peft'} & set(sys.modules))\n"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
@@ -421,25 +448,25 @@ def _bad_values() -> str:
 ], ids=["no-best", "bad-yaml", "binary", "list", "empty", "missing-keys", "bad-values"])
 def test_bad_run_dir(tmp_path, text, match):
     with pytest.raises(RunDirError, match=match):
-        export_run(_bad_run(tmp_path, text), "hf", None)
+        _export(_bad_run(tmp_path, text), "hf", None)
 
 
 def test_missing_run_dir(tmp_path):
     with pytest.raises(RunDirError, match=r"run dir .*nope does not exist"):
-        export_run(tmp_path / "nope", "hf", None)
+        _export(tmp_path / "nope", "hf", None)
 
 
 def test_parent_of_run_dir_gets_a_hint(tmp_path):
     shutil.copytree(LORA_PLAIN, tmp_path / "run" / "search")
     with pytest.raises(RunDirError, match=r"has no best\.yaml; did you mean .*run/search\?"):
-        export_run(tmp_path / "run", "hf", None)
+        _export(tmp_path / "run", "hf", None)
 
 
 def test_unknown_format(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(LORA_PLAIN, run)
-    with pytest.raises(UsageError, match=r"--format 'nemo': expected one of hf, deepspeed, llamafactory, glm4, axol"):
-        export_run(run, "nemo", None)
+    with pytest.raises(UsageError, match=r"--format 'nemo': expected one of hf, deepspeed, llamafactory, glm4, glm4-demo, axol"):
+        _export(run, "nemo", None)
 
 
 def test_multi_node_winner_says_how_to_launch_it(tmp_path):
@@ -448,7 +475,7 @@ def test_multi_node_winner_says_how_to_launch_it(tmp_path):
         doc["hardware"]["num_gpus"] = 16
 
     run, _ = _variant(tmp_path, "multi", two_hosts, src=LORA_ZERO3)
-    (path,) = [p for p in export_run(run, "hf", None) if p.suffix == ".yaml"]
+    (path,) = [p for p in _export(run, "hf", None) if p.suffix == ".yaml"]
     head = "\n".join(_header(path))
     assert "deepspeed --hostfile HOSTFILE" in head and "node-1 slots=8, node-2 slots=8" in head
 
@@ -464,7 +491,7 @@ def test_multi_node_winner_gets_a_per_host_launch_line(tmp_path, fmt, fragments)
         doc["hardware"]["num_gpus"] = 16
 
     run, _ = _variant(tmp_path, "multi", two_hosts, src=LORA_ZERO3)
-    head = "\n".join(line for p in export_run(run, fmt, None) if p.suffix in (".yaml", ".yml") for line in _header(p))
+    head = "\n".join(line for p in _export(run, fmt, None) if p.suffix in (".yaml", ".yml") for line in _header(p))
     assert all(f in head for f in fragments), head
 
 
@@ -473,9 +500,9 @@ def test_a_cpu_adam_winner_on_several_gpus_says_how_many_openmp_threads(tmp_path
     """torchrun gives each rank one OpenMP thread; CPU Adam needs the cores (results/omp-offload-2xh200)."""
     run = tmp_path / "offload2"
     shutil.copytree(RESULTS / "search-2xh100-glm4-full-T1024" / "search", run, ignore=shutil.ignore_patterns("report"))
-    head = "\n".join(line for p in export_run(run, fmt, None) if p.suffix in (".yaml", ".yml") for line in _header(p))
+    head = "\n".join(line for p in _export(run, fmt, None) if p.suffix in (".yaml", ".yml") for line in _header(p))
     assert "OMP_NUM_THREADS=$(( $(nproc) / 2 ))" in head, head
     one = tmp_path / "offload1"  # one GPU: one process, OpenMP already takes every core
     shutil.copytree(LORA_ZERO3, one)
-    head1 = "\n".join(line for p in export_run(one, fmt, None) if p.suffix in (".yaml", ".yml") for line in _header(p))
+    head1 = "\n".join(line for p in _export(one, fmt, None) if p.suffix in (".yaml", ".yml") for line in _header(p))
     assert "OMP_NUM_THREADS" not in head1
