@@ -506,3 +506,166 @@ def test_a_cpu_adam_winner_on_several_gpus_says_how_many_openmp_threads(tmp_path
     shutil.copytree(LORA_ZERO3, one)
     head1 = "\n".join(line for p in _export(one, fmt, None) if p.suffix in (".yaml", ".yml") for line in _header(p))
     assert "OMP_NUM_THREADS" not in head1
+
+
+# -- --out: directories, dotted names, never another run's files -----------------------------------------
+def test_out_ending_in_a_separator_is_a_new_directory(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(LORA_ZERO3, run)
+    paths = _export(run, "hf", f"{tmp_path / 'newdir'}/")
+    assert paths == [tmp_path / "newdir" / "hf.yaml", tmp_path / "newdir" / "hf.ds_config.json"]
+    second = _export(run, "axolotl", f"{tmp_path / 'newdir'}/")  # a second format lands next to the first
+    assert second[0] == tmp_path / "newdir" / "axolotl.yaml" and paths[0].is_file()
+
+
+def test_a_dotted_name_is_not_cut(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(LORA_ZERO3, run)
+    paths = _export(run, "llamafactory", tmp_path / "qwen2.5-lora")
+    assert paths == [tmp_path / "qwen2.5-lora", tmp_path / "qwen2.5-lora.ds_config.json"]
+    assert _load(paths[0])["deepspeed"] == str(paths[1])
+
+
+def test_nothing_overwrites_another_runs_files_without_force(tmp_path):
+    a, b = tmp_path / "A", tmp_path / "B"
+    shutil.copytree(LORA_ZERO3, a)
+    shutil.copytree(LORA_PLAIN, b)
+    best_b = (b / "best.yaml").read_text()
+    with pytest.raises(UsageError, match=r"B/best\.yaml exists and is not an export of .*A; .*--force"):
+        _export(a, "hf", b / "best.yaml")
+    assert (b / "best.yaml").read_text() == best_b
+    theirs = _export(b, "hf", tmp_path / "shared.yaml")[0]
+    with pytest.raises(UsageError, match="shared.yaml exists and is not an export of"):
+        _export(a, "hf", theirs)
+    assert _export(a, "hf", theirs, force=True)[0] == theirs
+    assert _export(a, "hf", theirs)[0] == theirs  # now A's own export: re-exporting replaces it
+
+
+# -- placeholders fail early ------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt, keys, flags", [("llamafactory", "dataset, template", "--dataset NAME --template NAME"),
+                                              ("axolotl", "path", "--dataset NAME")])
+def test_unfilled_placeholders_are_refused_in_one_line(tmp_path, fmt, keys, flags):
+    run = tmp_path / "run"
+    shutil.copytree(LORA_PLAIN, run)
+    from autofit.cli import cli
+
+    result = CliRunner().invoke(cli, ["export", str(run), "--format", fmt])
+    assert result.exit_code == 2 and not (run / "export").exists()
+    assert result.stderr.strip() == (f"autofit: error: --format {fmt} needs values only you know: {keys}; pass {flags}, "
+                                     "or pass --allow-placeholders to write <fill in> markers and edit the file")
+    (path,) = export_run(run, fmt, None, allow_placeholders=True)
+    assert "<fill in:" in path.read_text()
+
+
+def test_glm4_reads_only_jsonl(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(LORA_PLAIN, run)
+    with pytest.raises(ExportError, match=r"--dataset alpaca: GLM-4's finetune\.py reads only \.jsonl"):
+        export_run(run, "glm4", None, dataset="alpaca")
+    assert _load(_export(run, "glm4", None)[0])["data_config"]["train_file"] == "my_data.jsonl"
+
+
+# -- the dimensions beyond ZeRO: fused loss, 4/8-bit base weights, 8-bit AdamW -----------------------------
+def _ckpt(doc):
+    doc["config"]["gradient_checkpointing"] = True
+    doc["training_args"].update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _qlora(tmp_path: Path, quant: str = "nf4", loss: str = "fused") -> tuple[Path, dict]:
+    return _variant(tmp_path, f"q-{quant}-{loss}", _ckpt, quant=quant, loss=loss)
+
+
+def test_hf_carries_quantization_fused_loss_and_optimizer(tmp_path):
+    from transformers import BitsAndBytesConfig, TrainingArguments
+
+    run, _ = _qlora(tmp_path)
+    path = _export(run, "hf", None)[0]
+    doc = _load(path)
+    q = doc["model_kwargs"]["quantization_config"]
+    assert q == {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                 "bnb_4bit_compute_dtype": "bfloat16"}
+    bnb = BitsAndBytesConfig(**q)
+    assert bnb.load_in_4bit and bnb.bnb_4bit_quant_type == "nf4" and bnb.bnb_4bit_use_double_quant
+    ta = doc["training_args"]
+    assert ta["use_liger_kernel"] is True and ta["liger_kernel_config"]["fused_linear_cross_entropy"] is True
+    assert not any(v for k, v in ta["liger_kernel_config"].items() if k != "fused_linear_cross_entropy")
+    head = "\n".join(_header(path))
+    assert "transformers>=4.52" in head and "bitsandbytes" in head and "liger-kernel" in head
+    assert "quantized: not numerically the exact training" in head
+    # transformers 4.40.2 has neither liger key; every other key is accepted
+    args = TrainingArguments(**{k: v for k, v in ta.items() if k not in ("use_liger_kernel", "liger_kernel_config")})
+    assert args.gradient_checkpointing and args.optim == "adamw_torch"
+
+
+def test_8bit_optimizer_in_every_format(tmp_path):
+    run, _ = _variant(tmp_path, "full8", _as_full, optim="adamw8bit")
+    assert _load(_export(run, "hf", None)[0])["training_args"]["optim"] == "adamw_bnb_8bit"
+    assert _load(_export(run, "llamafactory", None)[0])["optim"] == "adamw_bnb_8bit"
+    assert _load(_export(run, "axolotl", None)[0])["optimizer"] == "adamw_bnb_8bit"
+    for fmt in ("glm4", "glm4-demo"):
+        assert _load(_export(run, fmt, None)[0])["training_args"]["optim"] == "adamw_bnb_8bit"
+
+
+@pytest.mark.parametrize("quant, bits", [("nf4", 4), ("int8", 8)])
+def test_llamafactory_quantization_and_liger(tmp_path, quant, bits):
+    run, _ = _qlora(tmp_path, quant)
+    doc = _load(_export(run, "llamafactory", None)[0])
+    assert doc["quantization_bit"] == bits and doc["quantization_method"] == "bitsandbytes"
+    assert doc["enable_liger_kernel"] is True and "pure_bf16" not in doc
+    if bits == 4:
+        assert doc["quantization_type"] == "nf4" and doc["double_quantization"] is True
+
+
+@pytest.mark.parametrize("quant, adapter, load_key", [("nf4", "qlora", "load_in_4bit"), ("int8", "lora", "load_in_8bit")])
+def test_axolotl_qlora_and_liger_plugin(tmp_path, quant, adapter, load_key):
+    run, _ = _qlora(tmp_path, quant)
+    doc = _load(_export(run, "axolotl", None)[0])
+    assert doc["adapter"] == adapter and doc[load_key] is True
+    assert doc["plugins"] == ["axolotl.integrations.liger.LigerPlugin"]
+    assert doc["liger_fused_linear_cross_entropy"] is True
+    assert [doc[k] for k in ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm",
+                             "liger_cross_entropy")] == [False] * 5
+
+
+def test_fused_loss_without_quantization_is_off_elsewhere(tmp_path):
+    """The plain winner names no quantization and no liger key in any format."""
+    run = tmp_path / "run"
+    shutil.copytree(LORA_PLAIN, run)
+    for fmt in ("hf", "llamafactory", "axolotl", "glm4"):
+        text = _export(run, fmt, None)[0].read_text()
+        assert "quantization" not in text and "liger" not in text.replace("LigerPlugin", ""), fmt
+
+
+@pytest.mark.parametrize("fmt", ["glm4", "glm4-demo"])
+@pytest.mark.parametrize("quant", ["nf4", "int8"])
+def test_glm4_refuses_quantized_weights(tmp_path, fmt, quant):
+    run, _ = _qlora(tmp_path, quant, loss="hf")
+    from autofit.cli import cli
+
+    result = CliRunner().invoke(cli, ["export", str(run), "--format", fmt, "--dataset", "d.jsonl"])
+    assert result.exit_code == 2 and not (run / "export").exists()
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and f"this {quant} winner cannot be written for it" in line
+
+
+def test_glm4_fused_loss_native_only(tmp_path):
+    run, _ = _variant(tmp_path, "fused", _ckpt, loss="fused")
+    ta = _load(_export(run, "glm4", None)[0])["training_args"]
+    assert ta["use_liger_kernel"] is True and ta["liger_kernel_config"]["fused_linear_cross_entropy"] is True
+    with pytest.raises(ExportError, match="glm4-demo: the fused cross-entropy"):
+        _export(run, "glm4-demo", None)
+
+
+def test_deepspeed_json_of_a_fused_winner_says_where_the_loss_is_set(tmp_path):
+    run, _ = _variant(tmp_path, "fusedz2", lambda doc: None, src=LORA_ZERO3, loss="fused")
+    comment = " ".join(json.loads(_export(run, "deepspeed", None)[0].read_text())["_comment"])
+    assert "fused linear cross-entropy" in comment and "use_liger_kernel" in comment
+
+
+def test_a_strategy_key_that_disagrees_with_its_config_is_refused(tmp_path):
+    run, _ = _variant(tmp_path, "bad", lambda doc: None)
+    doc = _load(run / "best.yaml")
+    doc["config"]["strategy"] = "lora-r8/bf16-pure/ckpt/z0"
+    (run / "best.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(RunDirError, match=r"config\.strategy .* says gradient_checkpointing=True, but config\.grad"):
+        _export(run, "hf", None)
