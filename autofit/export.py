@@ -31,7 +31,7 @@ FORMATS = ("hf", "deepspeed", "llamafactory", "glm4", "glm4-demo", "axolotl")
 
 # The tool versions whose own parsers load these files in tests/conformance (.ci/run installs them).
 CHECKED_AGAINST = {
-    "hf": "transformers 4.40.2 and 5.24.0 (TrainingArguments, BitsAndBytesConfig), peft 0.12.0 and 0.18.1",
+    "hf": "transformers 4.40.2 and 5.24.0 (TrainingArguments, BitsAndBytesConfig), peft 0.12.0 and 0.21.2",
     "deepspeed": "DeepSpeed 0.19.8 (DeepSpeedConfig)",
     "llamafactory": "LLaMA-Factory 0.9.5 (its argument parser, get_train_args)",
     "glm4": "THUDM/GLM-4 finetune/finetune.py at dfe4601 (2025-04-16): FinetuningConfig.from_file",
