@@ -36,7 +36,7 @@ CHECKED_AGAINST = {
     "llamafactory": "LLaMA-Factory 0.9.5 (its argument parser, get_train_args)",
     "glm4": "THUDM/GLM-4 finetune/finetune.py at dfe4601 (2025-04-16): FinetuningConfig.from_file",
     "glm4-demo": "THUDM/GLM-4 finetune_demo/finetune.py at 52cd14c (2024-12-09): FinetuningConfig.from_file",
-    "axolotl": "axolotl 0.19.0 (its config schema, validate_config + normalize_config)",
+    "axolotl": "axolotl 0.19.0 (its config schema: prepare_plugins + validate_config)",
 }
 
 # transformers.TrainingArguments 4.40.2 defaults, for the keys best.yaml may leave out.
@@ -322,7 +322,7 @@ def glm_notes(w: Winner) -> list[str]:
     if "glm" not in w.model_id.lower() or w.trust_remote_code:
         return []
     targets = ",".join(dict.fromkeys(GLM_REMOTE_MODULES.get(t, t) for t in w.lora_targets))
-    lora = f" and LoRA targets {targets} (its own module names; see --format glm4)" if w.lora_targets else ""
+    lora = f" and LoRA targets {targets} (its own module names; see --format glm4-demo)" if w.lora_targets else ""
     return [f"note: if {w.model_id} is a remote-code GLM checkpoint (like glm-4-9b-chat), set trust_remote_code: "
             f"true{lora}; the names here are those of the same-shape architecture autofit probed"]
 

@@ -88,40 +88,77 @@ def _expect(run: Path) -> dict[str, Any]:
             "optim": {"adamw": "adamw_torch", "adamw8bit": "adamw_bnb_8bit"}[s.optim]}
 
 
-def _run_check(venv: Path, tool: str, path: Path, expect: dict[str, Any], tmp: Path) -> None:
-    spec = tmp / f"{path.name}.expect.json"
-    spec.write_text(json.dumps(expect))
-    # TrainingArguments counts CUDA ranks only: on a CPU machine it reads world size 1 whatever torchrun
-    # says, so the tools built on it run as one rank; DeepSpeed checks its concrete file at the run's size.
-    ranks = expect["num_gpus"] if tool == "deepspeed" else 1
-    cmd = [str(venv / "bin" / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", str(CHECK),
-           tool, str(path), str(spec)]
+FORMATS = ["hf", "deepspeed", "llamafactory", "axolotl", "glm4", "glm4-demo"]
+
+
+def _prepare(tmp: Path, fmt: str, case: str) -> tuple[Path, dict[str, Any]] | str:
+    """(the export, what the tool must read back), or why there is nothing for the tool to read."""
+    run = tmp / "runs" / fmt / case
+    if case in COMMITTED:
+        shutil.copytree(COMMITTED[case], run, ignore=shutil.ignore_patterns("report", "study.db"))
+    else:
+        run.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(_craft(tmp / "craft" / fmt, case), run)
+    expect = _expect(run)
+    if fmt == "deepspeed" and expect["zero_stage"] is None:
+        return "skip: no DeepSpeed in this winner"
+    if fmt.startswith("glm4") and (expect["quant"] != "none" or (fmt == "glm4-demo" and expect["fused"])):
+        try:
+            export_run(run, fmt, None, dataset="train.jsonl")
+        except ExportError:  # GLM-4's scripts cannot express it: refused, not dropped
+            return "refused"
+        return "FAIL: written although the tool cannot express the winner"
+    if fmt == "glm4-demo":
+        expect["glm_targets"] = list(dict.fromkeys(GLM_REMOTE.get(t, t) for t in expect["lora_targets"]))
+    path = export_run(run, fmt, f"{tmp / 'out' / fmt / case}/", dataset="train.jsonl",
+                      template="chatml" if fmt == "axolotl" else "glm4")[0]  # axolotl has no glm4 template
+    return path, expect
+
+
+def _check_all(venv: Path, tool: str, ranks: int, items: list[tuple[str, Path, dict]], tmp: Path) -> dict[str, str]:
+    """One process of the tool checks every file; returns each item's line ("ok NAME" / "FAIL NAME: ...")."""
+    manifest = tmp / f"{tool}-{ranks}.json"
+    manifest.write_text(json.dumps([[name, str(path), expect] for name, path, expect in items]))
+    cmd = [str(venv / "bin" / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", str(CHECK), tool, str(manifest)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp)
-    if done.returncode != 0 or "ok" not in done.stdout.split():
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
-        pytest.fail(f"{tool} rejected {path.name} (exit {done.returncode}):\n{tail}")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env, cwd=tmp)
+    lines = {ln.split()[1].rstrip(":"): ln for ln in done.stdout.splitlines() if ln.startswith(("ok ", "FAIL "))}
+    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
+    return {name: lines.get(name, f"FAIL {name}: no verdict (exit {done.returncode}):\n{tail}") for name, _, _ in items}
+
+
+@pytest.fixture(scope="module")
+def verdicts(tmp_path_factory) -> dict[tuple[str, str], str]:
+    """Every (format, case): exported here, then read by its tool, one tool process per venv and world size."""
+    tmp = tmp_path_factory.mktemp("conformance")
+    out: dict[tuple[str, str], str] = {}
+    groups: dict[tuple[str, str, int], list[tuple[str, Path, dict]]] = {}
+    for fmt in FORMATS:
+        if not VENVS or not (Path(VENVS) / VENV_OF[fmt] / "bin" / "python").is_file():
+            continue
+        for case in CASES:
+            prepared = _prepare(tmp, fmt, case)
+            if isinstance(prepared, str):
+                out[fmt, case] = prepared
+                continue
+            path, expect = prepared
+            # TrainingArguments counts CUDA ranks only: on a CPU machine it reads world size 1 whatever
+            # torchrun says, so tools built on it run as one rank; DeepSpeed checks its file at the run's size.
+            tool = "glm4" if fmt.startswith("glm4") else fmt
+            ranks = expect["num_gpus"] if tool == "deepspeed" else 1
+            groups.setdefault((VENV_OF[fmt], tool, ranks), []).append((f"{fmt}/{case}", path, expect))
+    for (venv, tool, ranks), items in groups.items():
+        for name, line in _check_all(Path(VENVS) / venv, tool, ranks, items, tmp).items():
+            out[tuple(name.split("/"))] = line
+    return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("fmt", ["hf", "deepspeed", "llamafactory", "axolotl", "glm4", "glm4-demo"])
-def test_tool_reads_the_winner(tmp_path, fmt, case):
-    venv = _venv(fmt)
-    run = tmp_path / case
-    if case in COMMITTED:
-        shutil.copytree(COMMITTED[case], run, ignore=shutil.ignore_patterns("report", "study.db"))
-    else:
-        run = _craft(tmp_path, case)
-    expect = _expect(run)
-    if fmt == "deepspeed" and expect["zero_stage"] is None:
-        pytest.skip("no DeepSpeed in this winner")
-    if fmt.startswith("glm4") and (expect["quant"] != "none" or (fmt == "glm4-demo" and expect["fused"])):
-        with pytest.raises(ExportError):  # GLM-4's scripts cannot express it: refused, not dropped
-            export_run(run, fmt, None, dataset="train.jsonl")
-        return
-    if fmt == "glm4-demo":
-        expect["glm_targets"] = list(dict.fromkeys(GLM_REMOTE.get(t, t) for t in expect["lora_targets"]))
-    path = export_run(run, fmt, f"{tmp_path / 'out'}/", dataset="train.jsonl",
-                      template="chatml" if fmt == "axolotl" else "glm4")[0]  # axolotl has no glm4 template
-    _run_check(venv, "glm4" if fmt.startswith("glm4") else fmt, path, expect, tmp_path)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tool_reads_the_winner(verdicts, fmt, case):
+    _venv(fmt)
+    verdict = verdicts[fmt, case]
+    if verdict.startswith("skip:"):
+        pytest.skip(verdict[5:])
+    assert verdict in ("refused", f"ok {fmt}/{case}"), verdict

@@ -1,11 +1,12 @@
-"""Load one autofit export with its tool's own parser and compare what the tool read with the winner.
+"""Load autofit exports with their tool's own parser and compare what the tool read with the winner.
 
-    torchrun --standalone --nproc_per_node=RANKS check.py TOOL EXPORT_FILE EXPECT_JSON
+    torchrun --standalone --nproc_per_node=RANKS check.py TOOL MANIFEST_JSON
 
 Runs inside that tool's conformance venv (tests/conformance/venvs.sh), never in autofit's: it imports
-only the tool. EXPECT_JSON holds the winner's values as best.yaml and its strategy key state them
-(written by tests/test_export_conformance.py). torchrun gives the parser the run's world size, which
-LLaMA-Factory and HF check DeepSpeed files against. Exit 0 and "ok" on rank 0 when every value round-trips.
+only the tool. MANIFEST_JSON lists [name, export file, expected values]; the expected values are the
+winner's as best.yaml and its strategy key state them (tests/test_export_conformance.py writes it).
+One process checks every file of a tool (a start costs 10-30 s of imports). Prints one line per file on
+rank 0, "ok NAME" or "FAIL NAME: what the tool rejected or read differently".
 """
 
 from __future__ import annotations
@@ -182,11 +183,17 @@ def emulate_bf16_gpu() -> None:
 
 
 def main() -> None:
-    tool, path, expect = sys.argv[1], Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text())
+    tool, manifest = sys.argv[1], json.loads(Path(sys.argv[2]).read_text())
     emulate_bf16_gpu()
-    CHECKS[tool](path, expect)
-    if os.environ.get("RANK", "0") == "0":
-        print("ok")
+    rank0 = os.environ.get("RANK", "0") == "0"
+    for name, path, expect in manifest:
+        try:
+            CHECKS[tool](Path(path), expect)
+            line = f"ok {name}"
+        except Exception as exc:  # noqa: BLE001 - any rejection is the finding, reported per file
+            line = f"FAIL {name}: {type(exc).__name__}: {' '.join(str(exc).split())[:800]}"
+        if rank0:
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
