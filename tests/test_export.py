@@ -671,3 +671,16 @@ def test_a_strategy_key_that_disagrees_with_its_config_is_refused(tmp_path):
     (run / "best.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(RunDirError, match=r"config\.strategy .* says gradient_checkpointing=True, but config\.grad"):
         _export(run, "hf", None)
+
+
+def test_cli_out_with_a_trailing_slash_makes_a_directory(tmp_path):
+    from autofit.cli import cli
+
+    run = tmp_path / "run"
+    shutil.copytree(LORA_ZERO3, run)
+    result = CliRunner().invoke(cli, ["export", str(run), "--format", "deepspeed", "--out", f"{tmp_path / 'new'}/"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "new" / "deepspeed.json").is_file()
+    again = CliRunner().invoke(cli, ["export", str(LORA_PLAIN), "--format", "hf", "--out",
+                                     str(tmp_path / "new" / "deepspeed.json")])
+    assert again.exit_code == 2 and "exists and is not an export of" in again.stderr
