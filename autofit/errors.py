@@ -24,6 +24,11 @@ class RunDirError(AutofitError):
     """A run directory is missing, locked, corrupted, or belongs to another search."""
 
 
+class ExportError(AutofitError):
+    """The winner cannot be written for that tool as measured (the tool has no key for one of its
+    dimensions), or the file would need values only the user knows (``--dataset``, ``--template``)."""
+
+
 class StorageError(AutofitError):
     """The Optuna storage URL cannot be used."""
 

@@ -25,8 +25,8 @@ from typing import Any
 import click
 
 from autofit.errors import RunDirError, UsageError
+from autofit.spec import Strategy, compared_peak
 from autofit.writable import check_writable_dir, write_text
-from autofit.spec import compared_peak
 
 MIN_MARGIN = 0.02  # same floor on the headroom as the search (planner.MIN_MARGIN), for runs without best.yaml
 PNG_NAMES = ("oom_map.png", "throughput.png", "memory_vs_speed.png")
@@ -425,21 +425,27 @@ def _why_predicted(w: Wall, limit: float | None) -> str:
     return f"not run: {w.reason}"
 
 
+PRECISION_WORDS = {"bf16-pure": "bf16 weights", "bf16": "bf16 mixed precision", "fp16": "fp16 mixed precision",
+                   "fp32": "fp32"}
+QUANT_WORDS = {"nf4": "4-bit NF4 base weights (QLoRA)", "int8": "8-bit base weights (LLM.int8)"}
+
+
 def describe_strategy(key: str) -> str:
-    """'lora-r8/bf16-pure/ckpt/z3/offopt' -> 'LoRA rank 8, bf16 weights, gradient checkpointing, ...'."""
-    words = []
-    for part in key.split("/"):
-        if m := re.fullmatch(r"lora-r(\d+)", part):
-            words.append(f"LoRA rank {m.group(1)}")
-        elif m := re.fullmatch(r"freeze-last(\d+)", part):
-            words.append(f"only the last {m.group(1)} blocks trained")
-        elif m := re.fullmatch(r"z(\d)", part):
-            words.append("no ZeRO" if m.group(1) == "0" else f"DeepSpeed ZeRO-{m.group(1)}")
-        else:
-            words.append({"full": "full fine-tuning", "bf16-pure": "bf16 weights", "bf16": "bf16 mixed precision",
-                          "fp16": "fp16 mixed precision", "fp32": "fp32", "ckpt": "gradient checkpointing",
-                          "nockpt": "no checkpointing", "offopt": "optimizer state on CPU",
-                          "offparam": "weights on CPU"}.get(part, part))
+    """'lora-r8/bf16-pure/nf4/ckpt/z0/fused' -> 'LoRA rank 8, bf16 weights, 4-bit NF4 base weights (QLoRA),
+    gradient checkpointing, no ZeRO, fused cross-entropy': every dimension, read by Strategy.from_key."""
+    try:
+        s = Strategy.from_key(key)
+    except ValueError:
+        return key  # a key this version cannot read (a newer autofit's): shown as written
+    m = s.method
+    words = [{"lora": f"LoRA rank {m.lora_r}", "full": "full fine-tuning",
+              "freeze": f"only the last {m.freeze_trainable_layers} blocks trained"}[m.kind], PRECISION_WORDS[s.precision]]
+    if s.quant != "none":
+        words.append(QUANT_WORDS[s.quant])
+    words += ["gradient checkpointing" if s.grad_ckpt else "no checkpointing",
+              "no ZeRO" if s.zero_stage == 0 else f"DeepSpeed ZeRO-{s.zero_stage}"]
+    words += [w for w, on in (("optimizer state on CPU", s.offload_optimizer), ("weights on CPU", s.offload_params),
+                              ("fused cross-entropy", s.loss == "fused"), ("8-bit AdamW", s.optim == "adamw8bit")) if on]
     return ", ".join(words)
 
 

@@ -1,7 +1,8 @@
-"""Regenerate the README's result tables from the committed results/ files.
+"""Regenerate the result tables from the committed results/ files: the headline in README.md, every
+measured table in results/README.md.
 
     python -m benchmarks.readme_tables            # print the markdown
-    python -m benchmarks.readme_tables --write    # replace the blocks between the markers in README.md
+    python -m benchmarks.readme_tables --write    # replace the blocks between the markers in both files
 
 Reads only CSV/JSON/YAML (no torch). Every figure in the tables comes from a file under results/.
 """
@@ -21,6 +22,7 @@ from benchmarks import scenario_table
 from benchmarks.common import committed
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS_README = ROOT / "results" / "README.md"
 START, END = "<!-- tables:start (python -m benchmarks.readme_tables --write) -->", "<!-- tables:end -->"
 HEAD_START, HEAD_END = "<!-- headline:start (python -m benchmarks.readme_tables --write) -->", "<!-- headline:end -->"
 
@@ -131,6 +133,11 @@ def verify_table() -> str:
 
 
 def render() -> str:
+    """results/README.md's tables; their links are relative to results/."""
+    return _tables().replace("](results/", "](")
+
+
+def _tables() -> str:
     return "\n\n".join([
         "### Search against the exhaustive grid (published architectures, random weights)", search_table(),
         "Memory in GiB. `time vs grid` is autofit's wall time over the grid's; `winner vs grid best` is the "
@@ -160,13 +167,13 @@ def render_headline() -> str:
         "(* its own measurement, where the grid has no such cell). `over headroom`: the baseline trains a cell "
         "whose peak is above the headroom line, the margin autofit keeps from an OOM; `no answer`: nothing it "
         "tried fits. Details, the "
-        "DeepSpeed autotuner and the memory model's error: [Measured results](#measured-results).",
+        "DeepSpeed autotuner and the memory model's error: [results/README.md](results/README.md).",
     ])
 
 
 def _replace(text: str, start: str, end: str, body: str) -> str:
     if start not in text:
-        sys.exit(f"README.md has no {start} block")
+        sys.exit(f"no {start} block to replace")
     return text[: text.index(start)] + f"{start}\n{body}\n{end}" + text[text.index(end) + len(end):]
 
 
@@ -178,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{HEAD_START}\n{render_headline()}\n{HEAD_END}\n\n{START}\n{render()}\n{END}")
         return 0
     readme = ROOT / "README.md"
-    text = _replace(readme.read_text(), HEAD_START, HEAD_END, render_headline())
-    readme.write_text(_replace(text, START, END, render()))
+    readme.write_text(_replace(readme.read_text(), HEAD_START, HEAD_END, render_headline()))
+    RESULTS_README.write_text(_replace(RESULTS_README.read_text(), START, END, render()))
     return 0
 
 

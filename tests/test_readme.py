@@ -5,10 +5,25 @@ from pathlib import Path
 from benchmarks import readme_tables
 
 
-def test_readme_tables_match_results():
-    text = (readme_tables.ROOT / "README.md").read_text()
+def test_results_readme_tables_match_results():
+    text = readme_tables.RESULTS_README.read_text()
     block = text[text.index(readme_tables.START): text.index(readme_tables.END) + len(readme_tables.END)]
     assert block == f"{readme_tables.START}\n{readme_tables.render()}\n{readme_tables.END}"
+
+
+def test_results_readme_links_resolve():
+    """results/README.md links relative to results/: every local target exists."""
+    import re
+
+    text = readme_tables.RESULTS_README.read_text()
+    targets = [t for t in re.findall(r"\]\(([^)#]+)\)", text) if "://" not in t]
+    missing = [t for t in targets if not (readme_tables.RESULTS_README.parent / t).exists()]
+    assert targets and not missing, missing
+
+
+def test_readme_headline_matches_results():
+    text = (readme_tables.ROOT / "README.md").read_text()
+    assert len(text.splitlines()) < 200
     head = text[text.index(readme_tables.HEAD_START): text.index(readme_tables.HEAD_END) + len(readme_tables.HEAD_END)]
     assert head == f"{readme_tables.HEAD_START}\n{readme_tables.render_headline()}\n{readme_tables.HEAD_END}"
     # The headline sits right after the two commands, before any usage.

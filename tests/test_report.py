@@ -235,6 +235,12 @@ def test_describe_strategy():
     assert describe_strategy("lora-r8/bf16-pure/ckpt/z3/offopt/offparam") == (
         "LoRA rank 8, bf16 weights, gradient checkpointing, DeepSpeed ZeRO-3, optimizer state on CPU, weights on CPU")
     assert describe_strategy("full/fp32/nockpt/z0") == "full fine-tuning, fp32, no checkpointing, no ZeRO"
+    # the dimensions beyond ZeRO, as the OOM map titles its rows
+    assert describe_strategy("lora-r8/bf16-pure/nf4/ckpt/z0/fused") == (
+        "LoRA rank 8, bf16 weights, 4-bit NF4 base weights (QLoRA), gradient checkpointing, no ZeRO, fused cross-entropy")
+    assert describe_strategy("full/bf16-pure/ckpt/z0/adamw8bit").endswith("no ZeRO, 8-bit AdamW")
+    assert describe_strategy("lora-r8/bf16-pure/int8/nockpt/z0") == (
+        "LoRA rank 8, bf16 weights, 8-bit base weights (LLM.int8), no checkpointing, no ZeRO")
 
 
 @pytest.mark.parametrize("file,text,message", [

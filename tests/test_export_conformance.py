@@ -1,0 +1,164 @@
+"""Every export format loaded by its tool's own parser, in that tool's own venv, for a LoRA, a ZeRO-3
+offload and a two-GPU winner (committed results) and for winners with the newer dimensions (4/8-bit
+weights, the fused loss, 8-bit AdamW): a rejected key or a value that does not round-trip fails.
+
+The venvs are built by tests/conformance/venvs.sh into $AUTOFIT_CONFORMANCE_VENVS (.ci/run does, and
+sets AUTOFIT_REQUIRE_CONFORMANCE=1 so that a missing venv fails there instead of skipping).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from autofit.errors import ExportError
+from autofit.export import export_run
+from autofit.spec import Method, Strategy
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+CHECK = ROOT / "tests" / "conformance" / "check.py"
+VENVS = os.environ.get("AUTOFIT_CONFORMANCE_VENVS")
+REQUIRED = os.environ.get("AUTOFIT_REQUIRE_CONFORMANCE") == "1"
+VENV_OF = {"hf": "hf", "deepspeed": "hf", "glm4": "hf", "glm4-demo": "hf", "llamafactory": "llamafactory",
+           "axolotl": "axolotl"}
+# GLM-4's remote-code model fuses q/k/v into query_key_value and names o_proj dense (its modeling_chatglm.py).
+GLM_REMOTE = {"q_proj": "query_key_value", "k_proj": "query_key_value", "v_proj": "query_key_value", "o_proj": "dense"}
+
+COMMITTED = {
+    "lora": RESULTS / "bench-h100-glm4-lora-T1024" / "search",
+    "offload": RESULTS / "search-h100-glm4-lora-T1024-24GiB" / "search",
+    "2gpu": RESULTS / "search-2xh200-glm4-full-T1024" / "search",
+}
+# Winners of the newer dimensions, as best.yaml states them: the strategy key names them.
+CRAFTED = {
+    "qlora-fused": ("lora", dict(grad_ckpt=True, quant="nf4", loss="fused")),
+    "int8": ("lora", dict(grad_ckpt=True, quant="int8")),
+    "full-8bit-adam-fused": ("full", dict(grad_ckpt=True, optim="adamw8bit", loss="fused")),
+}
+CASES = [*COMMITTED, *CRAFTED]
+
+
+def _venv(fmt: str) -> Path:
+    if not VENVS or not (Path(VENVS) / VENV_OF[fmt] / "bin" / "python").is_file():
+        message = f"no {VENV_OF[fmt]} conformance venv: run tests/conformance/venvs.sh DIR, set AUTOFIT_CONFORMANCE_VENVS=DIR"
+        if REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    return Path(VENVS) / VENV_OF[fmt]
+
+
+def _craft(tmp: Path, name: str) -> Path:
+    """A plain 1-GPU LoRA winner's best.yaml rewritten as the crafted strategy (method, key, trainer args)."""
+    method, dims = CRAFTED[name]
+    run = tmp / name
+    shutil.copytree(COMMITTED["lora"], run)
+    doc = yaml.safe_load((run / "best.yaml").read_text())
+    c = doc["config"]
+    s = Strategy(method=Method(kind=method), precision="bf16-pure", **dims)
+    c.update(method=method, gradient_checkpointing=s.grad_ckpt, strategy=s.key())
+    doc["training_args"].update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+    if method != "lora":
+        del c["lora_r"], c["lora_alpha"]
+        doc["peft"] = None
+    (run / "best.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return run
+
+
+def _expect(run: Path) -> dict[str, Any]:
+    """The winner's values as best.yaml and its strategy key state them."""
+    best = yaml.safe_load((run / "best.yaml").read_text())
+    c, s = best["config"], Strategy.from_key(best["config"]["strategy"])
+    targets = best["peft"]["target_modules"] if best["peft"] else []
+    return {"micro_batch": c["micro_batch"], "accum": c["gradient_accumulation"], "max_token": c["max_token"],
+            "ckpt": c["gradient_checkpointing"], "bf16": best["training_args"]["bf16"],
+            "fp16": best["training_args"]["fp16"],
+            "zero_stage": c["zero_stage"] if best["deepspeed"] is not None else None,
+            "offload_optimizer": c["offload_optimizer"], "offload_params": c["offload_params"],
+            "num_gpus": best["hardware"]["num_gpus"], "method": c["method"], "lora_r": c.get("lora_r"),
+            "lora_alpha": c.get("lora_alpha"), "lora_targets": targets, "glm_targets": targets,
+            "quant": s.quant, "fused": s.loss == "fused",
+            "optim": {"adamw": "adamw_torch", "adamw8bit": "adamw_bnb_8bit"}[s.optim]}
+
+
+FORMATS = ["hf", "deepspeed", "llamafactory", "axolotl", "glm4", "glm4-demo"]
+
+
+def _prepare(tmp: Path, fmt: str, case: str) -> tuple[Path, dict[str, Any]] | str:
+    """(the export, what the tool must read back), or why there is nothing for the tool to read."""
+    run = tmp / "runs" / fmt / case
+    if case in COMMITTED:
+        shutil.copytree(COMMITTED[case], run, ignore=shutil.ignore_patterns("report", "study.db"))
+    else:
+        run.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(_craft(tmp / "craft" / fmt, case), run)
+    expect = _expect(run)
+    if fmt == "deepspeed" and expect["zero_stage"] is None:
+        return "skip: no DeepSpeed in this winner"
+    if fmt.startswith("glm4") and (expect["quant"] != "none" or (fmt == "glm4-demo" and expect["fused"])):
+        try:
+            export_run(run, fmt, None, dataset="train.jsonl")
+        except ExportError:  # GLM-4's scripts cannot express it: refused, not dropped
+            return "refused"
+        return "FAIL: written although the tool cannot express the winner"
+    if fmt == "glm4-demo":
+        expect["glm_targets"] = list(dict.fromkeys(GLM_REMOTE.get(t, t) for t in expect["lora_targets"]))
+    path = export_run(run, fmt, f"{tmp / 'out' / fmt / case}/", dataset="train.jsonl",
+                      template="chatml" if fmt == "axolotl" else "glm4")[0]  # axolotl has no glm4 template
+    return path, expect
+
+
+def _check_all(venv: Path, tool: str, ranks: int, items: list[tuple[str, Path, dict]], tmp: Path) -> dict[str, str]:
+    """One process of the tool checks every file; returns each item's line ("ok NAME" / "FAIL NAME: ...")."""
+    manifest = tmp / f"{tool}-{ranks}.json"
+    manifest.write_text(json.dumps([[name, str(path), expect] for name, path, expect in items]))
+    cmd = [str(venv / "bin" / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", str(CHECK), tool, str(manifest)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env, cwd=tmp)
+    lines = {ln.split()[1].rstrip(":"): ln for ln in done.stdout.splitlines() if ln.startswith(("ok ", "FAIL "))}
+    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
+    return {name: lines.get(name, f"FAIL {name}: no verdict (exit {done.returncode}):\n{tail}") for name, _, _ in items}
+
+
+@pytest.fixture(scope="module")
+def verdicts(tmp_path_factory) -> dict[tuple[str, str], str]:
+    """Every (format, case): exported here, then read by its tool, one tool process per venv and world size."""
+    tmp = tmp_path_factory.mktemp("conformance")
+    out: dict[tuple[str, str], str] = {}
+    groups: dict[tuple[str, str, int], list[tuple[str, Path, dict]]] = {}
+    for fmt in FORMATS:
+        if not VENVS or not (Path(VENVS) / VENV_OF[fmt] / "bin" / "python").is_file():
+            continue
+        for case in CASES:
+            prepared = _prepare(tmp, fmt, case)
+            if isinstance(prepared, str):
+                out[fmt, case] = prepared
+                continue
+            path, expect = prepared
+            # TrainingArguments counts CUDA ranks only: on a CPU machine it reads world size 1 whatever
+            # torchrun says, so tools built on it run as one rank; DeepSpeed checks its file at the run's size.
+            tool = "glm4" if fmt.startswith("glm4") else fmt
+            ranks = expect["num_gpus"] if tool == "deepspeed" else 1
+            groups.setdefault((VENV_OF[fmt], tool, ranks), []).append((f"{fmt}/{case}", path, expect))
+    for (venv, tool, ranks), items in groups.items():
+        for name, line in _check_all(Path(VENVS) / venv, tool, ranks, items, tmp).items():
+            out[tuple(name.split("/"))] = line
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tool_reads_the_winner(verdicts, fmt, case):
+    _venv(fmt)
+    verdict = verdicts[fmt, case]
+    if verdict.startswith("skip:"):
+        pytest.skip(verdict[5:])
+    assert verdict in ("refused", f"ok {fmt}/{case}"), verdict
