@@ -176,8 +176,6 @@ def probe(model, weights, trust_remote_code, device, gpus, gpu_memory, global_ba
     ctx = _context(model, weights, trust_remote_code, device, gpus, gpu_memory, global_batch, hostfile, master_addr,
                    warmup_steps=warmup_steps, measure_steps=measure_steps, probe_timeout_s=parse_duration(timeout),
                    max_positions=max_token)
-    if ctx.device == "cpu" and zero_stage:
-        raise UsageError(f"--zero {zero_stage} needs DeepSpeed, which needs a GPU; on the CPU use --zero 0")
     if out:
         check_writable(out)  # before the model is built
     source = resolve_model(model, trust_remote_code=trust_remote_code)
@@ -191,9 +189,12 @@ def probe(model, weights, trust_remote_code, device, gpus, gpu_memory, global_ba
                         loss=loss, quant=quant, optim=optim)
     from autofit.capabilities import missing
 
-    problems = strategy.problems() + [m for m in [missing(strategy, ctx)] if m]
-    if problems:
-        raise UsageError(f"cannot probe {strategy.key()}: " + "; ".join(problems))
+    if strategy.problems():  # the combination itself, before what this machine lacks
+        raise UsageError(f"cannot probe {strategy.key()}: " + "; ".join(strategy.problems()))
+    if ctx.device == "cpu" and zero_stage:
+        raise UsageError(f"--zero {zero_stage} needs DeepSpeed, which needs a GPU; on the CPU use --zero 0")
+    if missing(strategy, ctx):
+        raise UsageError(f"cannot probe {strategy.key()}: {missing(strategy, ctx)}")
     shapes = [Shape(mb, max_token) for mb in _int_list(micro_batch, "--micro-batch")]
     if not as_json:
         click.echo(f"probing {source.name} ({source.origin}, {weights} weights) on {_where(ctx)}: {strategy.key()}", err=True)

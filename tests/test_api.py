@@ -21,6 +21,17 @@ LORA_ZERO3 = ROOT / "results" / "search-h100-glm4-lora-T1024-24GiB" / "search"
 FULL_2GPU = ROOT / "results" / "search-2xh200-glm4-full-T1024" / "search"
 
 
+@pytest.fixture(autouse=True)
+def _no_deepspeed_leak(monkeypatch):
+    """TrainingArguments with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED and a process-wide
+    HfTrainerDeepSpeedConfig: as in a user's notebook, but later tests in this process (CPU verify, HF
+    Trainer baselines) would then train through DeepSpeed. monkeypatch restores the environment."""
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    yield
+    if "transformers.integrations.deepspeed" in sys.modules:
+        sys.modules["transformers.integrations.deepspeed"].unset_hf_deepspeed_config()
+
+
 def _best(run: Path) -> dict:
     return yaml.safe_load((run / "best.yaml").read_text())
 

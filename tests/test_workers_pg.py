@@ -139,7 +139,10 @@ def _fake_request(run_dir: Path, **kw):
     space = parse_space(dict(method="lora", lora={"r": 8}, precision=["bf16-pure"], grad_ckpt=[False, True],
                              zero=[{"stage": 0}], micro_batch=[1, 2, 4, 8, 16, 32, 64], max_token=[512, 1024, 2048]),
                         "test-space")
-    return SearchRequest(ctx=Context(model="THUDM/glm-4-9b-chat", global_batch=64), source=resolve_model("THUDM/glm-4-9b-chat"),
+    # device="cpu": no analytic estimate, so the plan starts from the frugal strategy and its jump leaves
+    # cells to explore, which the two workers share.
+    return SearchRequest(ctx=Context(model="THUDM/glm-4-9b-chat", global_batch=64, device="cpu"),
+                         source=resolve_model("THUDM/glm-4-9b-chat"),
                          space=space, max_token=1024, limits=Limits(80 * GiB, 0.08), run_dir=run_dir, explore=2, **kw)
 
 
