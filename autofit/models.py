@@ -526,7 +526,9 @@ def build_config(source: ModelSource, max_positions: int | None = None):
             f"architecture {source.architecture} is not in transformers {_transformers_version()}; "
             "pass --trust-remote-code to use the model's own code"
         )
-    if max_positions is not None and getattr(config, "max_position_embeddings", 0) > max_positions:
+    # A config without a context length (null) gets the longest max_token probed, like one with more.
+    positions = getattr(config, "max_position_embeddings", 0)
+    if max_positions is not None and (positions is None or positions > max_positions):
         config.max_position_embeddings = int(max_positions)
     return config
 

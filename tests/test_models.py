@@ -427,3 +427,13 @@ def test_empty_model_name():
 def test_import_does_not_pull_in_torch_or_transformers():
     code = "import sys, autofit.models; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+def test_a_config_without_a_context_length_takes_the_longest_probe(tmp_path):
+    # Found by tests/test_cli_properties.py: a null max_position_embeddings made build_config compare None.
+    import json as _json
+
+    from autofit.models import build_config, resolve_model
+
+    (tmp_path / "config.json").write_text(_json.dumps({"model_type": "qwen2", "max_position_embeddings": None}))
+    assert build_config(resolve_model(str(tmp_path)), max_positions=256).max_position_embeddings == 256
