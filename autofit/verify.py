@@ -209,12 +209,22 @@ def _verify_distributed(run_dir: Path, steps: int, tolerance: float, gpus: tuple
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     out = run_dir / "verify.json"
-    t0 = time.time()
+    before = _stamp(out)  # an earlier run's record is not this one's
     rc = subprocess.run(distributed_command(run_dir, steps, tolerance, len(gpus)), env=env).returncode
-    if out.exists() and out.stat().st_mtime >= t0:
+    if out.exists() and _stamp(out) != before:
         return Verification(**{k: tuple(v) if k == "problems" else v for k, v in json.loads(out.read_text()).items()})
     raise VerifyFailed(f"verify's {len(gpus)} ranks exited with code {rc} before writing {out.name}; "
                        f"their output above says why")
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """Which version of a file this is. Not mtime against a clock read before: the filesystem's coarse
+    timestamps can put a file written after that read a few milliseconds before it."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _check_args(steps: int, tolerance: float) -> None:
