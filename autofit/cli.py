@@ -193,8 +193,9 @@ def probe(model, weights, trust_remote_code, device, gpus, gpu_memory, global_ba
         raise UsageError(f"cannot probe {strategy.key()}: " + "; ".join(strategy.problems()))
     if ctx.device == "cpu" and zero_stage:
         raise UsageError(f"--zero {zero_stage} needs DeepSpeed, which needs a GPU; on the CPU use --zero 0")
-    if missing(strategy, ctx):
-        raise UsageError(f"cannot probe {strategy.key()}: {missing(strategy, ctx)}")
+    lacking = missing(strategy, ctx)
+    if lacking:
+        raise UsageError(f"cannot probe {strategy.key()}: {lacking}")
     shapes = [Shape(mb, max_token) for mb in _int_list(micro_batch, "--micro-batch")]
     if not as_json:
         click.echo(f"probing {source.name} ({source.origin}, {weights} weights) on {_where(ctx)}: {strategy.key()}", err=True)

@@ -23,12 +23,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from autofit.capabilities import missing
 from autofit.probe.runner import StandbyFactory, escalate
 from autofit.results import append_probe, read_probes
 from autofit.search.driver import SearchRequest, run_search
 from autofit.search.planner import Limits, peak_of
 from autofit.search.progress import Progress
-from autofit.spec import Context, Shape
+from autofit.spec import Context, Shape, Strategy
 from autofit.units import parse_duration
 from benchmarks.common import add_scenario_args, scenario_from_args
 
@@ -43,8 +44,6 @@ def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Pa
     cells = {}
     # The grid gets the same warm workers and standby as the search: only the choice of probes differs.
     factory = StandbyFactory(ctx, source, out / "grid_io")
-    from autofit.capabilities import missing
-
     try:
         # What the search leaves out as unavailable here, the grid leaves out too: the same space.
         for s in [s for s in space.strategies(ctx.num_gpus) if missing(s, ctx) is None]:
@@ -173,8 +172,6 @@ def run_grid(a: argparse.Namespace, ctx: Context, source, space, limits: Limits,
              limits, a.out, progress)
     # The oracle's answer for the objective: the fastest fitting cell at the requested max_token, among
     # the configurations the search may pick (exact ones unless --quantize).
-    from autofit.spec import Strategy
-
     allowed = {s.key() for s in space.strategies(ctx.num_gpus) if a.quantize or s.exact}
     every = {k[:2]: r for k, r in g["cells"].items() if limits.fits(r) and k[2] == a.max_token}
     fitting = {k: r for k, r in every.items() if k[0] in allowed}

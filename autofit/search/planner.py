@@ -11,13 +11,19 @@ Rules, each one a saving:
   one's throughput has already saturated, they cannot win and are skipped.
 - A per-strategy memory model fitted to measured peaks predicts the wall; the escalation jumps
   to the largest micro-batch predicted to fit, then confirms the wall one step above. After the
-  first probe of a strategy, an analytic slope (autofit.estimate, when the driver supplies one)
+  first probe of a strategy, an analytic slope (autofit.memory.analytic, when the driver supplies one)
   stands in for the second point, so the jump comes one probe earlier; a wall is only ever
   predicted from measured points.
-- A strategy whose analytic peak (autofit.estimate, when the driver supplies it) at its first
+- A strategy whose analytic peak (autofit.memory.analytic, when the driver supplies it) at its first
   micro-batch is over the limit by more than the estimate's largest measured error is a wall without
   probing it: full fine-tuning of a 9 B model does not try DDP on two 80 GB cards. The most frugal
-  strategy is always probed, so a search never ends on estimates alone.
+  strategy is never ruled out this way, so a search never ends on estimates alone.
+- The first strategy escalated is the fastest one the estimate predicts to fit (without an estimate,
+  or when it does not fit after all, the most frugal one): the fast walls are in place at once.
+- A strategy whose twin differs only in a technique that saves memory at no cost in speed (the fused
+  loss, NF4 over LLM.int8) is skipped once the twin ran.
+- Exact and 4/8-bit strategies are planned as two families (driver); the exact family's walls and
+  flat curves bound the quantized one, which does the same matmuls after dequantizing.
 - Top candidates within measurement noise of each other are re-measured before a winner is named.
 - The winner is measured once more alone in a new worker (phase "fresh"), as the user's training
   starts, with at least two measured steps (probe.runner.StandbyFactory.fresh). The allocator's
@@ -75,34 +81,33 @@ class Limits:
         return r.ok and p is not None and p <= self.limit
 
 
+def _zero_comparable(a: Strategy, b: Strategy) -> bool:
+    """ZeRO 0/1/2 trade comms for a sharded optimizer step: either can be faster or leaner; ZeRO-3 is both
+    slower and leaner than any of them."""
+    return a.zero_stage == b.zero_stage or a.zero_stage == 3 or b.zero_stage == 3
+
+
+def _adds_savings(a: Strategy, b: Strategy) -> bool:
+    """a has every memory-saving mechanism of b's that costs speed (checkpointing, offload, ZeRO-3)."""
+    return (a.grad_ckpt >= b.grad_ckpt and a.offload_optimizer >= b.offload_optimizer
+            and a.offload_params >= b.offload_params and (a.zero_stage == 3) >= (b.zero_stage == 3))
+
+
 def never_faster(a: Strategy, b: Strategy) -> bool:
     """a is never faster than b at the same shape (and a != b): it only adds costs. The fused loss is
     taken to cost what HF's loss costs (it does the same matmuls, in chunks)."""
     if a == b or a.method != b.method or a.precision != b.precision or a.quant != b.quant or a.optim != b.optim:
         return False
-    z3a, z3b = a.zero_stage == 3, b.zero_stage == 3
-    if not z3a and not z3b and a.zero_stage != b.zero_stage:
-        return False  # ZeRO 0/1/2 trade comms for a sharded optimizer step: either can be faster
-    return (a.grad_ckpt >= b.grad_ckpt and a.offload_optimizer >= b.offload_optimizer
-            and a.offload_params >= b.offload_params and z3a >= z3b)
+    return _zero_comparable(a, b) and _adds_savings(a, b)
 
 
 def never_more_memory(a: Strategy, b: Strategy) -> bool:
     """a needs no more memory than b at the same shape (and a != b): every technique of b's that saves
-    memory, a has too. Where b runs out of memory, so does... nothing can be said; where a does, so does b."""
+    memory, a has too. Where a runs out of memory, so does b."""
     if a == b or a.method != b.method or a.precision != b.precision or a.quant != b.quant:
         return False
-    z3a, z3b = a.zero_stage == 3, b.zero_stage == 3
-    if not z3a and not z3b and a.zero_stage != b.zero_stage:
-        return False
-    return (a.grad_ckpt >= b.grad_ckpt and a.offload_optimizer >= b.offload_optimizer
-            and a.offload_params >= b.offload_params and z3a >= z3b
+    return (_zero_comparable(a, b) and _adds_savings(a, b)
             and (a.loss == "fused") >= (b.loss == "fused") and (a.optim != "adamw") >= (b.optim != "adamw"))
-
-
-def slower_or_equal(a: Strategy, b: Strategy) -> bool:
-    """a is never faster than b and never needs more memory: a trades speed for memory only."""
-    return never_faster(a, b) and never_more_memory(a, b)
 
 
 def dominating_twins(s: Strategy) -> list[Strategy]:
@@ -268,8 +273,7 @@ class Planner:
 
     def _exact_fits(self) -> bool:
         """The exact family already fits at this max_token: nothing to confirm before escalating."""
-        o = self.exact.outcome if self.exact else None
-        return bool(o and o.max_token == self.target and any(so.fit_max for so in o.strategies.values()))
+        return any(so.fit_max for so in self._exact_outcomes())
 
     def _estimated_start(self) -> Strategy | None:
         """The fastest strategy (not the most frugal) whose estimated peak at the smallest micro-batch fits."""
@@ -288,6 +292,7 @@ class Planner:
         return None
 
     def _exact_outcomes(self) -> list["StrategyOutcome"]:
+        """The exact family's outcomes at this max_token (none for the exact family itself)."""
         o = self.exact.outcome if self.exact else None
         return list(o.strategies.values()) if o and o.max_token == self.target else []
 

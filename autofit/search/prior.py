@@ -1,4 +1,4 @@
-"""What the architecture alone tells the planner before (and between) probes: autofit.estimate's
+"""What the architecture alone tells the planner before (and between) probes: autofit.memory.analytic's
 analytic model, used in two ways that can each cost a probe but never a wrong answer.
 
 - A slope. Its activation term (bytes per token of a micro-batch) was within a few percent of the

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from autofit.errors import SearchSpaceError
-from autofit.spec import LOSSES, METHODS, OPTIMIZERS, PRECISIONS, QUANTS, Method, Strategy
+from autofit.spec import LOSSES, METHODS, OPTIMIZERS, PRECISIONS, QUANTS, Method, Strategy, to_jsonable
 
 SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
 AUTO = "auto"
@@ -69,8 +69,6 @@ class SearchSpace:
     def identity(self) -> dict[str, Any]:
         """What names this space in a run's identity; new dimensions at their old default add nothing,
         so a run dir searched before they existed still resumes."""
-        from autofit.spec import to_jsonable
-
         d = to_jsonable(self)
         for name, default in NEW_DIMENSIONS.items():
             if tuple(d[name]) == default:
