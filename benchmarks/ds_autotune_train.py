@@ -25,9 +25,8 @@ def main() -> int:
     import torch
 
     from autofit.models import ModelSource
-    from autofit.probe.worker import setup_device, apply_method, build_model
+    from autofit.probe.worker import setup_device, torch_optimizer, trainable_model
     from autofit.spec import context_from_dict, strategy_from_dict
-    from autofit.trainconfig import LEARNING_RATE
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--plan", required=True)
@@ -41,9 +40,9 @@ def main() -> int:
 
     device, _ = setup_device(torch, ctx, args.local_rank)
     deepspeed.init_distributed()
-    model = apply_method(build_model(torch, source, ctx, strategy, device, None), source, strategy)
+    model = trainable_model(torch, source, ctx, strategy, device, None)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
+    optimizer = torch_optimizer(torch, strategy, params)
     engine, *_ = deepspeed.initialize(args=args, model=model, model_parameters=params, optimizer=optimizer)
     mb = engine.train_micro_batch_size_per_gpu()
     vocab = int(model.get_input_embeddings().num_embeddings)

@@ -54,7 +54,7 @@ def train(plan: dict, local_rank: int, world: int, result: dict) -> dict:
 
     from autofit.models import ModelSource
     from autofit.probe.measure import PeakSampler
-    from autofit.probe.worker import limit_host_memory, setup_device, apply_method, build_model
+    from autofit.probe.worker import limit_host_memory, setup_device, trainable_model
     from autofit.spec import Shape, compared_peak, context_from_dict, strategy_from_dict
     from autofit.trainconfig import training_args
     from autofit.verify import SyntheticTokens
@@ -75,7 +75,7 @@ def train(plan: dict, local_rank: int, world: int, result: dict) -> dict:
                     auto_find_batch_size=True, max_steps=steps, disable_tqdm=True, dataloader_num_workers=0,
                     use_cpu=not on_cuda, save_strategy="no", report_to="none", logging_steps=10**6)
         targs = TrainingArguments(**args)
-        model = apply_method(build_model(torch, source, ctx1, strategy, device, None), source, strategy)
+        model = trainable_model(torch, source, ctx1, strategy, device, None)
         vocab = int(model.get_input_embeddings().num_embeddings)
         data = SyntheticTokens(steps * start * accum * world, T, vocab)
         sampler = PeakSampler(local_rank if on_cuda else None)
