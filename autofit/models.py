@@ -504,6 +504,16 @@ def _fit_to_transformers(config: dict, where: Path) -> tuple[dict, list[str]]:
 # ----------------------------------------------------------------------------- building
 
 
+def decoder_blocks(model: Any, source: ModelSource) -> Any:
+    """The model's list of decoder blocks, at the source's layers_attr ("model.layers")."""
+    blocks = model
+    for attr in source.layers_attr.split("."):
+        blocks = getattr(blocks, attr, None)
+        if blocks is None:
+            raise ModelSourceError(f"{source.name}: no decoder blocks at {source.layers_attr}")
+    return blocks
+
+
 def build_config(source: ModelSource, max_positions: int | None = None):
     """The transformers ``PretrainedConfig`` for `source` (no download, no weights).
 

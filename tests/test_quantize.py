@@ -12,7 +12,7 @@ bnb = pytest.importorskip("bitsandbytes")
 
 import torch  # noqa: E402
 
-from autofit.models import resolve_model  # noqa: E402
+from autofit.models import decoder_blocks, resolve_model  # noqa: E402
 from autofit.probe import quantize  # noqa: E402
 from autofit.probe.runner import WorkerSession  # noqa: E402
 from autofit.probe.worker import apply_method, torch_optimizer  # noqa: E402
@@ -43,7 +43,7 @@ def tied_model_dir(tmp_path_factory):
 def test_every_decoder_linear_is_quantized_and_the_rest_stays_bf16(tiny_model_dir, quant):
     source = resolve_model(str(tiny_model_dir))
     model = quantize.build_random(torch, source, _ctx(tiny_model_dir), Strategy(quant=quant), CPU)
-    blocks = quantize.blocks_of(model, source.layers_attr)
+    blocks = decoder_blocks(model, source)
     linears = [m for b in blocks for m in b.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 7 * len(blocks)  # q k v o, gate up down
     assert all(type(m) is BNB_LAYER[quant] for m in linears)

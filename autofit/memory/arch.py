@@ -78,7 +78,7 @@ def _read_arch(source) -> Arch:
     from transformers import AutoModelForCausalLM
     from transformers.modeling_utils import no_init_weights
 
-    from autofit.models import build_config
+    from autofit.models import build_config, decoder_blocks
 
     config = build_config(source, max_positions=1)  # RoPE caches are counted per position below
     try:
@@ -87,11 +87,7 @@ def _read_arch(source) -> Arch:
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ModelSourceError(f"cannot build {source.name} on the meta device: {exc}") from None
     model.tie_weights()
-    blocks = model
-    for attr in source.layers_attr.split("."):
-        blocks = getattr(blocks, attr, None)
-        if blocks is None:
-            raise ModelSourceError(f"{source.name}: no decoder blocks at {source.layers_attr}")
+    blocks = decoder_blocks(model, source)
     block = blocks[0]
     heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)

@@ -11,16 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from autofit.models import ModelSource, build_config
+from autofit.models import ModelSource, build_config, decoder_blocks
 from autofit.spec import Context, Strategy
 from autofit.trainconfig import quantization_config
-
-def blocks_of(model: Any, layers_attr: str) -> Any:
-    """The decoder block list at `layers_attr` ("model.layers")."""
-    blocks = model
-    for attr in layers_attr.split("."):
-        blocks = getattr(blocks, attr)
-    return blocks
 
 
 def quantized_linear(torch: Any, lin: Any, settings: dict[str, Any], device: Any, std: float) -> Any:
@@ -53,10 +46,10 @@ def quantized_linear(torch: Any, lin: Any, settings: dict[str, Any], device: Any
     return q
 
 
-def quantize_blocks(torch: Any, model: Any, layers_attr: str, settings: dict[str, Any], device: Any, std: float) -> int:
+def quantize_blocks(torch: Any, model: Any, source: ModelSource, settings: dict[str, Any], device: Any, std: float) -> int:
     """Replace every Linear inside the decoder blocks, one at a time; returns how many."""
     n = 0
-    for block in blocks_of(model, layers_attr):
+    for block in decoder_blocks(model, source):
         for parent in list(block.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is torch.nn.Linear:
@@ -122,7 +115,7 @@ def build_random(torch: Any, source: ModelSource, ctx: Context, strategy: Strate
                                                  trust_remote_code=source.trust_remote_code)
     model.tie_weights()  # init_empty_weights re-registers each parameter, which unties the head
     std = float(getattr(config, "initializer_range", 0.02))
-    quantize_blocks(torch, model, source.layers_attr, quantization_config(strategy), device, std)
+    quantize_blocks(torch, model, source, quantization_config(strategy), device, std)
     materialise_rest(torch, model, device, std)
     mark_quantized(model, strategy)
     peft_int8_compat(model)

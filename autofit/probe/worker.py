@@ -20,7 +20,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from autofit.errors import NoGPUError  # noqa: E402
-from autofit.models import ModelSource, build_config  # noqa: E402
+from autofit.models import ModelSource, build_config, decoder_blocks  # noqa: E402
 from autofit.probe import protocol  # noqa: E402
 from autofit.probe.oom import is_oom, last_line  # noqa: E402
 from autofit.spec import (  # noqa: E402
@@ -147,9 +147,7 @@ def apply_method(model: Any, source: ModelSource, strategy: Strategy) -> Any:
     if m.kind == "freeze":
         for p in model.parameters():
             p.requires_grad_(False)
-        blocks = model
-        for attr in source.layers_attr.split("."):
-            blocks = getattr(blocks, attr)
+        blocks = decoder_blocks(model, source)
         trainable = list(blocks[-m.freeze_trainable_layers:]) + [model.get_output_embeddings()]
         norm = getattr(getattr(model, "model", model), "norm", None)
         if norm is not None:
