@@ -21,6 +21,12 @@ def _installed(module: str) -> bool:
 def missing(s: Strategy, ctx: Context) -> str | None:
     """Why `s` cannot run in `ctx`, or None when it can. The reason names the dimension, so
     strategies that share it share one message."""
+    if ctx.device == "cpu" and s.zero_stage and not ctx.hosts:
+        return ("ZeRO on the CPU: DeepSpeed's ranks are started by its launcher and talk over gloo; "
+                "give --hostfile (a line 'localhost slots=2' runs two ranks here)")
+    if ctx.device == "cpu" and (s.offload_optimizer or s.offload_params):
+        return ("offload: ZeRO moves state from the GPU to the host's memory; on the CPU it is there already "
+                "(and DeepSpeed's CPU Adam would be compiled for nothing)")
     if s.loss == "fused":
         if ctx.device != "cuda":
             return "fused loss: liger-kernel's fused linear cross-entropy is a Triton kernel and needs a CUDA GPU"

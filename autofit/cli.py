@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from autofit.errors import AutofitError, Interrupted, UsageError
+from autofit.errors import AutofitError, Interrupted, ProbeError, UsageError
 from autofit.redact import redact_text
 from autofit.spec import LOSSES, OPTIMIZERS, QUANTS
 
@@ -103,8 +103,6 @@ def _context(model: str, weights: str, trust_remote_code: bool, device: str, gpu
             raise UsageError("--gpus and --hostfile: give each host's GPU count as slots=N in the hostfile")
         hosts = parse_hostfile(hostfile)
     dev, ids = parse_gpus(gpus, device)
-    if hosts and dev == "cpu" and sum(n for _, n in hosts) != 1:
-        raise UsageError(f"--hostfile {hostfile}: on the CPU a probe is one process; list one host with slots=1")
     if hosts and dev == "cuda":
         # This machine's cards stand for every host's (the budget is the smallest of them; pass
         # --gpu-memory when the hosts differ).
@@ -191,19 +189,20 @@ def probe(model, weights, trust_remote_code, device, gpus, gpu_memory, global_ba
 
     if strategy.problems():  # the combination itself, before what this machine lacks
         raise UsageError(f"cannot probe {strategy.key()}: " + "; ".join(strategy.problems()))
-    if ctx.device == "cpu" and zero_stage:
-        raise UsageError(f"--zero {zero_stage} needs DeepSpeed, which needs a GPU; on the CPU use --zero 0")
     lacking = missing(strategy, ctx)
     if lacking:
         raise UsageError(f"cannot probe {strategy.key()}: {lacking}")
     shapes = [Shape(mb, max_token) for mb in _int_list(micro_batch, "--micro-batch")]
     if not as_json:
         click.echo(f"probing {source.name} ({source.origin}, {weights} weights) on {_where(ctx)}: {strategy.key()}", err=True)
-    with tempfile.TemporaryDirectory(prefix="autofit-probe-") as tmp, \
-            WorkerSession(ctx, strategy, source, Path(tmp)) as session:
+    # Ranks on other hosts read the probe's files where DeepSpeed's runner puts them: this directory.
+    with tempfile.TemporaryDirectory(prefix=".autofit-probe-", dir="." if len(ctx.hosts) > 1 else None) as tmp, \
+            WorkerSession(ctx, strategy, source, Path(tmp).resolve()) as session:
         for r in escalate(session, shapes):
             if out:
                 append_probe(out, r, strategy)
+            if session.host_error:  # a host failed, not the strategy: one line naming it, exit 2
+                raise ProbeError(session.host_error)
             click.echo(json.dumps(r.to_dict()) if as_json else _probe_line(r))
             if r.status.value in ("error", "crash") and not as_json:
                 click.echo(session.log_tail(2000), err=True)

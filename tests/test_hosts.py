@@ -13,6 +13,7 @@ import pytest
 from autofit.errors import UsageError
 from autofit.hosts import parse_hostfile
 from autofit.models import resolve_model
+from autofit.probe.launcher import host_failure, is_peer_lost, write_rank_env
 from autofit.probe.runner import WorkerSession, launcher_command
 from autofit.spec import Context, Shape, Status, Strategy, context_from_dict, to_jsonable
 
@@ -51,11 +52,11 @@ def test_missing_hostfile_is_one_line_and_exit_2(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "--hostfile" in r.stderr and "cannot read" in r.stderr
 
 
-def test_cpu_hostfile_must_be_one_slot(tmp_path):
+def test_offload_on_cpu_ranks_is_refused_in_one_line(tmp_path):
     p = _write(tmp_path, "localhost slots=2\n")
     r = subprocess.run([sys.executable, "-m", "autofit", "probe", "--model", "autofit/tiny-qwen2", "--device", "cpu",
-                        "--hostfile", str(p)], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "slots=1" in r.stderr and r.stderr.strip().count("\n") == 0
+                        "--hostfile", str(p), "--zero", "2", "--offload-optimizer"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "offload: ZeRO moves state" in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
 
 
 def test_world_is_every_host_s_slots_and_survives_the_json_round_trip():
@@ -90,18 +91,60 @@ def test_real_probe_through_deepspeed_launcher_from_a_one_host_hostfile(tmp_path
     assert "deepspeed.launcher.launch" in log or "WORLD INFO DICT" in log, log[-2000:]
 
 
-def test_stopping_a_multi_host_worker_lets_the_launcher_clean_up_first(tmp_path):
-    """DeepSpeed's runner pkills remote ranks through pdsh on SIGTERM; a SIGKILL alone would orphan them."""
-    mark = tmp_path / "got-sigterm"
-    code = (f"import signal, sys, time\n"
-            f"def bye(*_):\n    open({str(mark)!r}, 'w').write('cleaned up remote ranks')\n    sys.exit(0)\n"
-            f"signal.signal(signal.SIGTERM, bye)\nprint('ready', flush=True)\ntime.sleep(60)\n")
-    ctx = Context(model="m", device="cpu", gpus=(), hostfile="/h", hosts=(("a", 1), ("b", 1)))
-    s = WorkerSession(ctx, Strategy(), resolve_model("autofit/tiny-qwen2"), tmp_path / "io")
-    s.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
-    assert s.proc.stdout.readline().strip() == b"ready"
-    s.kill()
-    assert s.proc.poll() is not None and mark.read_text() == "cleaned up remote ranks"
+# What DeepSpeed's pdsh runner logged in the real runs of tests/test_multihost.py (pdsh prefixes each
+# host's lines with its name, shortened at the first dot).
+KILLED = ("autofit-b: [2026-11-30 07:43:41,499] [ERROR] [launch.py:259:sigkill_handler] ['/venv/bin/python', '-u', "
+          "'-m', 'autofit.probe.worker', '--local_rank=0', '/tmp/io'] exits with return code = -9\n"
+          "pdsh@vm: autofit-b: ssh exited with exit code 247\n")
+UNRESOLVED = ("nowhere: ssh: Could not resolve hostname nowhere.invalid: Name or service not known\n"
+              "pdsh@vm: nowhere: ssh exited with exit code 255\n")
+FIRST_UNREACHABLE = ("RuntimeError: Using hostfile at /h but host=nowhere.invalid was not reachable via ssh. If you are "
+                     "running with a single node please remove /h or setup passwordless ssh.\n")
+AB = (("autofit-a", 1), ("autofit-b", 1))
+
+
+@pytest.mark.parametrize("log, hosts, status, line", [
+    (KILLED, AB, Status.CRASH, "host autofit-b: a rank was killed by SIGKILL"),
+    (KILLED.replace("= -9", "= 3").replace("247", "3"), AB, Status.ERROR, "host autofit-b: a rank exited with code 3"),
+    (UNRESOLVED, (("autofit-a", 1), ("nowhere.invalid", 1)), Status.ERROR,
+     "host nowhere.invalid is unreachable over ssh: ssh: Could not resolve hostname nowhere.invalid: Name or service not known"),
+    (FIRST_UNREACHABLE, (("nowhere.invalid", 1), ("autofit-a", 1)), Status.ERROR,
+     "host nowhere.invalid is unreachable over ssh (`ssh nowhere.invalid hostname` failed)"),
+    ("pdsh@vm: node-2: ssh exited with exit code 1\n", (("node-1", 8), ("node-2.cluster", 8)), Status.ERROR,
+     "host node-2.cluster: its launcher exited with code 1"),
+])
+def test_the_launcher_log_names_the_host_that_failed(log, hosts, status, line):
+    assert host_failure("autofit-a: [INFO] WORLD INFO DICT: {}\n" + log, hosts) == (status, line)
+
+
+def test_a_healthy_launch_log_names_no_host():
+    log = "autofit-a: [INFO] [launch.py:285:main] Process 13923 exits successfully.\n"
+    assert host_failure(log, AB) is None
+
+
+def test_a_rank_that_only_lost_its_peer_is_not_the_cause():
+    gloo = ("RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+            "[127.0.0.1]:34197. This is typically caused by a remote worker crashing.")
+    assert is_peer_lost(gloo) and not is_peer_lost("CUDA out of memory") and not is_peer_lost(None)
+
+
+def test_ranks_on_other_hosts_get_this_environment_through_deepspeed_s_env_file(tmp_path, monkeypatch):
+    """DeepSpeed's pdsh runner passes only PYTHON* variables over ssh, plus the lines of DS_ENV_FILE."""
+    for d, line in (("home", "NCCL_IB_DISABLE=1\n"), ("work", "GLOO_SOCKET_IFNAME=lo\n")):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / ".deepspeed_env").write_text(line)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "work")
+    env = {"PATH": "/venv/bin:/usr/bin", "OMP_NUM_THREADS": "1", "AUTOFIT_TEST_FAULT": "sigkill@probe",
+           "CUDA_VISIBLE_DEVICES": "", "HOME": "/root", "PS1": "$ ", "AUTOFIT_ODD": 'say "hi"'}
+    text = write_rank_env(env, tmp_path / "ds_env").read_text()
+    assert text.splitlines() == ["NCCL_IB_DISABLE=1", "GLOO_SOCKET_IFNAME=lo",  # the user's own files first
+                                 "AUTOFIT_TEST_FAULT=sigkill@probe", "CUDA_VISIBLE_DEVICES=",
+                                 "OMP_NUM_THREADS=1", "PATH=/venv/bin:/usr/bin"]
+    hosts = WorkerSession(Context(model="m", device="cpu", gpus=(), hostfile="/h", hosts=AB), None, None, tmp_path)._env()
+    assert Path(hosts["DS_ENV_FILE"]) == tmp_path / "deepspeed_env"
+    one = WorkerSession(Context(model="m", device="cpu", gpus=(), hostfile="/h", hosts=(("a", 2),)), None, None, tmp_path)
+    assert "DS_ENV_FILE" not in one._env()  # one host launches here, in this environment
 
 
 def test_each_rank_gets_its_share_of_the_cores_for_cpu_adam_not_torchrun_s_one_thread(monkeypatch, tmp_path):

@@ -20,6 +20,7 @@ import autofit
 from autofit.errors import ProbeError
 from autofit.models import ModelSource
 from autofit.probe import protocol
+from autofit.probe.launcher import host_failure, is_peer_lost, launcher_command, stop_ranks, write_rank_env
 from autofit.probe.oom import is_oom_text
 from autofit.spec import Context, ProbeResult, Shape, Status, Strategy, to_jsonable
 
@@ -36,21 +37,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def launcher_command(ctx: Context, module_args: list[str]) -> list[str]:
-    """`python -m MODULE ARGS` on every slot of ctx.hostfile through DeepSpeed's launcher.
-
-    One host: DeepSpeed launches here, without ssh (master 127.0.0.1). Several: pdsh over
-    passwordless ssh, the master being ctx.master_addr or the first host's `hostname -I`.
-    """
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(ctx.hostfile),
-           "--master_port", str(_free_port())]
-    if len(ctx.hosts) == 1:
-        cmd += ["--no_ssh_check", "--master_addr", ctx.master_addr or "127.0.0.1"]
-    elif ctx.master_addr:
-        cmd += ["--master_addr", ctx.master_addr]
-    return cmd + ["--module", *module_args]
-
-
 def omp_threads_per_rank(ranks: int, environ: dict[str, str]) -> str | None:
     """OMP_NUM_THREADS for ranks sharing this machine, or None to leave the user's setting alone.
 
@@ -62,15 +48,6 @@ def omp_threads_per_rank(ranks: int, environ: dict[str, str]) -> str | None:
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return str(max(1, cores // ranks))
-
-
-def _free_port() -> int:
-    """A TCP port free on this machine now: the standby worker and the current one each get their own."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
 
 
 class WorkerSession:
@@ -85,6 +62,13 @@ class WorkerSession:
         self.planned = False
         self.k = 0
         self.dead = False
+        # Set when a probe failed because of one host (unreachable, or a rank there died without a
+        # report): the one line naming it, which `autofit probe` ends with.
+        self.host_error: str | None = None
+
+    @property
+    def multi_host(self) -> bool:
+        return len(self.ctx.hosts) > 1
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _command(self) -> list[str]:
@@ -104,7 +88,7 @@ class WorkerSession:
         # A probe never touches a GPU it was not given.
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.ctx.gpus)) if self.ctx.device == "cuda" else ""
         local_ranks = max(slots for _, slots in self.ctx.hosts) if self.ctx.hosts else self.ctx.num_gpus
-        omp = omp_threads_per_rank(local_ranks if self.ctx.device == "cuda" else 1, env)
+        omp = omp_threads_per_rank(local_ranks, env)
         if omp:
             env["OMP_NUM_THREADS"] = omp
         if self.ctx.hostfile and self.ctx.device == "cuda":
@@ -112,6 +96,8 @@ class WorkerSession:
             # make it ignore the hostfile's GPU counts on this machine.
             del env["CUDA_VISIBLE_DEVICES"]
         env.update(self.extra_env)
+        if self.multi_host:
+            env["DS_ENV_FILE"] = str(write_rank_env(env, self.io_dir / "deepspeed_env"))
         return env
 
     def spawn(self) -> None:
@@ -142,14 +128,9 @@ class WorkerSession:
     def kill(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None and len(self.ctx.hosts) > 1:
-            # Ranks on other machines are not in our process group: DeepSpeed's runner stops them
-            # (pdsh pkill) when it gets SIGTERM, so give it that chance before the SIGKILL below.
-            try:
-                self.proc.terminate()
-                self.proc.wait(timeout=GRACE_S)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
+        if self.proc.poll() is None and self.multi_host:
+            # Ranks on other machines are not in our process group: stop this probe's there first.
+            stop_ranks(self.ctx, self.io_dir, self.proc, GRACE_S)
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # the whole group: torchrun and its ranks
@@ -202,12 +183,15 @@ class WorkerSession:
         base = dict(strategy=self.strategy.key(), micro_batch=shape.micro_batch, max_token=shape.max_token,
                     grad_accum=self.ctx.grad_accum(shape.micro_batch), num_gpus=self.ctx.num_gpus,
                     weights=self.ctx.weights, worker_pid=self.proc.pid if self.proc else None)
+        next_log_read = time.time() + 1.0
         while True:
             answers = [protocol.read_json(p) for p in sorted(self.io_dir.glob(f"res-{self.k}.r*.json"))]
             answers = [a for a in answers if a]
-            failed = [a for a in answers if a["status"] != Status.OK.value]
-            if failed:  # any rank's failure decides (other ranks may hang in a collective)
-                return ProbeResult.from_dict(failed[0])
+            # Any rank's failure decides (other ranks may hang in a collective); a rank's own failure
+            # before one that only saw its peer vanish.
+            failed = sorted((a for a in answers if a["status"] != Status.OK.value), key=lambda a: is_peer_lost(a["error"]))
+            if failed:
+                return self._blame_host(ProbeResult.from_dict(failed[0]), base)
             if answers:
                 return ProbeResult.from_dict(answers[0])
             fatal = [protocol.read_json(p) for p in self.io_dir.glob("fatal.r*.json")]
@@ -218,7 +202,17 @@ class WorkerSession:
                 time.sleep(0.2)  # a result written just before exit
                 if any(self.io_dir.glob(f"res-{self.k}.r*.json")) or any(self.io_dir.glob("fatal.r*.json")):
                     continue
-                return self._classify_exit(base)
+                return self._host_result(base) or self._classify_exit(base)
+            if self.multi_host and time.time() > next_log_read:
+                # A host that cannot be reached, or a rank that died there, leaves the others waiting
+                # in the rendezvous or a collective: the launcher's log is the only news.
+                next_log_read = time.time() + 1.0
+                if host_failure(self.log_tail(65536), self.ctx.hosts):
+                    time.sleep(0.5)  # a rank's own report, written before its exit was logged
+                    if any(self.io_dir.glob(f"res-{self.k}.r*.json")) or any(self.io_dir.glob("fatal.r*.json")):
+                        continue
+                    self.kill()
+                    return self._host_result(base)
             phase = self.phase()
             if phase and phase.get("phase") == "probing" and phase.get("k") == self.k:
                 # The build is over: from here the probe's own time limit applies.
@@ -226,8 +220,27 @@ class WorkerSession:
                 limit = self.ctx.probe_timeout_s
             if time.time() > deadline:
                 self.kill()
-                return ProbeResult(**base, status=Status.TIMEOUT, error=f"no result within {limit:.0f}s; worker killed")
+                return self._host_result(base) or ProbeResult(
+                    **base, status=Status.TIMEOUT, error=f"no result within {limit:.0f}s; worker killed")
             time.sleep(POLL_S)
+
+    def _blame_host(self, result: ProbeResult, base: dict) -> ProbeResult:
+        """A rank that only lost its peer is not the story: wait for the launcher to say which host's
+        rank died (it exits once every host's ranks have), and report that instead."""
+        if not (self.multi_host and is_peer_lost(result.error)):
+            return result
+        try:
+            self.proc.wait(timeout=GRACE_S)
+        except subprocess.TimeoutExpired:
+            pass
+        return self._host_result(base) or result
+
+    def _host_result(self, base: dict) -> ProbeResult | None:
+        found = host_failure(self.log_tail(65536), self.ctx.hosts) if self.multi_host else None
+        if found is None:
+            return None
+        status, self.host_error = found
+        return ProbeResult(**base, status=status, error=self.host_error)
 
     def _classify_exit(self, base: dict) -> ProbeResult:
         rc = self.proc.returncode

@@ -19,7 +19,8 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from autofit.errors import NoGPUError  # noqa: E402
+from autofit.capabilities import missing  # noqa: E402
+from autofit.errors import NoGPUError, ProbeError  # noqa: E402
 from autofit.models import ModelSource, build_config, decoder_blocks  # noqa: E402
 from autofit.probe import protocol  # noqa: E402
 from autofit.probe.oom import is_oom, last_line  # noqa: E402
@@ -57,11 +58,14 @@ class Rig:
 
 def _fault(where: str, strategy_key: str = "") -> None:
     """Test hook: AUTOFIT_TEST_FAULT=<kind>@<where> makes this worker really misbehave; with
-    AUTOFIT_TEST_FAULT_STRATEGY=<text>, only workers whose strategy key contains <text> do."""
+    AUTOFIT_TEST_FAULT_STRATEGY=<text>, only workers whose strategy key contains <text> do; with
+    AUTOFIT_TEST_FAULT_RANK=<n>, only that rank (a remote rank dying while the others train)."""
     spec = os.environ.get("AUTOFIT_TEST_FAULT", "")
     if not spec or not spec.endswith("@" + where):
         return
     if os.environ.get("AUTOFIT_TEST_FAULT_STRATEGY", "") not in strategy_key:
+        return
+    if os.environ.get("AUTOFIT_TEST_FAULT_RANK", str(dist_env()[0])) != str(dist_env()[0]):
         return
     kind = spec.split("@")[0]
     if kind == "hang":
@@ -203,9 +207,9 @@ def setup(plan: dict[str, Any], first_shape: Shape, import_s: float) -> Rig:
     import transformers  # noqa: F401  (counted as import time)
 
     uses_ds = strategy.uses_deepspeed(ctx.num_gpus)
+    if ctx.device == "cpu" and missing(strategy, ctx):
+        raise ProbeError(f"cannot probe {strategy.key()}: {missing(strategy, ctx)}")
     if uses_ds:
-        if ctx.device != "cuda":
-            raise NoGPUError(f"strategy {strategy.key()} needs DeepSpeed, which needs a GPU")
         import deepspeed
     if strategy.method.kind == "lora":
         import peft  # noqa: F401
@@ -216,7 +220,14 @@ def setup(plan: dict[str, Any], first_shape: Shape, import_s: float) -> Rig:
     t = time.time()
     _fault("build", strategy.key())
     ds_cfg = deepspeed_config(strategy, ctx, first_shape, hidden_size=source.config.get("hidden_size"))
-    if uses_ds:
+    if uses_ds and ctx.device == "cpu":
+        # gloo is torch's CPU backend. DeepSpeed would also compile its shared-memory all-reduce at the
+        # first init (a minute or more), which only inference_all_reduce uses, never training.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend="gloo")
+    elif uses_ds:
         deepspeed.init_distributed(dist_backend="nccl")
     model = trainable_model(torch, source, ctx, strategy, device, ds_cfg)
     params = [p for p in model.parameters() if p.requires_grad]
