@@ -24,6 +24,8 @@ def missing(s: Strategy, ctx: Context) -> str | None:
     if ctx.device == "cpu" and s.zero_stage and not ctx.hosts:
         return ("ZeRO on the CPU: DeepSpeed's ranks are started by its launcher and talk over gloo; "
                 "give --hostfile (a line 'localhost slots=2' runs two ranks here)")
+    if ctx.device == "cpu" and s.precision == "fp16" and s.uses_deepspeed(ctx.num_gpus):
+        return "fp16 under DeepSpeed: its CPU accelerator has no fp16 (use bf16, bf16-pure or fp32)"
     if ctx.device == "cpu" and (s.offload_optimizer or s.offload_params):
         return ("offload: ZeRO moves state from the GPU to the host's memory; on the CPU it is there already "
                 "(and DeepSpeed's CPU Adam would be compiled for nothing)")

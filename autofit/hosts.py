@@ -1,8 +1,8 @@
 """Several machines: the DeepSpeed hostfile a multi-node probe is launched with.
 
-Same format as `deepspeed --hostfile`: one `HOSTNAME slots=N` line per machine (N GPUs there), `#`
-comments. A probe then runs as one rank per slot through DeepSpeed's launcher (pdsh over passwordless
-ssh); a hostfile with a single line launches on this machine, without ssh.
+Same format as `deepspeed --hostfile`: one `HOSTNAME slots=N` line per machine (N GPUs there; with
+--device cpu, N CPU ranks), `#` comments. A probe then runs as one rank per slot through DeepSpeed's
+launcher (pdsh over passwordless ssh); a hostfile with a single line launches on this machine, without ssh.
 """
 
 from __future__ import annotations

@@ -59,6 +59,18 @@ def test_offload_on_cpu_ranks_is_refused_in_one_line(tmp_path):
     assert r.returncode == 2 and "offload: ZeRO moves state" in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
 
 
+def test_what_cpu_ranks_cannot_run_is_named_once():
+    from autofit.capabilities import missing
+
+    ranks = Context(model="m", device="cpu", gpus=(), hostfile="/h", hosts=(("a", 1), ("b", 1)))
+    assert missing(Strategy(zero_stage=2), ranks) is None and missing(Strategy(zero_stage=3, precision="bf16"), ranks) is None
+    assert "ZeRO on the CPU" in missing(Strategy(zero_stage=1), Context(model="m", device="cpu", gpus=()))
+    assert "fp16 under DeepSpeed" in missing(Strategy(precision="fp16"), ranks)  # stage 0 over 2 ranks is DeepSpeed too
+    assert missing(Strategy(precision="fp16"), Context(model="m", device="cpu", gpus=())) is None  # one process: torch
+    assert "offload" in missing(Strategy(zero_stage=3, offload_params=True), ranks)
+    assert missing(Strategy(zero_stage=3, offload_params=True), Context(model="m", device="cuda")) is None
+
+
 def test_world_is_every_host_s_slots_and_survives_the_json_round_trip():
     ctx = Context(model="m", hostfile="/shared/hosts", hosts=(("a", 8), ("b", 8)), master_addr="10.0.0.1", global_batch=64)
     assert ctx.num_gpus == 16

@@ -29,10 +29,13 @@ def loopback() -> None:
     if not shutil.which("pdsh"):
         why = "pdsh is not installed"
     else:
-        r = subprocess.run(["pdsh", "-S", "-R", "ssh", "-w", ",".join(HOSTS), "true"], capture_output=True, text=True,
-                           timeout=60, stdin=subprocess.DEVNULL)
-        if r.returncode:
-            why = f"ssh to {' and '.join(HOSTS)} fails ({r.stderr.strip().splitlines()[-1:]}); run .ci/loopback-ssh"
+        try:
+            r = subprocess.run(["pdsh", "-S", "-R", "ssh", "-t", "5", "-w", ",".join(HOSTS), "true"], capture_output=True,
+                               text=True, timeout=60, stdin=subprocess.DEVNULL)
+            if r.returncode:
+                why = f"ssh to {' and '.join(HOSTS)} fails ({r.stderr.strip().splitlines()[-1:]}); run .ci/loopback-ssh"
+        except subprocess.TimeoutExpired:
+            why = f"ssh to {' and '.join(HOSTS)} does not answer within 60 s; run .ci/loopback-ssh"
     if why:
         if os.environ.get("AUTOFIT_REQUIRE_MULTIHOST") == "1":
             pytest.fail(f"{why}; AUTOFIT_REQUIRE_MULTIHOST=1 says these tests must run here")
