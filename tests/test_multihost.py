@@ -87,14 +87,27 @@ def test_a_killed_remote_rank_is_one_line_naming_its_host(loopback, tmp_path, ti
     assert not _left_behind(tmp_path)
 
 
-@pytest.mark.parametrize("hosts", ["autofit-a slots=1\nnowhere.invalid slots=1\n",   # pdsh's ssh fails
-                                   "nowhere.invalid slots=1\nautofit-a slots=1\n"],  # DeepSpeed's own ssh check
-                         ids=["second", "first"])
-def test_an_unreachable_host_is_one_line_naming_it(loopback, tmp_path, tiny_model_dir, hosts):
-    r = _probe(tmp_path, tiny_model_dir, hosts)
+def test_an_unreachable_host_is_one_line_naming_it(loopback, tmp_path, tiny_model_dir):
+    r = _probe(tmp_path, tiny_model_dir, "autofit-a slots=1\nnowhere.invalid slots=1\n")  # pdsh's ssh fails
     assert r.returncode == 2, r.stderr[-3000:]
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith("autofit: error: host nowhere.invalid is unreachable over ssh"), r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(
+        "autofit: error: host nowhere.invalid is unreachable over ssh: ssh: Could not resolve hostname"), r.stderr
     assert not _left_behind(tmp_path)
+
+
+def test_a_search_records_an_unreachable_host_as_the_probe_s_error(loopback, tmp_path, tiny_model_dir):
+    """First in the hostfile: DeepSpeed's own ssh check fails, before pdsh starts anything."""
+    (tmp_path / "hostfile").write_text("nowhere.invalid slots=1\nautofit-a slots=1\n")
+    r = subprocess.run([sys.executable, "-m", "autofit", "search", "--model", str(tiny_model_dir), "--device", "cpu",
+                        "--max-token", "64", "--space", "cpu-tiny", "--hostfile", "hostfile", "--master-addr", "127.0.0.1",
+                        "--global-batch", "4", "--budget", "3m", "--run-dir", "run"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=480, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]  # "no configuration fits" is an answer
+    why = "host nowhere.invalid is unreachable over ssh (`ssh nowhere.invalid hostname` failed)"
+    with open(tmp_path / "run" / "probes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {(x["status"], x["error"]) for x in rows} == {("error", why)}
+    assert why in r.stdout and not _left_behind(tmp_path)
 
 
 def test_stopping_a_probe_kills_its_ranks_on_every_host_and_no_other_probe_s(loopback, tmp_path):
