@@ -62,6 +62,10 @@ def test_one_process_workers_get_their_own_rendezvous_port(tmp_path, monkeypatch
     ports = {WorkerSession(Context(model="m", device="cuda", gpus=(0,)), None, None, tmp_path)._env()["MASTER_PORT"]
              for _ in range(2)}
     assert len(ports) == 2 and "29500" not in ports
+    one = WorkerSession(Context(model="m", device="cuda", gpus=(0,)), None, None, tmp_path)._env()
+    # All five, or DeepSpeed's MPI discovery overwrites MASTER_PORT with 29500.
+    assert {k: one[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")} == {
+        "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
     # Several ranks: torchrun's --standalone rendezvous owns the port.
     two = WorkerSession(Context(model="m", device="cuda", gpus=(0, 1)), None, None, tmp_path)._env()
-    assert "MASTER_PORT" not in two
+    assert "MASTER_PORT" not in two and "RANK" not in two

@@ -65,6 +65,13 @@ def omp_threads_per_rank(ranks: int, environ: dict[str, str]) -> str | None:
     return str(max(1, cores // ranks))
 
 
+def one_process_world() -> dict[str, str]:
+    """The launcher's variables for a world of one process on its own port. Without all five,
+    DeepSpeed's init_distributed runs MPI discovery, which sets MASTER_PORT=29500: two searches on one
+    machine, one per GPU, then fail with EADDRINUSE."""
+    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+
+
 def free_port() -> int:
     """A TCP port free on this machine now: the standby worker and the current one each get their own."""
     import socket
@@ -110,9 +117,7 @@ class WorkerSession:
         if omp:
             env["OMP_NUM_THREADS"] = omp
         if not self.ctx.hostfile and not (self.ctx.device == "cuda" and self.ctx.num_gpus > 1):
-            # A one-process world still opens a rendezvous port under DeepSpeed (29500 unless told):
-            # two searches on one machine, one per GPU, must not meet there.
-            env["MASTER_ADDR"], env["MASTER_PORT"] = "127.0.0.1", str(free_port())
+            env.update(one_process_world())
         if self.ctx.hostfile and self.ctx.device == "cuda":
             # DeepSpeed's launcher gives each host's ranks that host's slots; a mask set here would
             # make it ignore the hostfile's GPU counts on this machine.
