@@ -285,7 +285,7 @@ def time_rule(summary: dict) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_scenario_args(ap)
     ap.add_argument("--budget", default="15m")
@@ -307,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
                          "check of the winner measures 2)")
     ap.add_argument("--summarize-cut-short", type=Path, metavar="LOG", default=None,
                     help="rebuild OUT/summary.json from OUT and this benchmark log after the grid was stopped early")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     if a.summarize_cut_short:
         summary = summarize_cut_short(a.out, a.summarize_cut_short, a.max_token)
