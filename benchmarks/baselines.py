@@ -50,6 +50,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from autofit.hardware import device_mask
 from autofit.models import ModelSource
 from autofit.probe.runner import StandbyFactory, escalate
 from autofit.search.planner import Limits, peak_of
@@ -280,7 +281,7 @@ def _child_env(sc: Scenario) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, sc.ctx.gpus)) if sc.ctx.device == "cuda" else ""
+    env["CUDA_VISIBLE_DEVICES"] = device_mask(sc.ctx.gpus) if sc.ctx.device == "cuda" else ""
     return env
 
 

@@ -42,8 +42,13 @@ def timing(s: dict, folder: Path) -> str:
     if s.get("search_concurrent"):
         return "beside another job"
     if "warm_up_s" not in s:
-        return "cold" if "cold" in folder.name else "not recorded"
-    return f"warm ({s['warm_up_s']:.0f} s warm-up excluded)" if s["warm_up_s"] is not None else "cold"
+        how = "cold" if "cold" in folder.name else "not recorded"
+    else:
+        how = f"warm ({s['warm_up_s']:.0f} s warm-up excluded)" if s["warm_up_s"] is not None else "cold"
+    conditions = folder / "conditions.txt"
+    if conditions.exists() and "other GPU ran" in " ".join(conditions.read_text().split()):
+        how += "; another job on the other GPU for part of it (conditions.txt)"
+    return how
 
 
 def like_for_like(s: dict) -> str:
@@ -70,6 +75,9 @@ def quality(s: dict) -> str:
     g = s.get("grid") or {}
     best = (g.get("best") or {}).get("tokens_per_s")
     mine = g.get("search_winner_tokens_per_s_in_grid")
+    own = (s.get("search") or {}).get("winner_tokens_per_s")
+    if best and not mine and own:  # the grid has no such cell (a reused grid of another space): its own figure
+        return f"{own / best:.1%}* (not a grid cell)"
     if not best or not mine:
         return "-"
     q = s.get("quality", mine / best)

@@ -69,7 +69,8 @@ def steps_of(sc: Scenario, out: Path, only: list[str] | None = None) -> list[Ste
     steps: list[Step] = []
     for name in chosen:
         if name == "search":
-            steps.append(Step(name, (*_py("benchmarks.search_vs_grid"), *sc.flags(), "--budget", sc.budget, "--skip-grid",
+            judge = ["--grid-from", sc.grid_from] if sc.grid_from else ["--skip-grid"]
+            steps.append(Step(name, (*_py("benchmarks.search_vs_grid"), *sc.flags(), "--budget", sc.budget, *judge,
                                      *cold, "--out", o)))
         elif name == "search-quantize":
             # The same run dir resumed: the same probes, plus what --quantize lets win.

@@ -49,6 +49,7 @@ class Scenario:
     grid_tokens: tuple[int, ...] = ()      # () : the requested max_token only, what the search answers
     grid_measure_steps: int = 1            # 1: what the search measures per probe
     repeats: int = 1                       # grid passes, each cell in a new worker every pass
+    grid_from: str | None = None           # the search judged by a committed grid (search_vs_grid --grid-from)
     baselines: tuple[str, ...] = ()
     ds_timeout: int = 600
     verify_steps: int = 6

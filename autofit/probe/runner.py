@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 
 import autofit
 from autofit.errors import ProbeError
+from autofit.hardware import device_mask
 from autofit.models import ModelSource
 from autofit.probe import protocol
 from autofit.probe.oom import is_oom_text
@@ -43,7 +44,7 @@ def launcher_command(ctx: Context, module_args: list[str]) -> list[str]:
     passwordless ssh, the master being ctx.master_addr or the first host's `hostname -I`.
     """
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(ctx.hostfile),
-           "--master_port", str(_free_port())]
+           "--master_port", str(free_port())]
     if len(ctx.hosts) == 1:
         cmd += ["--no_ssh_check", "--master_addr", ctx.master_addr or "127.0.0.1"]
     elif ctx.master_addr:
@@ -64,7 +65,14 @@ def omp_threads_per_rank(ranks: int, environ: dict[str, str]) -> str | None:
     return str(max(1, cores // ranks))
 
 
-def _free_port() -> int:
+def one_process_world() -> dict[str, str]:
+    """The launcher's variables for a world of one process on its own port. Without all five,
+    DeepSpeed's init_distributed runs MPI discovery, which sets MASTER_PORT=29500: two searches on one
+    machine, one per GPU, then fail with EADDRINUSE."""
+    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+
+
+def free_port() -> int:
     """A TCP port free on this machine now: the standby worker and the current one each get their own."""
     import socket
 
@@ -102,11 +110,14 @@ class WorkerSession:
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         # A probe never touches a GPU it was not given.
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.ctx.gpus)) if self.ctx.device == "cuda" else ""
+        # --gpus counts in this process's numbering, so an outer CUDA_VISIBLE_DEVICES is honoured.
+        env["CUDA_VISIBLE_DEVICES"] = device_mask(self.ctx.gpus) if self.ctx.device == "cuda" else ""
         local_ranks = max(slots for _, slots in self.ctx.hosts) if self.ctx.hosts else self.ctx.num_gpus
         omp = omp_threads_per_rank(local_ranks if self.ctx.device == "cuda" else 1, env)
         if omp:
             env["OMP_NUM_THREADS"] = omp
+        if not self.ctx.hostfile and not (self.ctx.device == "cuda" and self.ctx.num_gpus > 1):
+            env.update(one_process_world())
         if self.ctx.hostfile and self.ctx.device == "cuda":
             # DeepSpeed's launcher gives each host's ranks that host's slots; a mask set here would
             # make it ignore the hostfile's GPU counts on this machine.
