@@ -89,8 +89,10 @@ def steps_of(sc: Scenario, out: Path, only: list[str] | None = None) -> list[Ste
                                      "--grid-measure-steps", str(sc.grid_measure_steps), "--repeats", str(sc.repeats),
                                      *cold, "--out", o)))
         elif name == "baselines":
-            steps.append(Step(name, (*_py("benchmarks.baselines"), *sc.flags(), "--only", ",".join(sc.baselines),
-                                     "--ds-timeout", str(sc.ds_timeout), "--out", o)))
+            # One step per baseline: a restart resumes after the last finished one (baselines.json adds up).
+            for b in sc.baselines:
+                steps.append(Step(f"baselines-{b}", (*_py("benchmarks.baselines"), *sc.flags(), "--only", b,
+                                                     "--ds-timeout", str(sc.ds_timeout), "--out", o)))
         elif name == "verify":
             for run_dir in ("search", "search-quantize"):
                 if run_dir == "search" or "search-quantize" in sc.steps:
