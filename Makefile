@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-gpu install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,15 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu" tests
+
+# On the GPU machine (see ../shared/device/README.md: the stack travels as wheels in .wheels/, beside the
+# machine's own torch and pytest; its pytest plugins are not loaded: pytest-timeout there breaks the carried
+# pytest). Writes pytest.log and gpu.txt into GPU_TESTS_OUT.
+GPU_TESTS_OUT ?= results/gpu-tests
+test-gpu:
+	mkdir -p $(GPU_TESTS_OUT)
+	bash -c 'source .wheels/setup.sh > $(GPU_TESTS_OUT)/stack.txt && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $(GPU_TESTS_OUT)/gpu.txt && \
+	  set -o pipefail && PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -m gpu -p no:cacheprovider -v -rs --durations=0 tests/test_gpu.py tests/test_techniques_gpu.py 2>&1 | tee $(GPU_TESTS_OUT)/pytest.log'
 
 demo: $(STAMP)
 	$(BIN)/python -m autofit demo

@@ -96,9 +96,8 @@ def estimate(model: str, max_token: int, gpu_memory: str | int = "24GiB", global
     if problems:
         raise UsageError("; ".join(problems))
     budget = gpu_memory if isinstance(gpu_memory, int) else parse_memory(gpu_memory)
-    sp = load_space(space)
-    if method:
-        sp = sp.with_method(method)
+    # The auto space's sections differ by method and GPU count, so both choose what is loaded.
+    sp = load_space(space, method, num_gpus)
     source = resolve_model(model, trust_remote_code=trust_remote_code)
     check_max_token(source, max_token)
     arch = arch_of(source)

@@ -10,26 +10,55 @@ from autofit.errors import NoGPUError, UsageError
 
 @dataclass(frozen=True)
 class GPU:
-    index: int
+    index: int  # as CUDA numbers it for this process: the position in CUDA_VISIBLE_DEVICES when that is set
     name: str
     total_memory: int
+    physical: str = ""  # the entry a child's CUDA_VISIBLE_DEVICES must name to reach this GPU
+    nvml_index: int = -1  # NVML's (physical) number for it
+
+
+def _mask(environ) -> list[str] | None:
+    """The entries of CUDA_VISIBLE_DEVICES, or None when it is unset (every GPU visible)."""
+    raw = environ.get("CUDA_VISIBLE_DEVICES")
+    return None if raw is None else [x.strip() for x in raw.split(",") if x.strip()]
 
 
 def detect_gpus() -> list[GPU]:
+    """The GPUs this process may use, numbered as CUDA numbers them: an outer CUDA_VISIBLE_DEVICES=1
+    makes the machine's second GPU this process's GPU 0, so `--gpus 0` never reaches a masked card."""
     if os.environ.get("AUTOFIT_FORCE_NO_GPU"):  # lets tests exercise the no-GPU path anywhere
         return []
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        gpus = []
+        every = []
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             name = pynvml.nvmlDeviceGetName(h)
-            gpus.append(GPU(i, name.decode() if isinstance(name, bytes) else name, pynvml.nvmlDeviceGetMemoryInfo(h).total))
-        return gpus
+            uuid = pynvml.nvmlDeviceGetUUID(h)
+            every.append((str(i), uuid.decode() if isinstance(uuid, bytes) else uuid,
+                          name.decode() if isinstance(name, bytes) else name, pynvml.nvmlDeviceGetMemoryInfo(h).total))
     except Exception:  # no driver, no library, no device: all mean "no GPU here"
         return []
+    mask = _mask(os.environ)
+    if mask is None:
+        return [GPU(int(i), name, total, i, int(i)) for i, _, name, total in every]
+    gpus = []
+    for entry in mask:  # CUDA stops at the first entry that names no device
+        hit = next((g for g in every if entry == g[0] or (entry.startswith(("GPU-", "MIG-")) and g[1].startswith(entry))), None)
+        if hit is None:
+            break
+        gpus.append(GPU(len(gpus), hit[2], hit[3], entry, int(hit[0])))
+    return gpus
+
+
+def device_mask(gpus: tuple[int, ...]) -> str:
+    """CUDA_VISIBLE_DEVICES for a child that must use exactly these of this process's GPUs."""
+    mask = _mask(os.environ)
+    if mask is None:
+        return ",".join(map(str, gpus))
+    return ",".join(mask[i] for i in gpus if i < len(mask))
 
 
 def parse_gpus(text: str | None, device: str) -> tuple[str, tuple[int, ...]]:

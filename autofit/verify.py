@@ -252,6 +252,10 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
             return _verify_distributed(run_dir, steps, tolerance, ctx.gpus)
         if world == 1:  # before torch initialises CUDA: one process sees exactly its GPU
             os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpus(ctx.gpus, dict(os.environ), _installed())
+    if world == 1 and strategy.uses_deepspeed(ctx.num_gpus):
+        from autofit.probe.runner import one_process_world
+
+        os.environ.update(one_process_world())
     import torch
     from transformers import Trainer, TrainingArguments, default_data_collator
 

@@ -1,16 +1,29 @@
-"""Baselines on the same scenario as autofit's search: what users do today, measured for real.
+"""Baselines on the same scenario as autofit's search: what a competent user does today, measured for real.
 
     python -m benchmarks.baselines --model THUDM/glm-4-9b-chat --max-token 1024 --space default \
         --global-batch 32 --out results/bench-h100-glm4-lora-T1024 [--gpu-memory 24GiB] [--gpus 0,1] \
-        [--only hand,hf-auto,ds-autotune]
+        [--only seed,hf-double,hf-double-ckpt,hf-auto,hf-auto-ckpt,llamafactory,ds-autotune]
 
-- hand: DeepSpeed's autotuning tutorial's manual procedure. Gradient checkpointing on, the space's first
-  precision, ZeRO stage 0 (no offload); micro-batch 1, 2, 4, ... (up to --global-batch / GPUs, as for
-  autofit) until the first OOM or a peak over autofit's headroom limit; the largest that fits wins.
-  Probed with autofit's own worker and runner (one warm worker, as the grid uses), so its times and
-  tokens/s are measured exactly as the search's and the grid's are.
-- hf-auto: HF Trainer with auto_find_batch_size=True from per_device_train_batch_size=64 (see
-  benchmarks/hf_auto_train.py), same strategy as hand, model built as `autofit verify` builds it.
+Each follows a published procedure (RECIPES names its source) and reports what it would have picked
+(judged, as its user judges, only by whether training runs: no OOM), that cell's measured tokens/s and
+peak, and whether the peak crosses autofit's headroom line (`fits`). The recipes that pick cells are
+probed with autofit's own worker and runner (one warm worker per strategy, as the grid uses), so their
+tokens/s and peaks are measured exactly as the search's and the grid's are. Everything trains with the
+space's first precision and HF's loss, and a micro-batch is at most the global batch per GPU.
+
+- seed: micro-batch 1 (accumulation makes up the global batch) with gradient checkpointing; if that
+  runs out of memory, ZeRO-3 with optimizer and parameters offloaded to the CPU, still micro-batch 1.
+- hf-double / hf-double-ckpt: HF Trainer's defaults (no checkpointing, no DeepSpeed), micro-batch
+  doubled from 1 until the first OOM, the largest that ran picked; then the same with checkpointing.
+- hf-auto / hf-auto-ckpt: HF Trainer with auto_find_batch_size=True from per_device_train_batch_size=64
+  (benchmarks/hf_auto_train.py), without and with checkpointing; model built as `autofit verify` builds it.
+- llamafactory: LLaMA-Factory's example config for the method (LoRA: examples/train_lora/llama3_lora_sft.yaml,
+  full: examples/train_full/llama3_full_sft.yaml): per_device_train_batch_size 1, bf16, gradient
+  checkpointing on (its default: disable_gradient_checkpointing false), ZeRO-3 for full fine-tuning
+  (ds_z3_config.json); cutoff_len set to the scenario's max_token, accumulation to its global batch.
+- hand: the procedure of the committed issue-7 folders: checkpointing on, micro-batch doubled until the
+  first OOM or a peak over autofit's headroom (a line its user cannot know; hf-double-ckpt is its
+  user-side twin).
 - ds-autotune: `deepspeed --autotuning tune` with benchmarks/ds_autotune_train.py as the training script.
 - ds-autotune-told: the same, made to run where its memory check refuses LoRA (it assumes Adam state
   for every parameter): after its own profile run, the parameter count in its model_info.json is
@@ -37,14 +50,34 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from autofit.hardware import device_mask
 from autofit.models import ModelSource
 from autofit.probe.runner import StandbyFactory, escalate
 from autofit.search.planner import Limits, peak_of
 from autofit.search.space import SearchSpace
-from autofit.spec import Context, Shape, Strategy, to_jsonable
+from autofit.spec import Context, ProbeResult, Shape, Strategy, to_jsonable
 from benchmarks.common import add_scenario_args, scenario_from_args
 
-BASELINES = ("hand", "hf-auto", "ds-autotune", "ds-autotune-told")
+BASELINES = ("seed", "hf-double", "hf-double-ckpt", "hf-auto", "hf-auto-ckpt", "llamafactory", "hand", "ds-autotune",
+             "ds-autotune-told")
+# Where each procedure is documented: what a competent user reads before training.
+SOURCES = {
+    "seed": "https://huggingface.co/docs/transformers/v4.40.2/en/perf_train_gpu_one (batch size with gradient "
+            "accumulation, gradient checkpointing), then https://huggingface.co/docs/transformers/v4.40.2/en/deepspeed"
+            " (ZeRO-3 with CPU offload when the model still does not fit)",
+    "hf-double": "https://huggingface.co/docs/transformers/v4.40.2/en/main_classes/trainer#transformers.TrainingArguments"
+                 " (defaults: gradient_checkpointing=False, no deepspeed) and perf_train_gpu_one#batch-size-choice",
+    "hf-double-ckpt": "https://huggingface.co/docs/transformers/v4.40.2/en/perf_train_gpu_one#gradient-checkpointing",
+    "hf-auto": "https://huggingface.co/docs/transformers/v4.40.2/en/main_classes/trainer#transformers.TrainingArguments"
+               ".auto_find_batch_size",
+    "hf-auto-ckpt": "https://huggingface.co/docs/transformers/v4.40.2/en/main_classes/trainer#transformers.TrainingArguments"
+                    ".auto_find_batch_size with gradient_checkpointing=True",
+    "llamafactory": "https://github.com/hiyouga/LLaMA-Factory/blob/main/examples/train_lora/llama3_lora_sft.yaml and "
+                    "examples/train_full/llama3_full_sft.yaml",
+    "hand": "https://www.deepspeed.ai/tutorials/autotuning/ (the manual tuning it replaces)",
+    "ds-autotune": "https://www.deepspeed.ai/tutorials/autotuning/",
+    "ds-autotune-told": "https://www.deepspeed.ai/tutorials/autotuning/",
+}
 ROOT = Path(__file__).resolve().parent.parent
 HF_START_BATCH = 64
 SCENARIO_KEYS = ("model", "max_token", "space", "global_batch", "device", "gpus", "gpu_memory", "headroom")
@@ -65,9 +98,19 @@ class Scenario:
         """autofit's cap: a micro-batch larger than the global batch per GPU is never needed."""
         return max(1, self.ctx.global_batch // self.ctx.num_gpus)
 
-    def hand_strategy(self) -> Strategy:
-        """The tutorial's manual setting: checkpointing on, default precision, ZeRO 0, no offload."""
-        return Strategy(method=self.space.method, precision=self.space.precisions[0], grad_ckpt=True, zero_stage=0)
+    def hand_strategy(self, grad_ckpt: bool = True, zero_stage: int = 0, offload: bool = False) -> Strategy:
+        """The strategy a recipe trains: the space's method and first precision, HF's loss, plain AdamW;
+        checkpointing, ZeRO stage and CPU offload (optimizer and parameters) as the recipe says."""
+        return Strategy(method=self.space.method, precision=self.space.precisions[0], grad_ckpt=grad_ckpt,
+                        zero_stage=zero_stage, offload_optimizer=offload, offload_params=offload)
+
+    def doubling(self) -> list[int]:
+        """1, 2, 4, ... up to the micro-batch cap."""
+        mbs, m = [], 1
+        while m <= self.micro_batch_cap:
+            mbs.append(m)
+            m *= 2
+        return mbs
 
 
 def _first_line(text: str, limit: int = 300) -> str:
@@ -138,7 +181,7 @@ def run_hand(sc: Scenario) -> dict[str, Any]:
         log.close()
         shutil.rmtree(sc.out / "hand_io", ignore_errors=True)
     wall = round(time.time() - t0, 1)
-    common = {"name": "hand", "wall_s": wall, "probes": probes, "strategy": s.key(), "device_name": device_name, "tried": rows,
+    common = {"name": "hand", "source": SOURCES["hand"], "wall_s": wall, "probes": probes, "strategy": s.key(), "device_name": device_name, "tried": rows,
               "stopped_by": _first_line(stop) or "reached the micro-batch cap"}
     if best is None:
         why = f"{rows[0]['status']}: {rows[0]['error'] or 'peak over the headroom limit'}" if rows else "no probe ran"
@@ -147,13 +190,98 @@ def run_hand(sc: Scenario) -> dict[str, Any]:
             "peak_gib": round(peak_of(best) / GIB, 3), "fits": True, "measured_by": "autofit probe (2 measured steps)"}
 
 
+# -- recipes that pick a cell: seed, hf-double(-ckpt), llamafactory ---------------------------------
+# Escalates one strategy over micro-batches in one worker, stopping after the first that does not run.
+Probe = Callable[[Strategy, list[int]], list[ProbeResult]]
+
+
+def worker_probe(sc: Scenario, log: Callable[[str], None]) -> Probe:
+    """autofit's own worker and runner, as the grid and the search probe: numbers like for like."""
+    def probe(s: Strategy, mbs: list[int]) -> list[ProbeResult]:
+        log(f"{s.key()} T={sc.max_token} micro-batch {mbs}, until the first that does not run")
+        factory = StandbyFactory(sc.ctx, sc.source, sc.out / "recipe_io", standby=False)
+        out: list[ProbeResult] = []
+        try:
+            with factory(s) as session:
+                for r in escalate(session, [Shape(mb, sc.max_token) for mb in mbs]):
+                    out.append(r)
+                    peak = peak_of(r)
+                    log(f"{r.status.value:7s} mb={r.micro_batch} tokens/s={r.tokens_per_s} "
+                        f"peak={peak / GIB if peak else 0:.2f} GiB under-headroom={sc.limits.fits(r)} {r.error or ''}")
+                if not out or not out[-1].ok:
+                    log(_tail(session.io_dir / "worker.log", 4000))
+        finally:
+            factory.close()
+            shutil.rmtree(sc.out / "recipe_io", ignore_errors=True)
+        return out
+    return probe
+
+
+def _tried(s: Strategy, results: list[ProbeResult], limits: Limits) -> list[dict[str, Any]]:
+    return [{"strategy": s.key(), "micro_batch": r.micro_batch, "status": r.status.value, "tokens_per_s": r.tokens_per_s,
+             "peak_gib": round(peak_of(r) / GIB, 3) if peak_of(r) else None, "fits": limits.fits(r),
+             "error": _first_line(r.error or "") or None} for r in results]
+
+
+def _picked(name: str, s: Strategy, results: list[ProbeResult], limits: Limits, tried: list[dict[str, Any]],
+            **extra: Any) -> dict[str, Any]:
+    """The recipe's answer: the largest micro-batch that ran (its user sees only whether training runs),
+    flagged `fits: false` when its peak crosses the headroom line autofit keeps from an OOM."""
+    common = {"name": name, "strategy": s.key(), "probes": len(tried), "tried": tried, "source": SOURCES[name], **extra}
+    ran = [r for r in results if r.ok]
+    if not ran:
+        why = f"{results[0].status.value}: {_first_line(results[0].error or '')}" if results else "no probe ran"
+        return {**common, "status": "failed", "reason": _first_line(f"micro-batch {results[0].micro_batch if results else 1} "
+                                                                     f"of {s.key()} does not run ({why})")}
+    best = ran[-1]
+    return {**common, "status": "ok", "micro_batch": best.micro_batch, "tokens_per_s": best.tokens_per_s,
+            "peak_gib": round(peak_of(best) / GIB, 3) if peak_of(best) else None, "fits": limits.fits(best),
+            "device_name": best.device_name}
+
+
+def recipe_seed(sc: Scenario, probe: Probe) -> dict[str, Any]:
+    """Micro-batch 1 with checkpointing; ZeRO-3 with CPU offload when that does not run."""
+    first = sc.hand_strategy(grad_ckpt=True)
+    res = probe(first, [1])
+    tried = _tried(first, res, sc.limits)
+    if res and res[0].ok:
+        return _picked("seed", first, res, sc.limits, tried)
+    off = sc.hand_strategy(grad_ckpt=True, zero_stage=3, offload=True)
+    res2 = probe(off, [1])
+    return _picked("seed", off, res2, sc.limits, tried + _tried(off, res2, sc.limits),
+                   fell_back=f"{first.key()} mb 1 did not run: ZeRO-3 with CPU offload")
+
+
+def recipe_doubling(sc: Scenario, probe: Probe, grad_ckpt: bool) -> dict[str, Any]:
+    """HF Trainer's defaults, micro-batch doubled from 1 to the first OOM; with or without checkpointing."""
+    s = sc.hand_strategy(grad_ckpt=grad_ckpt)
+    res = probe(s, sc.doubling())
+    return _picked("hf-double-ckpt" if grad_ckpt else "hf-double", s, res, sc.limits, _tried(s, res, sc.limits))
+
+
+def recipe_llamafactory(sc: Scenario, probe: Probe) -> dict[str, Any]:
+    """LLaMA-Factory's example for the method: micro-batch 1, checkpointing, ZeRO-3 for full fine-tuning."""
+    s = sc.hand_strategy(grad_ckpt=True, zero_stage=3 if sc.space.method.kind == "full" else 0)
+    res = probe(s, [1])
+    return _picked("llamafactory", s, res, sc.limits, _tried(s, res, sc.limits))
+
+
+def run_recipe(name: str, sc: Scenario, recipe: Callable[[Probe], dict[str, Any]]) -> dict[str, Any]:
+    """A recipe on autofit's worker, its probes logged to OUT/baselines/NAME.log."""
+    t0 = time.time()
+    with open(sc.out / f"{name}.log", "w") as f:
+        f.write(f"{name}: {SOURCES[name]}\n")
+        entry = recipe(worker_probe(sc, lambda line: (f.write(line.rstrip() + "\n"), f.flush())))
+    return {**entry, "wall_s": round(time.time() - t0, 1), "measured_by": f"autofit probe ({sc.ctx.measure_steps} measured steps)"}
+
+
 # -- hf-auto ------------------------------------------------------------------------------------------
 def _child_env(sc: Scenario) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, sc.ctx.gpus)) if sc.ctx.device == "cuda" else ""
+    env["CUDA_VISIBLE_DEVICES"] = device_mask(sc.ctx.gpus) if sc.ctx.device == "cuda" else ""
     return env
 
 
@@ -174,33 +302,34 @@ def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], timeout_s: 
     return rc, time.time() - t0
 
 
-def run_hf_auto(sc: Scenario, start_batch: int, steps: int, timeout_s: float) -> dict[str, Any]:
-    s = sc.hand_strategy()
+def run_hf_auto(sc: Scenario, start_batch: int, steps: int, timeout_s: float, grad_ckpt: bool = False) -> dict[str, Any]:
+    name = "hf-auto-ckpt" if grad_ckpt else "hf-auto"
+    s = sc.hand_strategy(grad_ckpt=grad_ckpt)
     per_step = start_batch * sc.ctx.num_gpus
     accum = max(1, round(sc.ctx.global_batch / per_step))  # what a user sets for the start batch
     plan = {"context": to_jsonable(sc.ctx), "strategy": to_jsonable(s), "source": sc.source.to_dict(),
             "max_token": sc.max_token, "start_batch": start_batch, "grad_accum": accum, "steps": steps,
-            "result": str(sc.out / "hf-auto.result.json")}
-    plan_path = sc.out / "hf-auto.plan.json"
+            "result": str(sc.out / f"{name}.result.json")}
+    plan_path = sc.out / f"{name}.plan.json"
     plan_path.write_text(json.dumps(plan, indent=2))
     Path(plan["result"]).unlink(missing_ok=True)
     script = ["-m", "benchmarks.hf_auto_train", str(plan_path)]
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={sc.ctx.num_gpus}", *script]
            if sc.ctx.num_gpus > 1 else [sys.executable, *script])
     t0 = time.time()
-    (sc.out / "hf-auto.log").unlink(missing_ok=True)
-    rc, wall = _run_logged(cmd, sc.out / "hf-auto.log", _child_env(sc), timeout_s, cwd=ROOT)
+    (sc.out / f"{name}.log").unlink(missing_ok=True)
+    rc, wall = _run_logged(cmd, sc.out / f"{name}.log", _child_env(sc), timeout_s, cwd=ROOT)
     res = json.loads(Path(plan["result"]).read_text()) if Path(plan["result"]).exists() else {}
     common = {"strategy": s.key(), "device_name": res.get("device_name"), "start_batch": start_batch, "grad_accum": accum,
               "attempts": res.get("attempts", []), "probes": len(res.get("attempts", [])),
-              "reduction": "accelerate find_executable_batch_size: batch x0.9 after each OOM"}
+              "reduction": "accelerate find_executable_batch_size: batch x0.9 after each OOM", "source": SOURCES[name]}
     if rc is None:
-        return _failed("hf-auto", f"timed out after {timeout_s:.0f}s", t0, **common)
+        return _failed(name, f"timed out after {timeout_s:.0f}s", t0, **common)
     if rc != 0 or res.get("status") != "ok":
-        return _failed("hf-auto", res.get("error") or relevant_error(_tail(sc.out / "hf-auto.log")), t0, **common)
+        return _failed(name, res.get("error") or relevant_error(_tail(sc.out / f"{name}.log")), t0, **common)
     peak = res["peak"]
     fits = peak is not None and peak <= sc.limits.limit
-    return {"name": "hf-auto", **common, "status": "ok", "wall_s": round(wall, 1), "micro_batch": res["batch_size"],
+    return {"name": name, **common, "status": "ok", "wall_s": round(wall, 1), "micro_batch": res["batch_size"],
             "global_batch_trained": res["batch_size"] * accum * sc.ctx.num_gpus,
             "tokens_per_s": res["tokens_per_s"], "peak_gib": round(peak / GIB, 3) if peak else None, "fits": fits,
             "time_to_first_step_s": res.get("time_to_first_step_s"),
@@ -411,14 +540,19 @@ def run_all(sc: Scenario, only: list[str], runners: dict[str, Callable[[], dict[
     return doc
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_scenario_args(ap)
-    ap.add_argument("--only", default=",".join(BASELINES), help=f"comma-separated subset of {', '.join(BASELINES)}")
+    ap.add_argument("--only", default=",".join(b for b in BASELINES if b != "hand"), help=f"comma-separated subset of {', '.join(BASELINES)}")
     ap.add_argument("--hf-start-batch", type=int, default=HF_START_BATCH)
     ap.add_argument("--hf-steps", type=int, default=4, help="optimizer steps HF Trainer runs at the batch it settles on")
     ap.add_argument("--hf-timeout", type=float, default=1200)
     ap.add_argument("--ds-timeout", type=float, default=1800)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     only = [x.strip() for x in a.only.split(",") if x.strip()]
     bad = [x for x in only if x not in BASELINES]
@@ -434,7 +568,12 @@ def main(argv: list[str] | None = None) -> int:
               "budget_gib": round(budget / GIB, 2), "headroom": a.headroom}
     runners = {
         "hand": lambda: run_hand(sc),
+        "seed": lambda: run_recipe("seed", sc, lambda probe: recipe_seed(sc, probe)),
+        "hf-double": lambda: run_recipe("hf-double", sc, lambda probe: recipe_doubling(sc, probe, grad_ckpt=False)),
+        "hf-double-ckpt": lambda: run_recipe("hf-double-ckpt", sc, lambda probe: recipe_doubling(sc, probe, grad_ckpt=True)),
+        "llamafactory": lambda: run_recipe("llamafactory", sc, lambda probe: recipe_llamafactory(sc, probe)),
         "hf-auto": lambda: run_hf_auto(sc, a.hf_start_batch, a.hf_steps, a.hf_timeout),
+        "hf-auto-ckpt": lambda: run_hf_auto(sc, a.hf_start_batch, a.hf_steps, a.hf_timeout, grad_ckpt=True),
         "ds-autotune": lambda: run_ds_autotune(sc, a.ds_timeout),
         "ds-autotune-told": lambda: run_ds_autotune(sc, a.ds_timeout, told=True),
     }

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks import scenario_table, techniques_table
+from benchmarks import headline, scenario_table, techniques_table
 from benchmarks.common import committed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,7 +150,7 @@ def _tables() -> str:
         "measurement). The memory error is autofit's per-strategy model (fitted to the search's probes only) against "
         "the grid's measured peaks on the cells the search never probed (`k of n`: cells of strategies it fitted a "
         "model for, of all unprobed measured cells). `verify passed` reads `search/verify.json`, else a committed `autofit verify` folder of the same winner (model, max_token, strategy, micro-batch, memory budget and GPU model all equal; linked); `-`: none.",
-        "### A 24 GB card: the auto space against ZeRO-3 offload (`benchmarks/evidence_24gb.sh`)",
+        "### A 24 GB card: the auto space against ZeRO-3 offload",
         techniques_table.techniques_table(),
         "One H200 under `--gpu-memory 24GiB`, global batch 16, every sample at full length. The baseline is the "
         "`consumer-24gb` space's winner, probed in the same device call at micro-batches 1, 2, 4 (the fastest under "
@@ -161,21 +161,27 @@ def _tables() -> str:
         "Peaks are device-level (NVML), the figure the search compared with the budget. Verify fails if the peak "
         "exceeds the budget, is more than 5% over the probe's, or is more than 5% under it while the live tensors "
         "(allocated) differ too; runs from before the rule (`autofit.verify.judge`) show the verdict they got then.",
-        "### Probes: escalation to the first OOM (`benchmarks/probe_evidence.sh`)", probe_table("probe-evidence-h100"),
+        "### Probes: escalation to the first OOM (`python -m benchmarks.run h100-probe-evidence`)", probe_table("probe-evidence-h100"),
         "### ZeRO-2 across two GPUs", probe_table("probe-evidence-2gpu-zero2"),
+        "### Every search that was run", headline.every_search(ROOT / "results"),
+        "`vs the grid's best`: the tokens/s the grid measured for the search's winner over its best fitting cell at the "
+        "requested max_token; `no grid`: no grid of that scenario was measured with it.",
+        "### The memory model, one scenario held out", headline.holdout_table(ROOT / "results"),
+        "### Which command reproduces each folder", headline.reproduce(ROOT / "results"),
+        "Scenarios are described in `benchmarks/scenarios.yaml`; `python -m benchmarks.run NAME --dry-run` prints the "
+        "commands. The per-lease shell scripts some folders' READMEs and logs quote were replaced by these scenarios.",
     ])
 
 
 def render_headline() -> str:
     return "\n\n".join([
-        scenario_table.headline(ROOT / "results"),
+        headline.headline(ROOT / "results"),
+        headline.HEADLINE_NOTE,
         techniques_table.headline(ROOT / "results"),
-        "Published architectures with random weights (same memory and speed), global batch 32, autofit's default "
-        "8% headroom. The winner's tokens/s is as the exhaustive grid measured that cell; a baseline's likewise "
-        "(* its own measurement, where the grid has no such cell). `over headroom`: the baseline trains a cell "
-        "whose peak is above the headroom line, the margin autofit keeps from an OOM; `no answer`: nothing it "
-        "tried fits. Details, the "
-        "DeepSpeed autotuner and the memory model's error: [results/README.md](results/README.md).",
+        headline.holdout_sentence(ROOT / "results"),
+        "Published architectures with random weights (same memory and speed), global batch 32 (16 under a 24 GiB "
+        "cap), autofit's default 8% headroom. Details, every search, the DeepSpeed autotuner and the memory model's "
+        "error per scenario: [results/README.md](results/README.md).",
     ])
 
 

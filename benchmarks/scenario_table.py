@@ -81,6 +81,9 @@ def _autotune_so_far(work: Path, max_token: int) -> dict | None:
 
 
 BASELINE_LABELS = {"hand": "hand-tuning (DeepSpeed tutorial)", "hf-auto": "HF auto_find_batch_size (from 64)",
+                   "hf-auto-ckpt": "HF auto_find_batch_size (from 64), checkpointing",
+                   "seed": "seed recipe (mb 1 + ckpt, then ZeRO-3 offload)", "hf-double": "HF defaults, doubling",
+                   "hf-double-ckpt": "HF defaults, doubling, checkpointing", "llamafactory": "LLaMA-Factory's defaults",
                    "ds-autotune": "DeepSpeed autotuner",
                    "ds-autotune-told": "DeepSpeed autotuner, told LoRA's real footprint"}
 
@@ -265,34 +268,6 @@ def scenario_rows(folder: Path) -> tuple[str, list[str]]:
 
     return f.label, [f"| {m.label} | {m.wall[0]} | {m.wall[1]} | {m.probes} | {m.choice} | {m.vs_oracle} | {m.memory} | {verified(m)} |"
                      for m in f.methods.values()]
-
-
-def headline(results: Path) -> str:
-    """One line per scenario, for the top of the README: autofit against the grid and the two baselines
-    every user has (hand-tuning, HF's auto_find_batch_size)."""
-    lines = ["| scenario | GPUs | autofit: wall, probes | its winner vs the grid's best | exhaustive grid: wall, probes | "
-             "hand-tuning | HF auto_find_batch_size | winner verified |",
-             "|---|---|---|---|---|---|---|---|"]
-    for folder in scenario_folders(results):
-        f = scenario_facts(folder)
-        a, g = f.methods["autofit"], f.methods.get("grid")
-        if g is None:
-            continue
-
-        def baseline(name: str) -> str:
-            m = f.methods.get(name)
-            if m is None:
-                return "-"
-            if m.failed:
-                return "no answer"
-            # A cell over the headroom is faster because it is unsafe: its speed is in the detailed table.
-            return "over headroom" if m.over_headroom else m.vs_oracle
-
-        lines.append(f"| {f.model} {'full FT' if f.full else 'LoRA'}, T={f.max_token}{f.cap} "
-                     f"([{folder.name}](results/{folder.name})) | {f.gpus} x {f.gpu} | {a.wall[0]}, {a.probes} | {a.vs_oracle} | "
-                     f"{g.wall[0]}, {g.probes} | {baseline('hand')} | {baseline('hf-auto')} | "
-                     f"{VERDICT[a.passed]}{f' (on {a.verified_on})' if a.verified_on else ''} |")
-    return "\n".join(lines)
 
 
 def scenario_folders(results: Path) -> list[Path]:

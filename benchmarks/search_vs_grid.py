@@ -1,15 +1,16 @@
 """Benchmark: autofit search against the exhaustive grid over the same space, on the same GPU.
 
     python -m benchmarks.search_vs_grid --model THUDM/glm-4-9b-chat --max-token 1024 \
-        --space default --global-batch 32 --out results/bench-glm4-lora-T1024-h100
+        --space default --global-batch 32 --out DIR [--repeats 2] [--skip-grid | --grid-only]
 
-Before either is timed, a warm-up puts the machine in its steady state (see warm_up).
-Writes OUT/search/ (the search's run dir), OUT/grid.csv (every grid probe) and OUT/summary.json:
-wall time of each, probes, the grid's best tokens/s and the tokens/s the grid measured for the
-search's winner (same cell, same measurement, so the ratio is not flattered by noise).
-The grid probes every (strategy, max_token, micro-batch) of the space up to and including each
-first OOM; cells above a wall are OOM by monotonicity and are not charged to the grid (so the grid
-is the cheapest exhaustive map, and the time ratio is conservative).
+Like for like by default: the grid covers the space at the max_token the search answers, with one
+measured step per probe as the search's probes have (its fresh check of the winner has two), and both
+are timed after the same warm-up (see warm_up; --no-warm-up times both cold). `--repeats N` measures
+every cell N times, each pass in new workers: summary.json gives each pass's wall time, the best cell's
+and the search winner's readings, and whether the winner is within the spread of the grid's best.
+Writes DIR/search/ (the search's run dir), DIR/grid.csv (every grid probe; a repeat pass's rows have
+phase "repeat") and DIR/summary.json. The grid probes every (strategy, max_token, micro-batch) up to and
+including each first OOM; cells above a wall are OOM by monotonicity and are not charged to the grid.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import json
 import shutil
 import subprocess
 import sys
+import statistics
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from autofit.capabilities import missing
 from autofit.probe.runner import StandbyFactory, escalate
@@ -29,37 +32,85 @@ from autofit.results import append_probe, read_probes
 from autofit.search.driver import SearchRequest, run_search
 from autofit.search.planner import Limits, peak_of
 from autofit.search.progress import Progress
-from autofit.spec import Context, Shape, Strategy
+from autofit.spec import Context, ProbeResult, Shape, Strategy
 from autofit.units import parse_duration
 from benchmarks.common import add_scenario_args, scenario_from_args
 
 
-def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Path, progress: Progress) -> dict:
+@dataclass(frozen=True)
+class CellRuns:
+    """One grid cell measured in every pass (each pass in new workers): its spread is the noise a
+    winner is judged within."""
+    strategy: str
+    micro_batch: int
+    max_token: int
+    tokens_per_s: tuple[float, ...]    # the passes that ran it to the end
+    fits: bool                         # every pass ran it and its peak stayed under the headroom line
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.tokens_per_s)
+
+    @property
+    def spread(self) -> float:
+        """(fastest - slowest) / median over the passes; 0 with a single pass."""
+        return (max(self.tokens_per_s) - min(self.tokens_per_s)) / self.median if self.tokens_per_s else 0.0
+
+
+def cell_runs(passes: list[dict[tuple[str, int, int], ProbeResult]], limits: Limits) -> dict[tuple[str, int, int], CellRuns]:
+    """Each cell over the grid's passes. A cell fits only if every pass measured it under the limit
+    (the search's fresh check likewise keeps the larger of two peaks)."""
+    out = {}
+    for key in sorted({k for p in passes for k in p}):
+        runs = [p.get(key) for p in passes]
+        ok = [r for r in runs if r is not None and r.ok]
+        out[key] = CellRuns(*key, tuple(r.tokens_per_s for r in ok),
+                            fits=len(ok) == len(passes) and all(limits.fits(r) for r in ok))
+    return out
+
+
+def within_spread(winner: CellRuns | None, best: CellRuns | None) -> bool | None:
+    """The winner counts as the grid's best when their measurements overlap: its fastest pass reaches
+    the best cell's slowest. None when either was not measured."""
+    if winner is None or best is None or not winner.tokens_per_s or not best.tokens_per_s:
+        return None
+    return max(winner.tokens_per_s) >= min(best.tokens_per_s)
+
+
+def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Path, progress: Progress,
+         repeats: int = 1) -> dict:
+    """Every cell of the space at `tokens`, `repeats` times over; each pass escalates every strategy in
+    a new worker, so a cell's passes are separate workers' readings."""
     csv_path = out / "grid.csv"
     csv_path.unlink(missing_ok=True)
     cap = max(1, ctx.global_batch // ctx.num_gpus)
     mbs = [m for m in space.micro_batches if m <= cap]
-    t0 = time.time()
-    n = 0
-    cells = {}
+    walls, probes, passes = [], [], []
     # The grid gets the same warm workers and standby as the search: only the choice of probes differs.
     factory = StandbyFactory(ctx, source, out / "grid_io")
     try:
-        # What the search leaves out as unavailable here, the grid leaves out too: the same space.
-        for s in [s for s in space.strategies(ctx.num_gpus) if missing(s, ctx) is None]:
-            for t in tokens:
-                progress.log(f"grid: {s.key()} T={t} over micro-batch {mbs}")
-                with factory(s) as session:
-                    for r in escalate(session, [Shape(m, t) for m in mbs]):
-                        n += 1
-                        fits = limits.fits(r)
-                        append_probe(csv_path, r, s, fits=fits, phase="grid", peak=peak_of(r), finished_at=time.time())
-                        progress.done(r, fits, peak_of(r))
-                        cells[(s.key(), r.micro_batch, t)] = r
+        for rep in range(repeats):
+            t0, n, cells = time.time(), 0, {}
+            # A repeat's rows are phase "repeat": tables that read one measurement per cell read the first pass.
+            phase = "grid" if rep == 0 else "repeat"
+            # What the search leaves out as unavailable here, the grid leaves out too: the same space.
+            for s in [s for s in space.strategies(ctx.num_gpus) if missing(s, ctx) is None]:
+                for t in tokens:
+                    progress.log(f"grid pass {rep + 1}/{repeats}: {s.key()} T={t} over micro-batch {mbs}")
+                    with factory(s) as session:
+                        for r in escalate(session, [Shape(m, t) for m in mbs]):
+                            n += 1
+                            fits = limits.fits(r)
+                            append_probe(csv_path, r, s, fits=fits, phase=phase, peak=peak_of(r), finished_at=time.time())
+                            progress.done(r, fits, peak_of(r))
+                            cells[(s.key(), r.micro_batch, t)] = r
+            walls.append(round(time.time() - t0, 1))
+            probes.append(n)
+            passes.append(cells)
     finally:
         factory.close()
     shutil.rmtree(out / "grid_io", ignore_errors=True)
-    return {"wall_s": round(time.time() - t0, 1), "probes": n, "cells": cells}
+    return {"wall_s_runs": walls, "probes_runs": probes, "passes": passes}
 
 
 WARM_UP = r"""
@@ -160,59 +211,107 @@ def reuse_grid(src: Path, out: Path, search: dict, max_token: int, gpu: str | No
     return part
 
 
-def run_grid(a: argparse.Namespace, ctx: Context, source, space, limits: Limits, search: dict, progress: Progress,
-             search_wall: float | None = None) -> dict:
-    """The grid half of summary.json: every cell of the space at the grid's max_tokens, and how the
-    search's winner compares with the grid's best."""
-    search_wall = search["wall_s"] if search_wall is None else search_wall
-    part: dict = {}
-    tokens = sorted({int(t) for t in a.grid_tokens.split(",")} | {a.max_token} if a.grid_tokens
-                    else set(space.max_tokens) | {a.max_token})
-    g = grid(replace(ctx, max_positions=max(tokens), measure_steps=a.grid_measure_steps), source, space, tokens,
-             limits, a.out, progress)
-    # The oracle's answer for the objective: the fastest fitting cell at the requested max_token, among
-    # the configurations the search may pick (exact ones unless --quantize).
-    allowed = {s.key() for s in space.strategies(ctx.num_gpus) if a.quantize or s.exact}
-    every = {k[:2]: r for k, r in g["cells"].items() if limits.fits(r) and k[2] == a.max_token}
-    fitting = {k: r for k, r in every.items() if k[0] in allowed}
-    quantized = {k: r for k, r in every.items() if not Strategy.from_key(k[0]).exact}
-    best_key = max(fitting, key=lambda k: fitting[k].tokens_per_s) if fitting else None
-    winner_key = (search["winner"], search["winner_micro_batch"])
-    in_grid = g["cells"].get((*winner_key, a.max_token))
-    part["grid"] = {
-        "max_tokens": tokens, "wall_s": g["wall_s"], "probes": g["probes"],
-        "best": {"strategy": best_key[0], "micro_batch": best_key[1], "tokens_per_s": fitting[best_key].tokens_per_s} if best_key else None,
-        "search_winner_tokens_per_s_in_grid": in_grid.tokens_per_s if in_grid and in_grid.ok else None,
-        "measure_steps": a.grid_measure_steps,
-    }
+def grid_summary(cells: dict[tuple[str, int, int], CellRuns], allowed: set[str], max_token: int, search: dict | None,
+                 exact: Callable[[str], bool]) -> dict:
+    """The grid half of summary.json from its cells: the oracle's answer for the objective (the fitting
+    cell at the requested max_token with the best median tokens/s, among the configurations the search may
+    pick: `allowed`), the search's winner as the grid measured it, and whether the two are within the
+    passes' spread."""
+    at_t = {k[:2]: c for k, c in cells.items() if k[2] == max_token and c.fits}
+    fitting = {k: c for k, c in at_t.items() if k[0] in allowed}
+    quantized = {k: c for k, c in at_t.items() if not exact(k[0])}
+    best_key = max(fitting, key=lambda k: fitting[k].median) if fitting else None
+    best = fitting.get(best_key) if best_key else None
+    mine = cells.get((search["winner"], search["winner_micro_batch"], max_token)) if search and search.get("winner") else None
+    mine = mine if mine is not None and mine.tokens_per_s else None
+
+    def entry(c: CellRuns) -> dict:
+        e = {"strategy": c.strategy, "micro_batch": c.micro_batch, "tokens_per_s": round(c.median, 2)}
+        if len(c.tokens_per_s) > 1:
+            e.update(tokens_per_s_runs=list(c.tokens_per_s), spread=round(c.spread, 4))
+        return e
+
+    part: dict = {"grid": {"best": entry(best) if best else None,
+                           "search_winner_tokens_per_s_in_grid": round(mine.median, 2) if mine else None}}
+    if mine and len(mine.tokens_per_s) > 1:
+        part["grid"]["search_winner_tokens_per_s_runs"] = list(mine.tokens_per_s)
+    spreads = [c.spread for c in fitting.values() if len(c.tokens_per_s) > 1]
+    if spreads:
+        part["grid"]["spread_median"] = round(statistics.median(spreads), 4)
+        part["grid"]["spread_max"] = round(max(spreads), 4)
     if quantized:
-        qk = max(quantized, key=lambda k: quantized[k].tokens_per_s)
-        part["grid"]["best_quantized"] = {"strategy": qk[0], "micro_batch": qk[1], "tokens_per_s": quantized[qk].tokens_per_s}
-    if best_key and in_grid and in_grid.ok:
-        part["quality"] = round(in_grid.tokens_per_s / fitting[best_key].tokens_per_s, 4)
-    part["time_fraction"] = round(search_wall / g["wall_s"], 3)
+        qk = max(quantized, key=lambda k: quantized[k].median)
+        part["grid"]["best_quantized"] = entry(quantized[qk])
+    if best and mine:
+        part["quality"] = round(mine.median / best.median, 4)
+        if len(best.tokens_per_s) > 1:
+            part["winner_within_spread"] = within_spread(mine, best)
     return part
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_grid(a: argparse.Namespace, ctx: Context, source, space, limits: Limits, search: dict | None, progress: Progress,
+             search_wall: float | None = None, warm_up_s: float | None = None) -> dict:
+    """The grid half of summary.json: every cell of the space at the grid's max_tokens (default: the
+    requested one only, what the search answers), and how the search's winner compares with the grid's best."""
+    tokens = (sorted({int(t) for t in a.grid_tokens.split(",")} | {a.max_token}) if a.grid_tokens else [a.max_token])
+    g = grid(replace(ctx, max_positions=max(tokens), measure_steps=a.grid_measure_steps), source, space, tokens,
+             limits, a.out, progress, repeats=a.repeats)
+    allowed = {s.key() for s in space.strategies(ctx.num_gpus) if a.quantize or s.exact}
+    part = grid_summary(cell_runs(g["passes"], limits), allowed, a.max_token, search,
+                        lambda k: Strategy.from_key(k).exact)
+    wall = statistics.median(g["wall_s_runs"])
+    part["grid"] = {"max_tokens": tokens, "wall_s": round(wall, 1), "probes": g["probes_runs"][0], **part["grid"],
+                    "measure_steps": a.grid_measure_steps}
+    if a.repeats > 1:
+        part["grid"].update(repeats=a.repeats, wall_s_runs=g["wall_s_runs"], probes_runs=g["probes_runs"])
+    if warm_up_s is not None:
+        part["grid"]["warm_up_s"] = warm_up_s
+    search_wall = search["wall_s"] if search_wall is None and search else search_wall
+    if search_wall is not None:
+        part["time_fraction"] = round(search_wall / wall, 3)
+    return part
+
+
+def time_rule(summary: dict) -> dict:
+    """How the two wall times compare: both timed after the same warm-up (excluded from both, each's
+    warm-up given), or both from a cold start; plus the fraction with each side's warm-up added back."""
+    s_w, g_w = summary.get("warm_up_s"), (summary.get("grid") or {}).get("warm_up_s")
+    out: dict = {"time_rule": "both after a warm-up, excluded from both" if s_w is not None and g_w is not None
+                 else "both from a cold start" if s_w is None and g_w is None and "warm_up_s" in summary
+                 else "mixed: see warm_up_s"}
+    g = summary.get("grid") or {}
+    if s_w is not None and g_w is not None and g.get("wall_s") and summary.get("search"):
+        out["time_fraction_with_warm_up"] = round((summary["search"]["wall_s"] + s_w) / (g["wall_s"] + g_w), 3)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_scenario_args(ap)
     ap.add_argument("--budget", default="15m")
     ap.add_argument("--skip-grid", action="store_true")
     ap.add_argument("--no-warm-up", action="store_true", help="time the search from a cold start (see warm_up)")
     ap.add_argument("--grid-tokens", default=None,
-                    help="comma-separated max_tokens the grid covers (default: the space's and --max-token). "
-                         "Fewer makes the grid cheaper, so the search's time fraction only gets harder to meet.")
+                    help="comma-separated max_tokens the grid covers besides --max-token (default: --max-token "
+                         "only, the one the search answers: like for like)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="grid passes, each cell in a new worker every pass: the spread a winner is judged within")
     ap.add_argument("--grid-from", type=Path, metavar="DIR", default=None,
                     help="skip the grid and compare with the one an earlier run of this scenario measured on the "
                          "same GPU model (its grid.csv and summary.json are copied in, marked reused_from)")
     ap.add_argument("--grid-only", action="store_true",
                     help="run only the grid, against the search an earlier --skip-grid run left in OUT (summary.json)")
     ap.add_argument("--quantize", action="store_true", help="the search's --quantize: 4/8-bit configurations may win")
-    ap.add_argument("--grid-measure-steps", type=int, default=2,
-                    help="measured steps per grid probe (1 is what the search measures per probe: like for like)")
+    ap.add_argument("--grid-measure-steps", type=int, default=1,
+                    help="measured steps per grid probe (default 1, what the search measures per probe; its fresh "
+                         "check of the winner measures 2)")
     ap.add_argument("--summarize-cut-short", type=Path, metavar="LOG", default=None,
                     help="rebuild OUT/summary.json from OUT and this benchmark log after the grid was stopped early")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     if a.summarize_cut_short:
         summary = summarize_cut_short(a.out, a.summarize_cut_short, a.max_token)
@@ -225,17 +324,26 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     progress = Progress()
 
+    if a.repeats < 1:
+        ap.error("--repeats is at least 1")
     if a.grid_only:
-        summary = json.loads((a.out / "summary.json").read_text())
-        summary.update(run_grid(a, ctx, source, space, limits, summary["search"], progress))
+        path = a.out / "summary.json"
+        summary = json.loads(path.read_text()) if path.exists() else {
+            "model": a.model, "max_token": a.max_token, "space": space.name, "global_batch": a.global_batch,
+            "quantize": a.quantize, "budget_gib": round(budget / 2**30, 2), "headroom": a.headroom, "search": None}
+        # The same rule as the search's timing: after the same warm-up, or both cold (--no-warm-up).
+        warm_s = None if a.no_warm_up else warm_up(any(s.offload_optimizer for s in space.strategies(ctx.num_gpus)))
+        summary.update(run_grid(a, ctx, source, space, limits, summary.get("search"), progress, warm_up_s=warm_s))
+        summary.setdefault("gpu", (read_probes(a.out / "grid.csv") or [{}])[0].get("device_name"))
+        summary.update(time_rule(summary))
         (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary, indent=2))
         return 0
     shutil.rmtree(a.out / "search", ignore_errors=True)
     warm_s = None if a.no_warm_up else warm_up(any(s.offload_optimizer for s in space.strategies(ctx.num_gpus)))
     t0 = time.time()
-    # The search measures one step per probe (close candidates are re-measured); the grid, as the
-    # oracle, measures two.
+    # The search measures one step per probe (close candidates are re-measured, its winner measured again
+    # with two in a fresh worker); the grid by default one per cell, in each of --repeats passes.
     res = run_search(SearchRequest(ctx=replace(ctx, measure_steps=1), source=source, space=space, max_token=a.max_token, limits=limits,
                                    run_dir=a.out / "search", budget_s=parse_duration(a.budget), quantize=a.quantize),
                      progress=progress)
@@ -258,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.grid_from:
         summary.update(reuse_grid(a.grid_from, a.out, summary["search"], a.max_token, summary["gpu"], a.quantize))
     elif not a.skip_grid:
-        summary.update(run_grid(a, ctx, source, space, limits, summary["search"], progress, search_wall))
+        summary.update(run_grid(a, ctx, source, space, limits, summary["search"], progress, search_wall, warm_up_s=warm_s))
+        summary.update(time_rule(summary))
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return 0

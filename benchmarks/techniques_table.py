@@ -1,5 +1,5 @@
 """The 24 GB table: what the auto space's techniques buy on an emulated 24 GB card, from the folders
-benchmarks/evidence_24gb.sh leaves (results/bench-*-24GiB-auto/).
+the `*-24GiB-auto` scenarios of benchmarks/scenarios.yaml leave (results/bench-*-24GiB-auto/).
 
     python -m benchmarks.techniques_table
 
@@ -105,7 +105,7 @@ def headline(results: Path = ROOT / "results") -> str:
         return ""
     return ("**On a 24 GB card** (emulated on one H200), the default auto space's winner against the ZeRO-3 CPU "
             "offload that a checkpointing-and-offload search falls back to: " + "; ".join(parts)
-            + ". [The table](results/README.md#a-24-gb-card-the-auto-space-against-zero-3-offload-benchmarksevidence_24gbsh).")
+            + ". [The table](results/README.md#a-24-gb-card-the-auto-space-against-zero-3-offload).")
 
 
 if __name__ == "__main__":

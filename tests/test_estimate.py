@@ -165,3 +165,13 @@ def test_importing_the_module_does_not_import_torch():
     code = "import sys, autofit.estimate; print([m for m in ('torch', 'transformers', 'peft') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_auto_space_takes_the_methods_section_for_the_gpu_count():
+    # The auto space is a template: --method full on two GPUs must give full fine-tuning's several-GPU
+    # ZeRO options and its optimizers, not the LoRA one-GPU section relabelled.
+    rows = estimate("Qwen/Qwen2-7B", 2048, gpu_memory="139GiB", global_batch=16, space="auto",
+                    method="full", num_gpus=2).rows
+    keys = {r.key for r in rows}
+    assert all(k.startswith("full/bf16/") for k in keys), keys
+    assert {"full/bf16/ckpt/z2", "full/bf16/ckpt/z3/offopt", "full/bf16/nockpt/z0/adamw8bit"} <= keys

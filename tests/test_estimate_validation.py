@@ -136,3 +136,69 @@ def test_new_dimensions_error_is_shown(validation):
     # the recomputed blocks. int8 never wins (nf4 dominates it), so the planner only spends probes on it.
     low = [r for r in auto if "int8/ckpt" in r["strategy"]]
     assert low and all(r["err_nvml_pct"] < -20 for r in low)
+
+
+# ----------------------------------------------------------------------------- leave one scenario out
+
+def _measured(folder: str, strategy: str, mb: int, nvml_gib: float, allocated_gib: float, capacity_gib: float = 80.0):
+    from benchmarks.estimate_validation import Measured
+    from autofit.spec import Strategy
+
+    G = 2**30
+    return Measured(file=f"results/{folder}/grid.csv", model="m", strategy=Strategy.from_key(strategy), micro_batch=mb,
+                    max_token=1024, grad_accum=1, num_gpus=1, device_name="gpu", session=f"{folder}#1", ok=True,
+                    allocated=allocated_gib * G, reserved=None, nvml=nvml_gib * G, capacity=capacity_gib * G, capped=False)
+
+
+def _fake_peak(m):
+    """A stand-in for the analytic model: 10 GiB per micro-batch, whatever the scenario measured."""
+    from autofit.memory.analytic import Peak
+
+    G = 2**30
+    return Peak(micro_batch=m.micro_batch, max_token=m.max_token, weights=0, gathered=0, gradients=0, optimizer=0,
+                autocast_copies=0, activations=0, step_extra=0, phase="forward/backward",
+                allocated=9.0 * m.micro_batch * G, reserved=10.0 * m.micro_batch * G, device=10.0 * m.micro_batch * G)
+
+
+S = "lora-r8/bf16-pure/ckpt/z0"
+
+
+def test_a_held_out_scenario_is_calibrated_on_the_others_only():
+    from benchmarks.estimate_validation import holdout
+
+    # Scenario a measures 20% over the model at every shape; b and c agree with it.
+    a = [_measured("a", S, mb, 12.0 * mb, 10.8 * mb) for mb in (1, 2, 4)]
+    bc = [_measured(f, S, mb, 10.0 * mb, 9.0 * mb) for f in ("b", "c") for mb in (1, 2)]
+    rows, summary = holdout(a + bc, _fake_peak)
+    held_a = [r for r in rows if r["scenario"] == "a"]
+    # Held out, a is predicted from b and c (no correction): 10/12 - 1 = -16.7%, on both measures.
+    assert [round(r["err_device_pct"], 1) for r in held_a] == [-16.7] * 3
+    assert [round(r["err_allocated_pct"], 1) for r in held_a] == [-16.7] * 3
+    assert all(r["calibrated_on"] == 4 for r in held_a)
+    # Were a's own probes in its calibration, they would correct it (here: a copy of a as the only other
+    # scenario): the split really leaves the held-out scenario out.
+    with_copy, _ = holdout(a + [_measured("a-copy", S, mb, 12.0 * mb, 10.8 * mb) for mb in (1, 2, 4)], _fake_peak)
+    assert all(abs(r["err_device_pct"]) < 16 for r in with_copy if r["scenario"] == "a")
+    # b held out is calibrated on a and c: a's +20% pulls its prediction over what it measured.
+    assert all(r["err_device_pct"] > 0 for r in rows if r["scenario"] == "b")
+    assert summary["device_peak"]["worst_under_pct"] == pytest.approx(-16.67, abs=0.01)
+    assert summary["under_predictions"]["count"] == 3
+
+
+def test_a_cell_predicted_over_the_limit_that_fits_is_counted_missed():
+    from benchmarks.estimate_validation import holdout
+
+    # Limit 80 x 0.92 = 73.6 GiB; mb 8 is predicted at 80 GiB (over) but measures 70 (fits): missed.
+    rows, summary = holdout([_measured("a", S, 8, 70.0, 60.0), _measured("b", S, 1, 10.0, 9.0)], _fake_peak)
+    assert summary["missed_cells"]["predicted_over_limit_but_fits"] == 1
+    assert summary["missed_cells"]["cells"][0]["micro_batch"] == 8
+    assert summary["missed_cells"]["predicted_over_1.3x_limit_but_fits"] == 0
+
+
+def test_committed_holdout_files_are_what_the_command_writes(tmp_path):
+    from benchmarks.estimate_validation import write_holdout
+
+    summary = write_holdout(out_dir=tmp_path)
+    committed = REPO_ROOT / ERROR_DIR
+    assert json.loads((committed / "holdout.json").read_text()) == json.loads(json.dumps(summary))
+    assert (committed / "holdout.csv").read_text() == (tmp_path / "holdout.csv").read_text()

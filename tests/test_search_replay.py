@@ -111,9 +111,10 @@ def _replay_families(folder: str, quantize: bool):
     return summary, combine(outs.get("exact"), outs.get("quantized"), quantize), asked
 
 
+@pytest.mark.parametrize("folder", ["bench-h200-glm4-lora-T2048-24GiB-auto", "bench-h200-qwen2-7b-lora-T4096-24GiB-auto"])
 @pytest.mark.parametrize("quantize", [False, True])
-def test_replay_auto_space_under_24gib(quantize):
-    summary, out, asked = _replay_families("bench-h200-glm4-lora-T2048-24GiB-auto", quantize)
+def test_replay_auto_space_under_24gib(quantize, folder):
+    summary, out, asked = _replay_families(folder, quantize)
     grid = summary["grid"]
     exact, quant = grid["best"], grid["best_quantized"]
     want, other = (quant, exact) if quantize else (exact, quant)

@@ -38,7 +38,7 @@ def launcher_command(ctx: Context, module_args: list[str]) -> list[str]:
     passwordless ssh, the master being ctx.master_addr or the first host's `hostname -I`.
     """
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(ctx.hostfile),
-           "--master_port", str(_free_port())]
+           "--master_port", str(free_port())]
     if len(ctx.hosts) == 1:
         cmd += ["--no_ssh_check", "--master_addr", ctx.master_addr or "127.0.0.1"]
     elif ctx.master_addr:
@@ -46,7 +46,7 @@ def launcher_command(ctx: Context, module_args: list[str]) -> list[str]:
     return cmd + ["--module", *module_args]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A TCP port free on this machine now: the standby worker and the current one each get their own."""
     import socket
 

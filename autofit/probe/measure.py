@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -12,11 +11,10 @@ def _nvml_handle(local_index: int):
         import pynvml
 
         pynvml.nvmlInit()
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        ids = [x.strip() for x in visible.split(",") if x.strip()]
+        from autofit.hardware import detect_gpus
+
         # NVML numbers devices physically; CUDA_VISIBLE_DEVICES renumbers them for torch.
-        physical = int(ids[local_index]) if ids and ids[local_index].isdigit() else local_index
-        return pynvml, pynvml.nvmlDeviceGetHandleByIndex(physical)
+        return pynvml, pynvml.nvmlDeviceGetHandleByIndex(detect_gpus()[local_index].nvml_index)
     except Exception:  # no NVML (CPU run, container without the library): device peak unknown
         return None, None
 

@@ -18,9 +18,10 @@ from typing import Iterable, Iterator
 
 import autofit
 from autofit.errors import ProbeError
+from autofit.hardware import device_mask
 from autofit.models import ModelSource
 from autofit.probe import protocol
-from autofit.probe.launcher import host_failure, is_peer_lost, launcher_command, stop_ranks, write_rank_env
+from autofit.probe.launcher import free_port, host_failure, is_peer_lost, launcher_command, stop_ranks, write_rank_env
 from autofit.probe.oom import is_oom_text
 from autofit.spec import Context, ProbeResult, Shape, Status, Strategy, to_jsonable
 
@@ -48,6 +49,13 @@ def omp_threads_per_rank(ranks: int, environ: dict[str, str]) -> str | None:
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return str(max(1, cores // ranks))
+
+
+def one_process_world() -> dict[str, str]:
+    """The launcher's variables for a world of one process on its own port. Without all five,
+    DeepSpeed's init_distributed runs MPI discovery, which sets MASTER_PORT=29500: two searches on one
+    machine, one per GPU, then fail with EADDRINUSE."""
+    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
 
 
 class WorkerSession:
@@ -86,11 +94,14 @@ class WorkerSession:
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         # A probe never touches a GPU it was not given.
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.ctx.gpus)) if self.ctx.device == "cuda" else ""
+        # --gpus counts in this process's numbering, so an outer CUDA_VISIBLE_DEVICES is honoured.
+        env["CUDA_VISIBLE_DEVICES"] = device_mask(self.ctx.gpus) if self.ctx.device == "cuda" else ""
         local_ranks = max(slots for _, slots in self.ctx.hosts) if self.ctx.hosts else self.ctx.num_gpus
         omp = omp_threads_per_rank(local_ranks, env)
         if omp:
             env["OMP_NUM_THREADS"] = omp
+        if not self.ctx.hostfile and not (self.ctx.device == "cuda" and self.ctx.num_gpus > 1):
+            env.update(one_process_world())
         if self.ctx.hostfile and self.ctx.device == "cuda":
             # DeepSpeed's launcher gives each host's ranks that host's slots; a mask set here would
             # make it ignore the hostfile's GPU counts on this machine.

@@ -18,8 +18,9 @@ Rules, each one a saving:
   micro-batch is over the limit by more than the estimate's largest measured error is a wall without
   probing it: full fine-tuning of a 9 B model does not try DDP on two 80 GB cards. The most frugal
   strategy is never ruled out this way, so a search never ends on estimates alone.
-- The first strategy escalated is the fastest one the estimate predicts to fit (without an estimate,
-  or when it does not fit after all, the most frugal one): the fast walls are in place at once.
+- The first strategy escalated is the fastest one the estimate predicts to fit; when it does not fit
+  after all, the next one (up to MAX_ESTIMATED_STARTS); without an estimate, or after those misses,
+  the most frugal one: the fast walls are in place at once.
 - A strategy whose twin differs only in a technique that saves memory at no cost in speed (the fused
   loss, NF4 over LLM.int8) is skipped once the twin ran.
 - Exact and 4/8-bit strategies are planned as two families (driver); the exact family's walls and
@@ -39,7 +40,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 from autofit.search import memmodel
 from autofit.spec import ProbeResult, Shape, Status, Strategy, compared_peak
@@ -56,6 +57,8 @@ PREDICT_OVER = 1.15      # a micro-batch predicted 15% over the limit is a wall 
 # over-prediction of a measured peak is 18% (results/estimate-error: 206 peaks on H100/H200, 1-4 GPUs,
 # LoRA and full fine-tuning, ZeRO 0-3 and offload); tests/test_search_prior.py keeps that below this.
 ESTIMATE_OVER = 1.3
+# Faster strategies the estimate predicts to fit, tried in turn before the most frugal one is confirmed.
+MAX_ESTIMATED_STARTS = 3
 
 
 def peak_of(r: ProbeResult) -> int | None:
@@ -233,18 +236,25 @@ class Planner:
     # -- the search -----------------------------------------------------------------------------
     def run(self, explore: Callable[["Planner", Outcome], None] | None = None) -> Outcome:
         out = Outcome(requested_max_token=self.target, max_token=self.target)
-        start = self._estimated_start()
         done: list[Strategy] = []
-        if start is not None:
+        start = None
+        for tried, s in enumerate(self._estimated_starts()):
             # The estimate names a faster strategy that fits: escalating it first puts the fast walls in
             # place at once, and the frugal strategies start above them (or are skipped as saturated).
-            self.log(f"starting with {start.key()}: the fastest strategy the estimate predicts to fit at T={self.target}")
-            so = self._escalate(start, out)
-            out.strategies[start.key()] = so
-            done.append(start)
-            if so.fit_max is None:
-                self.log(f"{start.key()} did not fit after all ({so.fail_status}); confirming the most frugal strategy")
-                start = None
+            # A miss moves to the next one it predicts to fit: the most frugal strategy (ZeRO-3 with
+            # offload, slowest to build and run) is confirmed only when the estimate keeps missing.
+            if tried == MAX_ESTIMATED_STARTS:
+                self.log(f"the estimate missed {tried} times; confirming the most frugal strategy")
+                break
+            self.log(f"starting with {s.key()}: the fastest strategy the estimate predicts to fit at T={self.target}"
+                     if not tried else f"trying {s.key()}: the next fastest the estimate predicts to fit")
+            so = self._escalate(s, out)
+            out.strategies[s.key()] = so
+            done.append(s)
+            if so.fit_max is not None:
+                start = s
+                break
+            self.log(f"{s.key()} did not fit after all ({so.fail_status})")
         broken = False
         if start is None and self.frugal not in done and not self._exact_fits():
             first, broken = self._confirm_frugal(out)
@@ -275,21 +285,21 @@ class Planner:
         """The exact family already fits at this max_token: nothing to confirm before escalating."""
         return any(so.fit_max for so in self._exact_outcomes())
 
-    def _estimated_start(self) -> Strategy | None:
-        """The fastest strategy (not the most frugal) whose estimated peak at the smallest micro-batch fits."""
+    def _estimated_starts(self) -> Iterator[Strategy]:
+        """Strategies faster than the most frugal whose estimated peak at the smallest micro-batch fits,
+        fastest first."""
         if self.estimate is None:
-            return None
+            return
         for s in self.order:
             if s == self.frugal:
-                return None
+                return
             if any(t in self.order for t in dominating_twins(s)):
                 continue  # its twin saves memory at no cost: never the better start
             if any(quantized_never_faster(s, f.strategy) and f.fit_max for f in self._exact_outcomes()):
                 continue  # starts above its exact twin's wall, which _escalate finds
             est = self.estimate(s, self.mbs[0], self.target)
             if est is not None and est <= self.limits.limit * PREDICT_MARGIN:
-                return s
-        return None
+                yield s
 
     def _exact_outcomes(self) -> list["StrategyOutcome"]:
         """The exact family's outcomes at this max_token (none for the exact family itself)."""
