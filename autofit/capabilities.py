@@ -21,9 +21,6 @@ def _installed(module: str) -> bool:
 def missing(s: Strategy, ctx: Context) -> str | None:
     """Why `s` cannot run in `ctx`, or None when it can. The reason names the dimension, so
     strategies that share it share one message."""
-    if ctx.device == "cpu" and s.zero_stage and not ctx.hosts:
-        return ("ZeRO on the CPU: DeepSpeed's ranks are started by its launcher and talk over gloo; "
-                "give --hostfile (a line 'localhost slots=2' runs two ranks here)")
     if ctx.device == "cpu" and s.precision == "fp16" and s.uses_deepspeed(ctx.num_gpus):
         return "fp16 under DeepSpeed: its CPU accelerator has no fp16 (use bf16, bf16-pure or fp32)"
     if ctx.device == "cpu" and (s.offload_optimizer or s.offload_params):
