@@ -199,14 +199,13 @@ def _verify_distributed(run_dir: Path, steps: int, tolerance: float, gpus: tuple
 
     if torch.cuda.device_count() < len(gpus):
         raise NoGPUError(f"this winner was measured on {len(gpus)} GPUs; this machine shows {torch.cuda.device_count()}")
-    from autofit.probe.runner import omp_threads_per_rank
+    from autofit.probe.runner import importable_here, omp_threads_per_rank
 
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=visible_gpus(gpus, dict(os.environ), _installed()), PYTHONUNBUFFERED="1")
     omp = omp_threads_per_rank(len(gpus), env)  # as the probes ran: torchrun would say 1
     if omp:
         env["OMP_NUM_THREADS"] = omp
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    importable_here(env)
     out = run_dir / "verify.json"
     before = _stamp(out)  # an earlier run's record is not this one's
     rc = subprocess.run(distributed_command(run_dir, steps, tolerance, len(gpus)), env=env).returncode

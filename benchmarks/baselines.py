@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from autofit.models import ModelSource
-from autofit.probe.runner import StandbyFactory, escalate
+from autofit.probe.runner import StandbyFactory, escalate, importable_here
 from autofit.search.planner import Limits, peak_of
 from autofit.search.space import SearchSpace
 from autofit.spec import Context, Shape, Strategy, to_jsonable
@@ -150,7 +150,7 @@ def run_hand(sc: Scenario) -> dict[str, Any]:
 # -- hf-auto ------------------------------------------------------------------------------------------
 def _child_env(sc: Scenario) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    importable_here(env)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, sc.ctx.gpus)) if sc.ctx.device == "cuda" else ""
