@@ -43,3 +43,9 @@ class NoGPUError(AutofitError):
 
 class Interrupted(AutofitError):
     """Ctrl-C or SIGTERM during a search: everything measured is saved; --resume continues."""
+
+
+def raise_problems(problems: list[str]) -> None:
+    """Collect-then-raise: a request's every problem in one UsageError, one line."""
+    if problems:
+        raise UsageError("; ".join(problems))

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
-
-from autofit.errors import RunDirError, UsageError
+from autofit.errors import RunDirError, UsageError, raise_problems
 from autofit.memory.analytic import GiB, Peak, predict
 from autofit.memory.arch import Arch, arch_of
 from autofit.memory.calibration import calibrate
@@ -73,32 +71,62 @@ def _run_points(run_dir: Path, num_gpus: int) -> dict[str, list[tuple[int, int, 
 # ----------------------------------------------------------------------------- the command's function
 
 
-def estimate(model: str, max_token: int, gpu_memory: str | int = "24GiB", global_batch: int = 32,
-             space: str = "default", method: str | None = None, run_dir: str | Path | None = None,
-             num_gpus: int = 1, headroom: float = 0.08, trust_remote_code: bool = False) -> Estimate:
-    """Predicted peaks and walls for every strategy of `space` on `num_gpus` GPUs of `gpu_memory` each."""
+@dataclass(frozen=True, kw_only=True)
+class EstimateArgs:
+    """What `autofit estimate` takes; raises every problem with its values in one UsageError."""
+
+    model: str
+    max_token: int
+    gpu_memory: str | int = "24GiB"
+    global_batch: int = 32
+    space: str = "default"
+    method: str | None = None
+    run_dir: str | Path | None = None
+    num_gpus: int = 1
+    headroom: float = 0.08
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_token < 1:
+            problems.append(f"--max-token must be positive, got {self.max_token}")
+        if self.global_batch < 1:
+            problems.append(f"--global-batch must be at least 1, got {self.global_batch}")
+        if self.num_gpus < 1:
+            problems.append(f"--num-gpus must be at least 1, got {self.num_gpus}")
+        if not 0 <= self.headroom < 1:
+            problems.append(f"--headroom must be in [0, 1), got {self.headroom}")
+        if self.method is not None and self.method not in METHODS:
+            problems.append(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        try:
+            self.budget()
+        except UsageError as exc:
+            problems.append(str(exc))
+        raise_problems(problems)
+
+    def budget(self) -> int:
+        from autofit.units import parse_memory
+
+        return self.gpu_memory if isinstance(self.gpu_memory, int) else parse_memory(self.gpu_memory)
+
+
+def estimate(model: str, max_token: int, **options: Any) -> Estimate:
+    """Predicted peaks and walls for every strategy of a space; options are EstimateArgs' fields."""
+    return estimate_for(EstimateArgs(model=model, max_token=max_token, **options))
+
+
+def estimate_for(args: EstimateArgs) -> Estimate:
+    """Predicted peaks and walls for every strategy of `args.space` on `args.num_gpus` GPUs of `args.gpu_memory` each."""
     from autofit.models import check_max_token, resolve_model
     from autofit.search.planner import Limits
     from autofit.search.space import load_space
-    from autofit.units import parse_memory
 
-    problems = []
-    if max_token < 1:
-        problems.append(f"--max-token must be positive, got {max_token}")
-    if global_batch < 1:
-        problems.append(f"--global-batch must be at least 1, got {global_batch}")
-    if num_gpus < 1:
-        problems.append(f"--num-gpus must be at least 1, got {num_gpus}")
-    if not 0 <= headroom < 1:
-        problems.append(f"--headroom must be in [0, 1), got {headroom}")
-    if method is not None and method not in METHODS:
-        problems.append(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if problems:
-        raise UsageError("; ".join(problems))
-    budget = gpu_memory if isinstance(gpu_memory, int) else parse_memory(gpu_memory)
+    model, max_token, global_batch, method = args.model, args.max_token, args.global_batch, args.method
+    run_dir, num_gpus, headroom = args.run_dir, args.num_gpus, args.headroom
+    budget = args.budget()
     # The auto space's sections differ by method and GPU count, so both choose what is loaded.
-    sp = load_space(space, method, num_gpus)
-    source = resolve_model(model, trust_remote_code=trust_remote_code)
+    sp = load_space(args.space, method, num_gpus)
+    source = resolve_model(model, trust_remote_code=args.trust_remote_code)
     check_max_token(source, max_token)
     arch = arch_of(source)
     measured = _run_points(Path(run_dir), num_gpus) if run_dir is not None else {}
@@ -165,24 +193,3 @@ def render(est: Estimate) -> str:
     lines.append("* over the limit")
     lines.append(est.note)
     return "\n".join(lines)
-
-
-@click.command("estimate")
-@click.option("--model", required=True, help="Hub id (e.g. THUDM/glm-4-9b-chat), local directory, or built-in table name.")
-@click.option("--max-token", type=int, required=True, help="Sequence length of every sample.")
-@click.option("--gpu-memory", default="24GiB", show_default=True, help="Memory of one GPU, e.g. 24GiB, 80GB.")
-@click.option("--global-batch", type=int, default=32, show_default=True, help="Samples per optimizer step (caps the micro-batch).")
-@click.option("--space", default="default", show_default=True, help="Search space: a YAML file or a shipped name (search_spaces/).")
-@click.option("--method", type=click.Choice(list(METHODS)), default=None, help="Override the space's method.")
-@click.option("--num-gpus", type=int, default=1, show_default=True, help="GPUs the run would use (ZeRO shards over them).")
-@click.option("--headroom", type=float, default=0.08, show_default=True, help="Fraction of memory kept free, as in search.")
-@click.option("--run-dir", type=click.Path(path_type=Path), default=None,
-              help="Calibrate each strategy on the peaks measured in this search's run directory.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow the model directory's own modelling code.")
-def estimate_cmd(model, max_token, gpu_memory, global_batch, space, method, num_gpus, headroom, run_dir, trust_remote_code):
-    """Predict each strategy's peak memory and wall without a GPU (an estimate; 'search' measures)."""
-    # AutofitErrors propagate: the CLI group turns them into one line and exit code 2.
-    click.echo(render(estimate(model, max_token, gpu_memory=gpu_memory, global_batch=global_batch, space=space,
-                               method=method, run_dir=run_dir, num_gpus=num_gpus, headroom=headroom,
-                               trust_remote_code=trust_remote_code)))
-

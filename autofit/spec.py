@@ -196,13 +196,6 @@ class Context:
 
 
 @dataclass(frozen=True)
-class ProbeSpec:
-    context: Context
-    strategy: Strategy
-    shape: Shape
-
-
-@dataclass(frozen=True)
 class ProbeResult:
     strategy: str
     micro_batch: int

@@ -15,14 +15,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import yaml
 
-from autofit.errors import AutofitError, NoGPUError, RunDirError, UsageError
+from autofit.errors import AutofitError, NoGPUError, RunDirError, UsageError, raise_problems
 
 PEAK_TOLERANCE = 0.05
 WARMUP_STEPS = 2  # optimizer steps excluded from the timing (allocator growth, kernel selection)
@@ -200,14 +199,13 @@ def _verify_distributed(run_dir: Path, steps: int, tolerance: float, gpus: tuple
 
     if torch.cuda.device_count() < len(gpus):
         raise NoGPUError(f"this winner was measured on {len(gpus)} GPUs; this machine shows {torch.cuda.device_count()}")
-    from autofit.probe.runner import omp_threads_per_rank
+    from autofit.probe.runner import importable_here, omp_threads_per_rank
 
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=visible_gpus(gpus, dict(os.environ), _installed()), PYTHONUNBUFFERED="1")
     omp = omp_threads_per_rank(len(gpus), env)  # as the probes ran: torchrun would say 1
     if omp:
         env["OMP_NUM_THREADS"] = omp
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    importable_here(env)
     out = run_dir / "verify.json"
     before = _stamp(out)  # an earlier run's record is not this one's
     rc = subprocess.run(distributed_command(run_dir, steps, tolerance, len(gpus)), env=env).returncode
@@ -227,15 +225,25 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def _check_args(steps: int, tolerance: float) -> None:
-    if steps <= WARMUP_STEPS:
-        raise UsageError(f"--steps must be more than {WARMUP_STEPS} (the warm-up steps are not timed)")
-    if not tolerance >= 0:  # NaN too
-        raise UsageError(f"--tolerance must be a fraction >= 0 (0.1 allows 10%), got {tolerance}")
+@dataclass(frozen=True)
+class VerifyArgs:
+    """What `autofit verify` takes; raises every problem with its values in one UsageError."""
+
+    run_dir: Path
+    steps: int = 200
+    tolerance: float = PEAK_TOLERANCE
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.steps <= WARMUP_STEPS:
+            problems.append(f"--steps must be more than {WARMUP_STEPS} (the warm-up steps are not timed)")
+        if not self.tolerance >= 0:  # NaN too
+            problems.append(f"--tolerance must be a fraction >= 0 (0.1 allows 10%), got {self.tolerance}")
+        raise_problems(problems)
 
 
 def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANCE) -> Verification:
-    _check_args(steps, tolerance)
+    VerifyArgs(run_dir, steps, tolerance)  # raises on bad values
     best = _load_best(run_dir)
     hosts = (best.get("hardware") or {}).get("hosts")
     if hosts:
@@ -323,37 +331,3 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
                         passed=not problems, problems=tuple(problems),
                         peak_allocated_gib=round(allocated / gib, 3) if allocated else None,
                         probe_peak_allocated_gib=m.get("peak_allocated_gib"), probe_peak_reserved_gib=m.get("peak_reserved_gib"))
-
-
-@click.command("verify")
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--steps", type=int, default=200, show_default=True, help="Optimizer steps to train the winner for.")
-@click.option("--tolerance", type=float, default=PEAK_TOLERANCE, show_default=True,
-              help="Largest allowed relative difference between this run's peak and the probe's.")
-def verify_cmd(run_dir: Path, steps: int, tolerance: float) -> None:
-    """Train the winner for longer through HF Trainer and check peak memory and speed against the search."""
-    from autofit.probe.worker import dist_env
-    from autofit.writable import check_writable, write_text
-
-    rank, world, _ = dist_env()
-    record = run_dir / "verify.json"
-    _check_args(steps, tolerance)
-    _load_best(run_dir)
-    if rank == 0:
-        check_writable(record)  # before minutes of training, not after
-    v = verify_run(run_dir, steps, tolerance)
-    if world > 1:
-        if rank == 0:  # one record; the parent prints it
-            write_text(record, json.dumps(asdict(v), indent=2))
-        return
-    click.echo(f"verify {v.strategy} mb={v.micro_batch} T={v.max_token}, {v.steps} steps through HF Trainer on {v.device}:")
-    elsewhere = f" on {v.search_device}" if v.search_device else ""
-    click.echo(f"  tokens/s {v.tokens_per_s:.1f} (search measured {v.probe_tokens_per_s}{elsewhere}, ratio {v.tokens_per_s_ratio:.3f})")
-    click.echo(f"  peak {v.peak_gib:.2f} GiB (search measured {v.probe_peak_gib}, {v.peak_diff:+.1%}; budget {v.budget_gib} GiB)")
-    if v.peak_allocated_gib is not None and v.peak_reserved_gib is not None:
-        click.echo(f"  allocated {v.peak_allocated_gib:.2f} GiB (probe {v.probe_peak_allocated_gib}), "
-                   f"reserved {v.peak_reserved_gib:.2f} GiB (probe {v.probe_peak_reserved_gib})")
-    write_text(record, json.dumps(asdict(v), indent=2))
-    click.echo(f"wrote {record}")
-    if not v.passed:
-        raise VerifyFailed("verify failed: " + "; ".join(v.problems))

@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterator
 
 from autofit.hardware import device_mask
 from autofit.models import ModelSource
-from autofit.probe.runner import StandbyFactory, escalate
+from autofit.probe.runner import StandbyFactory, escalate, importable_here
 from autofit.search.planner import Limits, peak_of
 from autofit.search.space import SearchSpace
 from autofit.spec import Context, ProbeResult, Shape, Strategy, to_jsonable
@@ -278,7 +278,7 @@ def run_recipe(name: str, sc: Scenario, recipe: Callable[[Probe], dict[str, Any]
 # -- hf-auto ------------------------------------------------------------------------------------------
 def _child_env(sc: Scenario) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    importable_here(env)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["CUDA_VISIBLE_DEVICES"] = device_mask(sc.ctx.gpus) if sc.ctx.device == "cuda" else ""

@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from autofit.errors import AutofitError, ModelSourceError, RunDirError, SearchSpaceError, UsageError
-from autofit.estimate import ERROR_SUMMARY, Estimate, EstimateRow, estimate, estimate_cmd, render
+from autofit.commands.estimate import estimate as estimate_cmd
+from autofit.estimate import ERROR_SUMMARY, Estimate, EstimateRow, estimate, render
 from autofit.memory.analytic import Peak
 
 GiB = 2**30

@@ -162,12 +162,12 @@ def test_a_row_that_disagrees_with_the_study_is_refused(tmp_path):
 def test_a_study_written_before_probe_keys_gains_no_duplicate_trials(tmp_path, monkeypatch):
     import optuna
 
-    import autofit.search.driver as driver
+    import autofit.search.ledger as ledger
     import autofit.search.workers as workers
 
     with monkeypatch.context() as m:  # the study of an older autofit: trials carry no probe key
         m.setattr(workers, "KEY_ATTR", "not_a_probe_key")
-        m.setattr(driver, "KEY_ATTR", "not_a_probe_key")
+        m.setattr(ledger, "KEY_ATTR", "not_a_probe_key")
         _search(tmp_path, _hw())
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     name = optuna.get_all_study_summaries(storage)[0].study_name

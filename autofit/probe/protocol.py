@@ -29,6 +29,14 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
+def plan_path(io_dir: Path) -> Path:
+    return io_dir / "plan.json"
+
+
+def phase_path(io_dir: Path) -> Path:
+    return io_dir / "phase.json"
+
+
 def req_path(io_dir: Path, k: int) -> Path:
     return io_dir / f"req-{k}.json"
 
@@ -39,3 +47,12 @@ def res_path(io_dir: Path, k: int, rank: int) -> Path:
 
 def fatal_path(io_dir: Path, rank: int) -> Path:
     return io_dir / f"fatal.r{rank}.json"
+
+
+def res_paths(io_dir: Path, k: int) -> list[Path]:
+    """Every rank's answer to request k written so far, rank 0 first."""
+    return sorted(io_dir.glob(f"res-{k}.r*.json"))
+
+
+def fatal_paths(io_dir: Path) -> list[Path]:
+    return sorted(io_dir.glob("fatal.r*.json"))

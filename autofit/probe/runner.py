@@ -31,6 +31,13 @@ FRESH_MEASURE_STEPS = 2  # StandbyFactory.fresh
 GRACE_S = 10.0  # after a failure: time for the ranks to exit on their own before being killed
 
 
+def importable_here(env: dict[str, str]) -> dict[str, str]:
+    """Put this autofit first on env's PYTHONPATH, so a child process runs the same code as its parent
+    (a checkout that is not installed, or one beside another checkout's editable install)."""
+    env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphaned worker
@@ -90,7 +97,7 @@ class WorkerSession:
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        importable_here(env)
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         # A probe never touches a GPU it was not given.
@@ -128,7 +135,7 @@ class WorkerSession:
 
     def assign(self, strategy: Strategy) -> None:
         self.strategy = strategy
-        protocol.write_json(self.io_dir / "plan.json", {
+        protocol.write_json(protocol.plan_path(self.io_dir), {
             "context": to_jsonable(self.ctx), "strategy": to_jsonable(strategy), "source": self.source.to_dict()})
         self.planned = True
 
@@ -170,7 +177,7 @@ class WorkerSession:
         self.close()
 
     def phase(self) -> dict | None:
-        return protocol.read_json(self.io_dir / "phase.json")
+        return protocol.read_json(protocol.phase_path(self.io_dir))
 
     # -- probing --------------------------------------------------------------------------------
     def probe(self, shape: Shape) -> ProbeResult:
@@ -196,7 +203,7 @@ class WorkerSession:
                     weights=self.ctx.weights, worker_pid=self.proc.pid if self.proc else None)
         next_log_read = time.time() + 1.0
         while True:
-            answers = [protocol.read_json(p) for p in sorted(self.io_dir.glob(f"res-{self.k}.r*.json"))]
+            answers = [protocol.read_json(p) for p in protocol.res_paths(self.io_dir, self.k)]
             answers = [a for a in answers if a]
             # Any rank's failure decides (other ranks may hang in a collective); a rank's own failure
             # before one that only saw its peer vanish.
@@ -205,13 +212,13 @@ class WorkerSession:
                 return self._blame_host(ProbeResult.from_dict(failed[0]), base)
             if answers:
                 return ProbeResult.from_dict(answers[0])
-            fatal = [protocol.read_json(p) for p in self.io_dir.glob("fatal.r*.json")]
+            fatal = [protocol.read_json(p) for p in protocol.fatal_paths(self.io_dir)]
             fatal = [f for f in fatal if f]
             if fatal:
                 return ProbeResult(**base, status=Status(fatal[0]["status"]), error="during setup: " + fatal[0]["error"])
             if self.proc.poll() is not None:
                 time.sleep(0.2)  # a result written just before exit
-                if any(self.io_dir.glob(f"res-{self.k}.r*.json")) or any(self.io_dir.glob("fatal.r*.json")):
+                if protocol.res_paths(self.io_dir, self.k) or protocol.fatal_paths(self.io_dir):
                     continue
                 return self._host_result(base) or self._classify_exit(base)
             if self.multi_host and time.time() > next_log_read:

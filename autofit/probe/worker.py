@@ -7,29 +7,24 @@ DeepSpeed engine or a torch optimizer, configured by autofit.trainconfig exactly
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+import platform
+import statistics
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import contextlib  # noqa: E402
-import gc  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from autofit.capabilities import missing  # noqa: E402
-from autofit.errors import NoGPUError, ProbeError  # noqa: E402
-from autofit.models import ModelSource, build_config, decoder_blocks  # noqa: E402
-from autofit.probe import protocol  # noqa: E402
-from autofit.probe.oom import is_oom, last_line  # noqa: E402
-from autofit.spec import (  # noqa: E402
-    Context, ProbeResult, Shape, Status, Strategy, context_from_dict, strategy_from_dict,
-)
-from autofit.trainconfig import (  # noqa: E402
-    LEARNING_RATE, autocast_dtype, deepspeed_config, model_dtype, peft_config,
-)
+from autofit.capabilities import missing
+from autofit.errors import NoGPUError, ProbeError
+from autofit.models import ModelSource, build_config, decoder_blocks
+from autofit.probe import protocol
+from autofit.probe.oom import is_oom, last_line
+from autofit.spec import Context, ProbeResult, Shape, Status, Strategy, context_from_dict, strategy_from_dict
+from autofit.trainconfig import LEARNING_RATE, autocast_dtype, deepspeed_config, model_dtype, peft_config
 
 POLL_S = 0.02
 
@@ -419,7 +414,7 @@ def _preimport() -> float:
 
 def _wait_plan(io_dir: Path) -> dict[str, Any]:
     while True:
-        plan = protocol.read_json(io_dir / "plan.json")
+        plan = protocol.read_json(protocol.plan_path(io_dir))
         if plan is not None:
             return plan
         if os.getppid() == 1:
@@ -436,7 +431,7 @@ def main(argv: list[str]) -> int:
     if req.get("stop"):
         return 0
     if rank == 0:
-        protocol.write_json(io_dir / "phase.json", {"phase": "building", "t": time.time()})
+        protocol.write_json(protocol.phase_path(io_dir), {"phase": "building", "t": time.time()})
     try:
         rig = setup(plan, Shape(**req["shape"]), import_s)
     except Exception as exc:
@@ -447,7 +442,7 @@ def main(argv: list[str]) -> int:
     k = 0
     while True:
         if rank == 0:
-            protocol.write_json(io_dir / "phase.json", {"phase": "probing", "k": k, "shape": req["shape"], "t": time.time()})
+            protocol.write_json(protocol.phase_path(io_dir), {"phase": "probing", "k": k, "shape": req["shape"], "t": time.time()})
         result = run_shape(rig, Shape(**req["shape"]))
         if rank == 0 or not result.ok:
             protocol.write_json(protocol.res_path(io_dir, k, rank), result.to_dict())

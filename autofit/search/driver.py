@@ -1,13 +1,11 @@
 """Runs a search: run dir, lock, Optuna study, warm worker sessions, resume, outputs.
 
-Order of writes for each probe: probes.csv row (fsync'd) first, then the study, then
-boundaries.csv. probes.csv is the source of truth on --resume; the study is reconciled with it.
+Each probe is written to probes.csv and the study in the order its ledger keeps (ledger.py: a local
+SQLite study, or one shared by several workers), then to boundaries.csv.
 
-With --storage (a study shared by several workers, see workers.py) the study is the source of truth
-and is written first; probes.csv mirrors every result this worker used or saw. The planner is
-replayed in passes: a probe that another worker is running answers the pass with a placeholder
-(so this worker goes on with probes further along the plan) and the pass is tried again; only a
-pass that met no placeholder decides the winner, so every worker names the same one.
+With a shared study the planner is replayed in passes: a probe that another worker is running answers
+the pass with a placeholder (so this worker goes on with probes further along the plan) and the pass
+is tried again; only a pass that met no placeholder decides the winner, so every worker names the same one.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import signal
 import socket
 import time
@@ -26,14 +23,15 @@ from typing import Any, Callable, Protocol
 
 from autofit.errors import AutofitError, Interrupted, RunDirError, SearchSpaceError, StorageError
 from autofit.models import ModelSource
-from autofit.results import ProbeLog, append_probe, probe_row, read_probe_log, result_from_row, rewrite_probes
+from autofit.results import append_probe, read_probe_log
 from autofit.search import outputs, study as studymod
+from autofit.search.ledger import ledger_for
 from autofit.search.planner import Limits, Outcome, Planner, combine, families, peak_of
 from autofit.search.prior import AnalyticPrior
 from autofit.search.progress import Progress
 from autofit.search.rundir import RunDir, RunLock, check_resume, write_run_json
 from autofit.search.space import SearchSpace, runnable_strategies
-from autofit.search.workers import KEY_ATTR, WORKER_ATTR, Board, Claim, Key, key_text
+from autofit.search.workers import Claim, Key
 from autofit.writable import check_writable_dir, remove_quietly
 from autofit.spec import Context, ProbeResult, Shape, Status, Strategy, to_jsonable
 
@@ -189,7 +187,6 @@ class _Search:
         self.cache: dict[tuple, ProbeResult] = {}
         self.probes_run = 0
         self.t0 = time.time()
-        self.shared = req.storage is not None
         self.worker = f"{socket.gethostname()}:{run.path.resolve()}"
         self.busy: dict[Key, int] = {}     # keys this pass found in flight elsewhere -> their trial numbers
         self.mirrored: set[Key] = set()    # keys with a row in probes.csv
@@ -197,113 +194,15 @@ class _Search:
         self.logged: set[str] = set()
         self.inflight: Claim | None = None
         self.started = False               # run.json says "running": a failure from here on is recorded there
+        self.ledger = ledger_for(self)
 
     # -- setup ----------------------------------------------------------------------------------
     def _open_study(self):
-        storage = self.req.storage or f"sqlite:///{self.run.study_db.resolve()}"
-        heartbeat = self.req.heartbeat_s if self.shared else None
-        self.study, self.dists, rdb = studymod.open_study(storage, self.req.study_name(),
-                                                          [s.key() for s in self.strategies],
-                                                          self.req.space.micro_batches, self.tokens, heartbeat_s=heartbeat)
-        self.board = Board(self.study, rdb, self.dists, self.worker, heartbeat)
-        if self.shared:
-            self._check_same_budget(storage)
-
-    def _check_same_budget(self, storage: str) -> None:
-        """Workers pool their results, so they must agree on what fits."""
-        mine = {"budget_gib": round(self.req.limits.budget / 2**30, 3), "limit_gib": round(self.req.limits.limit / 2**30, 3)}
-        theirs = self.study.user_attrs.get("limits")
-        if theirs is None:
-            self.study.set_user_attr("limits", mine)
-        elif theirs != mine:
-            raise StorageError(f"study {self.study.study_name} in {studymod.redact(storage)} was started by a worker with "
-                               f"a {theirs['budget_gib']} GiB budget; this one has {mine['budget_gib']} GiB: give every "
-                               "worker the same --gpu-memory (or GPU model)")
+        self.study, self.dists, self.board = self.ledger.open()
 
     def _load_previous(self) -> None:
-        """Reload finished probes and make the study and probes.csv agree (see _reconcile)."""
-        log = read_probe_log(self.run.probes)
-        if self.shared:
-            if log.torn_line is not None:
-                raise RunDirError(f"{self.run.probes}: line {log.torn_line} was cut short (an interrupted write); "
-                                  "resume once without --storage to repair it from this run dir's study")
-            self._load_previous_shared(log.rows)
-            return
-        rows = self._reconcile(log)
-        for row in rows:
-            key = _row_key(row)
-            self.cache[key] = result_from_row(row)
-            self.mirrored.add(key)
-        stale = studymod.fail_stale_running(self.study)
-        if stale:
-            self.progress.log(f"{stale} probe(s) were in flight when the last run died; they run again")
-        if rows:
-            self.progress.log(f"resuming: {len(rows)} finished probe(s) from {self.run.probes} will not run again")
-
-    def _reconcile(self, log: ProbeLog) -> list[dict]:
-        """probes.csv is written first, then the study. A row the study lacks (the driver died between the
-        two writes) goes into the study; a result the study holds but probes.csv lacks or holds torn (cut
-        short mid-write) is restored into probes.csv; a row that disagrees with the study is refused."""
-        from optuna.trial import TrialState
-
-        self.board.refresh()
-        held = {k: got for k, got in self.board.results().items() if k[0] in self.by_key}
-        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
-        rows: list[dict] = []
-        for row, line in zip(log.rows, log.lines):
-            key = _row_key(row)
-            r = result_from_row(row)
-            if key in held:
-                differs = _differs(r, held[key][1])
-                if differs:
-                    raise RunDirError(f"{self.run.probes}: line {line} disagrees with the study in {self.run.study_db.name} "
-                                      f"({differs}); one of them was altered: move the run dir away and search again")
-            elif (s := self.by_key.get(row["strategy"])) is not None:
-                t = trials.get(int(row["trial"])) if row.get("trial") else None
-                if not _holds_result(t):  # the driver died between writing the row and telling the study
-                    if t is not None and t.state == TrialState.RUNNING:
-                        self.study.tell(t.number, state=TrialState.FAIL)
-                    studymod.add_finished(self.study, self.dists, s, Shape(key[1], key[2]), r, peak_of(r),
-                                          self.req.limits.limit, key[3], key[4], self._key_attrs(key))
-            rows.append(row)
-        have = {_row_key(row) for row in rows}
-        restored = [self._row_from_study(k, *held[k]) for k in sorted(held, key=lambda k: held[k][0].number) if k not in have]
-        if restored or log.torn_line is not None:
-            rows += restored
-            rewrite_probes(self.run.probes, rows)
-            what = (f"line {log.torn_line} was cut short (an interrupted write)" if log.torn_line is not None
-                    else "rows were missing")
-            self.progress.log(f"repaired {self.run.probes}: {what}; {len(restored)} row(s) restored from the study"
-                              + ("" if restored or log.torn_line is None else "; that probe never finished and runs again"))
-        return rows
-
-    def _row_from_study(self, key: Key, trial, r: ProbeResult) -> dict:
-        done = trial.datetime_complete.timestamp() if trial.datetime_complete else time.time()
-        return probe_row(r, self.by_key[key[0]], trial=trial.number, fits=self.req.limits.fits(r), finished_at=done,
-                         phase=key[3], repeat=key[4], peak=peak_of(r))
-
-    def _load_previous_shared(self, rows: list[dict]) -> None:
-        """The shared study is the record; probes.csv only adds what the study lacks (a run dir first
-        searched with another storage). This worker's own RUNNING trials died with its last process."""
-        own = self.board.fail_own_leftovers()
-        if own:
-            self.progress.log(f"{own} probe(s) of this run dir were in flight when it died; they run again")
-        self.board.fail_stale()
-        self.board.refresh()
-        for row in rows:
-            key = _row_key(row)
-            self.mirrored.add(key)
-            s = self.by_key.get(row["strategy"])
-            if s is not None and self.board.result(key) is None and self.board.busy(key) is None:
-                r = result_from_row(row)
-                studymod.add_finished(self.study, self.dists, s, Shape(key[1], key[2]), r, peak_of(r),
-                                      self.req.limits.limit, key[3], key[4], self._key_attrs(key))
-        self.board.refresh()
-        self.progress.log(f"worker {self.worker}, shared study {self.study.study_name}: "
-                          f"{len(self.board.results())} finished probe(s) there will not run again")
-
-    def _key_attrs(self, key: Key) -> dict[str, str]:
-        return {KEY_ATTR: key_text(key), WORKER_ATTR: self.worker}
+        """Reload finished probes (the ledger makes the study and probes.csv agree)."""
+        self.ledger.load_previous(read_probe_log(self.run.probes))
 
     # -- measuring ------------------------------------------------------------------------------
     def measure(self, s: Strategy, shape: Shape, phase: str, repeat: int) -> ProbeResult:
@@ -331,27 +230,8 @@ class _Search:
     def _save(self, key: Key, s: Strategy, claim: Claim, r: ProbeResult) -> bool:
         limits, peak = self.req.limits, peak_of(r)
         row = dict(trial=claim.number, fits=limits.fits(r), finished_at=time.time(), phase=key[3], repeat=key[4], peak=peak)
-        if not self.shared:
-            append_probe(self.run.probes, r, s, **row)
-            self.cache[key] = r  # saved from here on: an interrupt now counts it
-            studymod.record(self.study, claim.trial, r, peak, limits.limit, key[3], key[4])
-        else:
-            try:
-                studymod.record(self.study, claim.trial, r, peak, limits.limit, key[3], key[4])
-            except Exception:
-                from optuna.trial import TrialState
-
-                if self.board.storage.get_trial(claim.trial_id).state == TrialState.RUNNING:
-                    raise
-                self.board.refresh()
-                got = self.board.result(key)
-                if got is None or got[0].number != claim.number:
-                    # Another worker took this one for dead (no heartbeat within the grace period) and
-                    # failed its trial; the key runs (or ran) again there.
-                    self.progress.log(f"{s.key()} mb={key[1]} T={key[2]}: this worker was presumed dead; "
-                                      "its result is dropped (raise --heartbeat if the database is slow)")
-                    return False
-            append_probe(self.run.probes, r, s, **row)
+        if not self.ledger.record(key, s, claim, r, row):
+            return False
         self.cache[key] = r
         self.mirrored.add(key)
         self.announced.add(key)
@@ -512,8 +392,7 @@ class _Search:
                 if self.probes_run == ran:
                     time.sleep(POLL_S)
                 self.board.fail_stale()
-            if self.shared:
-                self._mirror_all()
+            self.ledger.finished()
         except KeyboardInterrupt:
             self._stop_after_interrupt()
             raise Interrupted(f"interrupted: {len(self.cache)} finished probe(s) saved in {self.run.path}; "
@@ -526,19 +405,9 @@ class _Search:
 
     def _stop_after_interrupt(self) -> None:
         self.pool.close(kill=True)
-        if not self.shared:
-            studymod.fail_stale_running(self.study)
-        elif self.inflight is not None:
-            self.board.release(self.inflight)  # another worker may take it at once
+        self.ledger.interrupted()
         outputs.write_boundaries(self.run.boundaries, self.cache, self.req.limits)
         write_run_json(self.run, self.req.identity(), {"status": "interrupted", "probes": len(self.cache)})
-
-    def _mirror_all(self) -> None:
-        """Every result in the shared study goes into this run dir too, so each worker's files are whole."""
-        self.board.refresh()
-        for key in sorted(self.board.results()):
-            if key not in self.cache and key[0] in self.by_key:
-                self._known(key)
 
     def _finish(self, out: Outcome, results: dict[Key, ProbeResult]) -> SearchResult:
         wall = time.time() - self.t0
@@ -551,7 +420,7 @@ class _Search:
             "status": "done", "probes_run": self.probes_run, "probes_total": len(self.cache), "wall_time_s": round(wall, 1),
             "workers_started": self.pool.count, "winner": best["config"] if best else None, "note": out.note or None,
             "alternative": outputs.alternative_document(out), "quantize": self.req.quantize, "unavailable": self.unavailable,
-            **({"study": self.study.study_name, "worker": self.worker} if self.shared else {})})
+            **self.ledger.run_record()})
         return SearchResult(outcome=out, run=self.run, probes_run=self.probes_run,
                             probes_reused=len(self.cache) - self.probes_run, wall_time_s=wall, best=best,
                             summary=outputs.summary_table(out, self.cache, self.req.limits))
@@ -569,22 +438,6 @@ def _runnable(strategies: list[Strategy], ctx: Context) -> tuple[list[Strategy],
         elif why not in reasons:
             reasons.append(why)
     return keep, reasons
-
-
-def _holds_result(trial) -> bool:
-    """The trial was told its probe's result (a study written before probe keys has no key to match by)."""
-    return trial is not None and "status" in trial.user_attrs
-
-
-def _differs(a: ProbeResult, b: ProbeResult) -> str | None:
-    """The first measured figure two records of one probe disagree on (None: they agree)."""
-    for name in ("status", "peak_allocated", "peak_reserved", "nvml_peak", "host_peak", "tokens_per_s", "step_s"):
-        x, y = getattr(a, name), getattr(b, name)
-        if isinstance(x, float) and isinstance(y, (int, float)) and math.isclose(x, y, rel_tol=1e-6):
-            continue
-        if x != y:
-            return f"{name}: {getattr(x, 'value', x)!r} in probes.csv, {getattr(y, 'value', y)!r} in the study"
-    return None
 
 
 # Failures of the disk or the storage, not of autofit: the user can act on them.
@@ -609,10 +462,6 @@ def _best_effort(write: Callable[[], None]) -> None:
         write()
     except (OSError, RunDirError):
         pass
-
-
-def _row_key(row: dict) -> Key:
-    return (row["strategy"], int(row["micro_batch"]), int(row["max_token"]), row["phase"], int(row["repeat"] or 0))
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: stop cleanly, keep everything

@@ -19,11 +19,6 @@ class MemoryModel:
     def predict(self, micro_batch: int, max_token: int) -> float:
         return self.fixed + self.per_token * micro_batch * max_token
 
-    def max_micro_batch(self, max_token: int, limit: float) -> float:
-        if self.per_token <= 0:
-            return float("inf")
-        return (limit - self.fixed) / (self.per_token * max_token)
-
 
 def fit(points: list[tuple[int, int, float]], prior_slope: float | None = None) -> MemoryModel | None:
     """points: (micro_batch, max_token, peak_bytes). Least squares once two distinct token counts exist.

@@ -7,6 +7,7 @@ the ZeRO options for one GPU or several; `load_space("auto", method, num_gpus)` 
 
 from __future__ import annotations
 
+import importlib.resources
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,18 @@ import yaml
 from autofit.errors import SearchSpaceError
 from autofit.spec import LOSSES, METHODS, OPTIMIZERS, PRECISIONS, QUANTS, Method, Strategy, to_jsonable
 
-SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
+
+
+def _spaces_dir() -> Path:
+    """The shipped spaces: search_spaces/ at the top of a checkout (an editable install), else the copy
+    the wheel carries as autofit/search_spaces/ (pyproject.toml maps one onto the other)."""
+    root = Path(__file__).resolve().parent.parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "search_spaces").is_dir():
+        return root / "search_spaces"
+    return Path(str(importlib.resources.files("autofit") / "search_spaces")).resolve()
+
+
+SPACES_DIR = _spaces_dir()
 AUTO = "auto"
 KEYS = {"description", "method", "lora", "freeze_trainable_layers", "precision", "grad_ckpt", "zero",
         "micro_batch", "max_token", "loss", "quant", "optimizer"}
