@@ -33,9 +33,9 @@ from autofit.search.prior import AnalyticPrior
 from autofit.search.progress import Progress
 from autofit.search.rundir import RunDir, RunLock, check_resume, write_run_json
 from autofit.search.space import SearchSpace, runnable_strategies
-from autofit.search.workers import KEY_ATTR, WORKER_ATTR, Board, Claim, Key, key_text
+from autofit.search.workers import KEY_ATTR, WORKER_ATTR, Board, Claim
 from autofit.writable import check_writable_dir, remove_quietly
-from autofit.spec import Context, ProbeResult, Shape, Status, Strategy, to_jsonable
+from autofit.spec import Context, ProbeKey, ProbeResult, Shape, Status, Strategy, to_jsonable
 
 POLL_S = 1.0  # how often a worker waiting on another's probe looks at the study again
 
@@ -191,9 +191,9 @@ class _Search:
         self.t0 = time.time()
         self.shared = req.storage is not None
         self.worker = f"{socket.gethostname()}:{run.path.resolve()}"
-        self.busy: dict[Key, int] = {}     # keys this pass found in flight elsewhere -> their trial numbers
-        self.mirrored: set[Key] = set()    # keys with a row in probes.csv
-        self.announced: set[Key] = set()   # keys whose result was printed
+        self.busy: dict[ProbeKey, int] = {}  # keys this pass found in flight elsewhere -> their trial numbers
+        self.mirrored: set[ProbeKey] = set()  # keys with a row in probes.csv
+        self.announced: set[ProbeKey] = set()  # keys whose result was printed
         self.logged: set[str] = set()
         self.inflight: Claim | None = None
         self.started = False               # run.json says "running": a failure from here on is recorded there
@@ -231,7 +231,7 @@ class _Search:
             return
         rows = self._reconcile(log)
         for row in rows:
-            key = _row_key(row)
+            key = ProbeKey.from_row(row)
             self.cache[key] = result_from_row(row)
             self.mirrored.add(key)
         stale = studymod.fail_stale_running(self.study)
@@ -247,11 +247,11 @@ class _Search:
         from optuna.trial import TrialState
 
         self.board.refresh()
-        held = {k: got for k, got in self.board.results().items() if k[0] in self.by_key}
+        held = {k: got for k, got in self.board.results().items() if k.strategy in self.by_key}
         trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
         rows: list[dict] = []
         for row, line in zip(log.rows, log.lines):
-            key = _row_key(row)
+            key = ProbeKey.from_row(row)
             r = result_from_row(row)
             if key in held:
                 differs = _differs(r, held[key][1])
@@ -263,10 +263,10 @@ class _Search:
                 if not _holds_result(t):  # the driver died between writing the row and telling the study
                     if t is not None and t.state == TrialState.RUNNING:
                         self.study.tell(t.number, state=TrialState.FAIL)
-                    studymod.add_finished(self.study, self.dists, s, Shape(key[1], key[2]), r, peak_of(r),
-                                          self.req.limits.limit, key[3], key[4], self._key_attrs(key))
+                    studymod.add_finished(self.study, self.dists, s, key.shape, r, peak_of(r),
+                                          self.req.limits.limit, key.phase, key.repeat, self._key_attrs(key))
             rows.append(row)
-        have = {_row_key(row) for row in rows}
+        have = {ProbeKey.from_row(row) for row in rows}
         restored = [self._row_from_study(k, *held[k]) for k in sorted(held, key=lambda k: held[k][0].number) if k not in have]
         if restored or log.torn_line is not None:
             rows += restored
@@ -277,10 +277,10 @@ class _Search:
                               + ("" if restored or log.torn_line is None else "; that probe never finished and runs again"))
         return rows
 
-    def _row_from_study(self, key: Key, trial, r: ProbeResult) -> dict:
+    def _row_from_study(self, key: ProbeKey, trial, r: ProbeResult) -> dict:
         done = trial.datetime_complete.timestamp() if trial.datetime_complete else time.time()
-        return probe_row(r, self.by_key[key[0]], trial=trial.number, fits=self.req.limits.fits(r), finished_at=done,
-                         phase=key[3], repeat=key[4], peak=peak_of(r))
+        return probe_row(r, self.by_key[key.strategy], trial=trial.number, fits=self.req.limits.fits(r), finished_at=done,
+                         phase=key.phase, repeat=key.repeat, peak=peak_of(r))
 
     def _load_previous_shared(self, rows: list[dict]) -> None:
         """The shared study is the record; probes.csv only adds what the study lacks (a run dir first
@@ -291,23 +291,23 @@ class _Search:
         self.board.fail_stale()
         self.board.refresh()
         for row in rows:
-            key = _row_key(row)
+            key = ProbeKey.from_row(row)
             self.mirrored.add(key)
             s = self.by_key.get(row["strategy"])
             if s is not None and self.board.result(key) is None and self.board.busy(key) is None:
                 r = result_from_row(row)
-                studymod.add_finished(self.study, self.dists, s, Shape(key[1], key[2]), r, peak_of(r),
-                                      self.req.limits.limit, key[3], key[4], self._key_attrs(key))
+                studymod.add_finished(self.study, self.dists, s, key.shape, r, peak_of(r),
+                                      self.req.limits.limit, key.phase, key.repeat, self._key_attrs(key))
         self.board.refresh()
         self.progress.log(f"worker {self.worker}, shared study {self.study.study_name}: "
                           f"{len(self.board.results())} finished probe(s) there will not run again")
 
-    def _key_attrs(self, key: Key) -> dict[str, str]:
-        return {KEY_ATTR: key_text(key), WORKER_ATTR: self.worker}
+    def _key_attrs(self, key: ProbeKey) -> dict[str, str]:
+        return {KEY_ATTR: key.text(), WORKER_ATTR: self.worker}
 
     # -- measuring ------------------------------------------------------------------------------
     def measure(self, s: Strategy, shape: Shape, phase: str, repeat: int) -> ProbeResult:
-        key = (s.key(), shape.micro_batch, shape.max_token, phase, repeat)
+        key = ProbeKey.of(s, shape, phase, repeat)
         r = self._known(key)
         if r is not None:
             return r
@@ -328,16 +328,16 @@ class _Search:
         self.inflight = None
         return r if saved else (self._known(key) or self._in_flight(key))
 
-    def _save(self, key: Key, s: Strategy, claim: Claim, r: ProbeResult) -> bool:
+    def _save(self, key: ProbeKey, s: Strategy, claim: Claim, r: ProbeResult) -> bool:
         limits, peak = self.req.limits, peak_of(r)
-        row = dict(trial=claim.number, fits=limits.fits(r), finished_at=time.time(), phase=key[3], repeat=key[4], peak=peak)
+        row = dict(trial=claim.number, fits=limits.fits(r), finished_at=time.time(), phase=key.phase, repeat=key.repeat, peak=peak)
         if not self.shared:
             append_probe(self.run.probes, r, s, **row)
             self.cache[key] = r  # saved from here on: an interrupt now counts it
-            studymod.record(self.study, claim.trial, r, peak, limits.limit, key[3], key[4])
+            studymod.record(self.study, claim.trial, r, peak, limits.limit, key.phase, key.repeat)
         else:
             try:
-                studymod.record(self.study, claim.trial, r, peak, limits.limit, key[3], key[4])
+                studymod.record(self.study, claim.trial, r, peak, limits.limit, key.phase, key.repeat)
             except Exception:
                 from optuna.trial import TrialState
 
@@ -348,7 +348,7 @@ class _Search:
                 if got is None or got[0].number != claim.number:
                     # Another worker took this one for dead (no heartbeat within the grace period) and
                     # failed its trial; the key runs (or ran) again there.
-                    self.progress.log(f"{s.key()} mb={key[1]} T={key[2]}: this worker was presumed dead; "
+                    self.progress.log(f"{s.key()} mb={key.micro_batch} T={key.max_token}: this worker was presumed dead; "
                                       "its result is dropped (raise --heartbeat if the database is slow)")
                     return False
             append_probe(self.run.probes, r, s, **row)
@@ -359,7 +359,7 @@ class _Search:
         self.progress.done(r, limits.fits(r), peak)
         return True
 
-    def _known(self, key: Key) -> ProbeResult | None:
+    def _known(self, key: ProbeKey) -> ProbeResult | None:
         """A finished result for key: this run's, or (shared study) any worker's, mirrored into probes.csv."""
         r = self.cache.get(key)
         if r is None:
@@ -369,29 +369,29 @@ class _Search:
                 return None
             trial, r = got
             self.cache[key] = r
-            s = self.by_key.get(key[0])
+            s = self.by_key.get(key.strategy)
             if key not in self.mirrored and s is not None:
                 done = trial.datetime_complete.timestamp() if trial.datetime_complete else time.time()
                 append_probe(self.run.probes, r, s, trial=trial.number, fits=self.req.limits.fits(r), finished_at=done,
-                             phase=key[3], repeat=key[4], peak=peak_of(r))
+                             phase=key.phase, repeat=key.repeat, peak=peak_of(r))
                 self.mirrored.add(key)
         if key not in self.announced:
             self.announced.add(key)
             self.progress.done(r, self.req.limits.fits(r), peak_of(r), cached=True)
         return r
 
-    def _in_flight(self, key: Key) -> ProbeResult:
+    def _in_flight(self, key: ProbeKey) -> ProbeResult:
         """A placeholder for a probe another worker is running: this pass goes on without it (a crash is
         no memory wall, so it caps nothing) and is replayed once the real result is in."""
         number = self.board.busy(key)
         if key not in self.busy:
             self.busy[key] = -1 if number is None else number
-            msg = (f"{key[0]} mb={key[1]} T={key[2]} ({key[3]}) is being probed by another worker"
+            msg = (f"{key.strategy} mb={key.micro_batch} T={key.max_token} ({key.phase}) is being probed by another worker"
                    + (f" (trial {number})" if number is not None else "") + "; going on with other probes")
             if msg not in self.logged:
                 self.logged.add(msg)
                 self.progress.log(msg)
-        return ProbeResult(strategy=key[0], micro_batch=key[1], max_token=key[2], status=Status.CRASH,
+        return ProbeResult(strategy=key.strategy, micro_batch=key.micro_batch, max_token=key.max_token, status=Status.CRASH,
                            error="in flight on another worker")
 
     def _plan_log(self, msg: str) -> None:
@@ -421,7 +421,7 @@ class _Search:
                 {"max_token": t}, studymod.make_sampler(seed=len(self.study.trials)))
         for _ in range(20):
             taken = self._explore_keys(cells, t)
-            free = [c for c in cells if (c[0], c[1], t, "explore", 0) not in taken]
+            free = [c for c in cells if ProbeKey(c[0], c[1], t, "explore", 0) not in taken]
             if len(taken) >= self.req.explore or not free or planner.out_of_time():
                 break
             with warnings.catch_warnings():
@@ -444,13 +444,13 @@ class _Search:
         if self.busy:
             raise _Wait
 
-    def _explore_keys(self, cells: list[tuple[str, int]], t: int) -> dict[Key, int]:
+    def _explore_keys(self, cells: list[tuple[str, int]], t: int) -> dict[ProbeKey, int]:
         """Explore probes of the open cells, finished or in flight -> their trial numbers."""
         self.board.refresh()
         out = {k: tr.number for k, tr in self.board.owners.items()
-               if k[2] == t and k[3] == "explore" and (k[0], k[1]) in cells}
+               if k.max_token == t and k.phase == "explore" and k.cell in cells}
         for k in self.cache:  # resumed from a study written before probe keys: probes.csv knows them
-            if k[2] == t and k[3] == "explore" and (k[0], k[1]) in cells and k not in out:
+            if k.max_token == t and k.phase == "explore" and k.cell in cells and k not in out:
                 out[k] = 10**9 + len(out)
         return out
 
@@ -537,10 +537,10 @@ class _Search:
         """Every result in the shared study goes into this run dir too, so each worker's files are whole."""
         self.board.refresh()
         for key in sorted(self.board.results()):
-            if key not in self.cache and key[0] in self.by_key:
+            if key not in self.cache and key.strategy in self.by_key:
                 self._known(key)
 
-    def _finish(self, out: Outcome, results: dict[Key, ProbeResult]) -> SearchResult:
+    def _finish(self, out: Outcome, results: dict[ProbeKey, ProbeResult]) -> SearchResult:
         wall = time.time() - self.t0
         best = outputs.best_document(out, self.ctx, self.req.source, self.req.limits, results, self.req.space.name,
                                      wall, self.probes_run, unavailable=self.unavailable)
@@ -610,9 +610,6 @@ def _best_effort(write: Callable[[], None]) -> None:
     except (OSError, RunDirError):
         pass
 
-
-def _row_key(row: dict) -> Key:
-    return (row["strategy"], int(row["micro_batch"]), int(row["max_token"]), row["phase"], int(row["repeat"] or 0))
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: stop cleanly, keep everything
