@@ -4,49 +4,13 @@ one line on stderr and exit code 2. Heavy imports (torch, optuna, pandas) happen
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 from pathlib import Path
 
 import click
 
-from autofit.errors import AutofitError, Interrupted, UsageError
-from autofit.redact import redact_text
+from autofit.errors import UsageError, handles_errors
 from autofit.spec import LOSSES, OPTIMIZERS, QUANTS
-
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # the shell's code for SIGINT, whether or not a probe had finished
-
-
-def _fail(msg: str) -> None:
-    one_line = " ".join(msg.split())  # a value quoted from a file may hold a line break
-    click.echo(f"autofit: error: {redact_text(one_line)}", err=True)
-    sys.exit(EXIT_USAGE)
-
-
-def handles_errors(fn):
-    """AutofitError -> one line + exit 2 (a traceback only with --debug); Ctrl-C or SIGTERM -> exit 130."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        debug = click.get_current_context().find_root().params.get("debug", False)
-        try:
-            return fn(*args, **kwargs)
-        except Interrupted as exc:
-            if debug:
-                raise
-            click.echo(f"autofit: {exc}", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        except AutofitError as exc:
-            if debug:
-                raise
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            click.echo("autofit: interrupted; everything measured so far is saved", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -162,7 +126,7 @@ def probe(model, weights, trust_remote_code, device, gpus, gpu_memory, global_ba
     from autofit.models import check_max_token, resolve_model
     from autofit.probe.runner import WorkerSession, escalate
     from autofit.writable import check_writable
-    from autofit.results import append_probe
+    from autofit.rundir.records import append_probe
     from autofit.spec import Method, Shape, Strategy
     from autofit.units import parse_duration
 
@@ -334,7 +298,7 @@ def _print_result(result) -> None:
         click.echo(f"best ({c['numerics']}): {c['strategy']} micro_batch={c['micro_batch']} x accum {c['gradient_accumulation']} "
                    f"at max_token {c['max_token']}: {m['tokens_per_s']} tokens/s, peak {m['peak_gib']} GiB "
                    f"(limit {result.best['hardware']['limit_gib']} GiB)")
-        click.echo(f"wrote {result.run.best}" + (f" and {result.run.ds_config}" if result.best.get("deepspeed") else ""))
+        click.echo(f"wrote {result.run.best_yaml}" + (f" and {result.run.ds_config}" if result.best.get("deepspeed") else ""))
     elif out.alternative is not None:
         click.echo("no exact configuration fits (see boundaries.csv for the walls); the 4/8-bit one above does")
     else:

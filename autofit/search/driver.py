@@ -26,12 +26,13 @@ from typing import Any, Callable, Protocol
 
 from autofit.errors import AutofitError, Interrupted, RunDirError, SearchSpaceError, StorageError
 from autofit.models import ModelSource
-from autofit.results import ProbeLog, append_probe, probe_row, read_probe_log, result_from_row, rewrite_probes
+from autofit.rundir.records import ProbeLog, append_probe, probe_row, read_probe_log, result_from_row, rewrite_probes
 from autofit.search import outputs, study as studymod
 from autofit.search.planner import Limits, Outcome, Planner, combine, families, peak_of
 from autofit.search.prior import AnalyticPrior
 from autofit.search.progress import Progress
-from autofit.search.rundir import RunDir, RunLock, check_resume, write_run_json
+from autofit.rundir import RunDir, RunLock, check_resume
+from autofit.rundir.best import write_run_json
 from autofit.search.space import SearchSpace, runnable_strategies
 from autofit.search.workers import KEY_ATTR, WORKER_ATTR, Board, Claim
 from autofit.writable import check_writable_dir, remove_quietly
@@ -146,7 +147,7 @@ def run_search(req: SearchRequest, factory: SessionFactory | None = None, progre
             check_resume(run, req.identity(), req.resume)
             return _Search(req, run, factory, progress).go(header)
     except AutofitError as exc:
-        if not isinstance(exc, Interrupted) and not (run.probes.exists() and run.probes.stat().st_size):
+        if not isinstance(exc, Interrupted) and not (run.probes_csv.exists() and run.probes_csv.stat().st_size):
             _remove_new(new)
         raise
 
@@ -222,10 +223,10 @@ class _Search:
 
     def _load_previous(self) -> None:
         """Reload finished probes and make the study and probes.csv agree (see _reconcile)."""
-        log = read_probe_log(self.run.probes)
+        log = read_probe_log(self.run.probes_csv)
         if self.shared:
             if log.torn_line is not None:
-                raise RunDirError(f"{self.run.probes}: line {log.torn_line} was cut short (an interrupted write); "
+                raise RunDirError(f"{self.run.probes_csv}: line {log.torn_line} was cut short (an interrupted write); "
                                   "resume once without --storage to repair it from this run dir's study")
             self._load_previous_shared(log.rows)
             return
@@ -238,7 +239,7 @@ class _Search:
         if stale:
             self.progress.log(f"{stale} probe(s) were in flight when the last run died; they run again")
         if rows:
-            self.progress.log(f"resuming: {len(rows)} finished probe(s) from {self.run.probes} will not run again")
+            self.progress.log(f"resuming: {len(rows)} finished probe(s) from {self.run.probes_csv} will not run again")
 
     def _reconcile(self, log: ProbeLog) -> list[dict]:
         """probes.csv is written first, then the study. A row the study lacks (the driver died between the
@@ -256,7 +257,7 @@ class _Search:
             if key in held:
                 differs = _differs(r, held[key][1])
                 if differs:
-                    raise RunDirError(f"{self.run.probes}: line {line} disagrees with the study in {self.run.study_db.name} "
+                    raise RunDirError(f"{self.run.probes_csv}: line {line} disagrees with the study in {self.run.study_db.name} "
                                       f"({differs}); one of them was altered: move the run dir away and search again")
             elif (s := self.by_key.get(row["strategy"])) is not None:
                 t = trials.get(int(row["trial"])) if row.get("trial") else None
@@ -270,10 +271,10 @@ class _Search:
         restored = [self._row_from_study(k, *held[k]) for k in sorted(held, key=lambda k: held[k][0].number) if k not in have]
         if restored or log.torn_line is not None:
             rows += restored
-            rewrite_probes(self.run.probes, rows)
+            rewrite_probes(self.run.probes_csv, rows)
             what = (f"line {log.torn_line} was cut short (an interrupted write)" if log.torn_line is not None
                     else "rows were missing")
-            self.progress.log(f"repaired {self.run.probes}: {what}; {len(restored)} row(s) restored from the study"
+            self.progress.log(f"repaired {self.run.probes_csv}: {what}; {len(restored)} row(s) restored from the study"
                               + ("" if restored or log.torn_line is None else "; that probe never finished and runs again"))
         return rows
 
@@ -332,7 +333,7 @@ class _Search:
         limits, peak = self.req.limits, peak_of(r)
         row = dict(trial=claim.number, fits=limits.fits(r), finished_at=time.time(), phase=key.phase, repeat=key.repeat, peak=peak)
         if not self.shared:
-            append_probe(self.run.probes, r, s, **row)
+            append_probe(self.run.probes_csv, r, s, **row)
             self.cache[key] = r  # saved from here on: an interrupt now counts it
             studymod.record(self.study, claim.trial, r, peak, limits.limit, key.phase, key.repeat)
         else:
@@ -351,11 +352,11 @@ class _Search:
                     self.progress.log(f"{s.key()} mb={key.micro_batch} T={key.max_token}: this worker was presumed dead; "
                                       "its result is dropped (raise --heartbeat if the database is slow)")
                     return False
-            append_probe(self.run.probes, r, s, **row)
+            append_probe(self.run.probes_csv, r, s, **row)
         self.cache[key] = r
         self.mirrored.add(key)
         self.announced.add(key)
-        outputs.write_boundaries(self.run.boundaries, self.cache, limits)
+        outputs.write_boundaries(self.run.boundaries_csv, self.cache, limits)
         self.progress.done(r, limits.fits(r), peak)
         return True
 
@@ -372,7 +373,7 @@ class _Search:
             s = self.by_key.get(key.strategy)
             if key not in self.mirrored and s is not None:
                 done = trial.datetime_complete.timestamp() if trial.datetime_complete else time.time()
-                append_probe(self.run.probes, r, s, trial=trial.number, fits=self.req.limits.fits(r), finished_at=done,
+                append_probe(self.run.probes_csv, r, s, trial=trial.number, fits=self.req.limits.fits(r), finished_at=done,
                              phase=key.phase, repeat=key.repeat, peak=peak_of(r))
                 self.mirrored.add(key)
         if key not in self.announced:
@@ -530,7 +531,7 @@ class _Search:
             studymod.fail_stale_running(self.study)
         elif self.inflight is not None:
             self.board.release(self.inflight)  # another worker may take it at once
-        outputs.write_boundaries(self.run.boundaries, self.cache, self.req.limits)
+        outputs.write_boundaries(self.run.boundaries_csv, self.cache, self.req.limits)
         write_run_json(self.run, self.req.identity(), {"status": "interrupted", "probes": len(self.cache)})
 
     def _mirror_all(self) -> None:
@@ -545,8 +546,8 @@ class _Search:
         best = outputs.best_document(out, self.ctx, self.req.source, self.req.limits, results, self.req.space.name,
                                      wall, self.probes_run, unavailable=self.unavailable)
         if best:
-            outputs.write_best(self.run, best)
-        outputs.write_boundaries(self.run.boundaries, self.cache, self.req.limits, out)
+            self.run.write_best(best)
+        outputs.write_boundaries(self.run.boundaries_csv, self.cache, self.req.limits, out)
         write_run_json(self.run, self.req.identity(), {
             "status": "done", "probes_run": self.probes_run, "probes_total": len(self.cache), "wall_time_s": round(wall, 1),
             "workers_started": self.pool.count, "winner": best["config"] if best else None, "note": out.note or None,

@@ -1,25 +1,19 @@
-"""What a search leaves behind: boundaries.csv, best.yaml, ds_config.json and the summary table."""
+"""What a search leaves behind, built from its results: the boundaries, the best.yaml document and the
+summary table (autofit.rundir writes the files)."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from autofit.results import write_rows
+from autofit.rundir import records
+from autofit.rundir.records import BOUNDARY_COLUMNS
 from autofit.search.planner import Limits, Outcome, peak_of
 from autofit.spec import Context, ProbeKey, ProbeResult, Shape, Strategy
 from autofit.trainconfig import (
     deepspeed_config, fused_loss_settings, model_dtype, peft_config, quantization_config, training_args,
 )
-from autofit.writable import write_text
-
-BOUNDARY_COLUMNS = ["strategy", "max_token", "largest_fit_micro_batch", "largest_fit_peak_gib",
-                    "first_fail_micro_batch", "first_fail_status", "first_fail_peak_gib", "first_fail_source",
-                    "budget_gib", "limit_gib"]
 
 
 def _gib(x: float | None) -> float | str:
@@ -67,7 +61,7 @@ def boundary_rows(results: dict[ProbeKey, ProbeResult], limits: Limits, outcome:
 
 
 def write_boundaries(path: Path, results: dict[ProbeKey, ProbeResult], limits: Limits, outcome: Outcome | None = None) -> None:
-    write_rows(path, boundary_rows(results, limits, outcome), BOUNDARY_COLUMNS)
+    records.write_boundaries(path, boundary_rows(results, limits, outcome))
 
 
 def alternative_document(out: Outcome) -> dict[str, Any] | None:
@@ -79,7 +73,7 @@ def alternative_document(out: Outcome) -> dict[str, Any] | None:
     doc = {"strategy": alt.strategy, "numerics": "exact" if s.exact else "quantized", "micro_batch": alt.micro_batch,
            "tokens_per_s": round(alt.tokens_per_s, 1), "peak_gib": _gib(alt.peak)}
     if out.winner_tokens_per_s:
-        doc["speedup_vs_winner"] = round(tps / out.winner_tokens_per_s, 2)
+        doc["speedup_vs_winner"] = round(alt.tokens_per_s / out.winner_tokens_per_s, 2)
     return doc
 
 
@@ -147,17 +141,6 @@ def best_document(out: Outcome, ctx: Context, source, limits: Limits, results: d
                        "peak_gib": _gib(c.peak)} for c in out.candidates[1:5]],
     }
     return doc
-
-
-def write_best(run, doc: dict[str, Any]) -> None:
-    header = ("# autofit best.yaml: paste training_args into transformers.TrainingArguments(**...),\n"
-              "# load the model with model.torch_dtype, wrap it with peft.LoraConfig(**peft) when present,\n"
-              "# and pass ds_config.json (the deepspeed block) when present. Every figure was measured.\n")
-    write_text(run.best, header + yaml.safe_dump(doc, sort_keys=False, width=110))
-    if doc.get("deepspeed"):
-        write_text(run.ds_config, json.dumps(doc["deepspeed"], indent=2))
-    elif run.ds_config.exists():
-        run.ds_config.unlink()
 
 
 def summary_table(out: Outcome, results: dict[ProbeKey, ProbeResult], limits: Limits) -> str:
