@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from autofit.errors import ExportError
-from autofit.export import (Winner, export_run, hf_deepspeed, hf_model_kwargs, hf_training_args, load_winner)
+from autofit.export import export_run, hf_deepspeed, hf_model_kwargs, hf_training_args
+from autofit.rundir import RunDir
+from autofit.rundir.best import Winner
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class Run:
 
 def load(run_dir: str | os.PathLike) -> Run:
     """The winner of a finished search; RunDirError names what is wrong with a run dir."""
-    return Run(load_winner(Path(run_dir)))
+    return Run(RunDir(Path(run_dir)).best())
 
 
 def search(model: str, max_token: int, gpu_memory: str | None = None, *, run_dir: str | os.PathLike | None = None,

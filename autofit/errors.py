@@ -1,7 +1,14 @@
-"""One error hierarchy. The CLI turns any AutofitError into one line and exit code 2.
+"""One error hierarchy, and how a command ends on one: `handles_errors` turns any AutofitError into
+one line on stderr and exit code 2 (a traceback only with --debug).
 
-Anything else that escapes is a bug and keeps its traceback.
+Anything else that escapes is a bug and keeps its traceback. Nothing is imported at module level, so
+every layer (the probe worker included) can raise these.
 """
+
+import functools
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT, whether or not a probe had finished
 
 
 class AutofitError(Exception):
@@ -49,3 +56,45 @@ def raise_problems(problems: list[str]) -> None:
     """Collect-then-raise: a request's every problem in one UsageError, one line."""
     if problems:
         raise UsageError("; ".join(problems))
+
+
+def fail(msg: str) -> None:
+    """One line on stderr and exit 2."""
+    import sys
+
+    import click
+
+    from autofit.redact import redact_text
+
+    one_line = " ".join(msg.split())  # a value quoted from a file may hold a line break
+    click.echo(f"autofit: error: {redact_text(one_line)}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def handles_errors(fn):
+    """A click command's callback: AutofitError -> one line + exit 2 (a traceback only with --debug);
+    Ctrl-C or SIGTERM -> exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import sys
+
+        import click
+
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except Interrupted as exc:
+            if debug:
+                raise
+            click.echo(f"autofit: {exc}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except AutofitError as exc:
+            if debug:
+                raise
+            fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("autofit: interrupted; everything measured so far is saved", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper

@@ -50,18 +50,11 @@ class Estimate:
 
 def _run_points(run_dir: Path, num_gpus: int) -> dict[str, list[tuple[int, int, float]]]:
     """Measured (micro_batch, max_token, device-level peak) per strategy key in a run's probes.csv."""
-    from autofit.results import read_probes, result_from_row
+    from autofit.rundir import RunDir
     from autofit.search.planner import peak_of
-    from autofit.search.rundir import RunDir
 
-    path = RunDir(Path(run_dir)).probes
-    if not Path(run_dir).is_dir():
-        raise RunDirError(f"--run-dir {run_dir} is not a directory")
-    if not path.exists():
-        raise RunDirError(f"{run_dir} has no probes.csv: not an autofit run directory")
     out: dict[str, list[tuple[int, int, float]]] = {}
-    for row in read_probes(path):
-        r = result_from_row(row)
+    for r in RunDir.existing(run_dir).probe_results():
         peak = peak_of(r)
         if r.ok and peak and r.num_gpus == num_gpus:
             out.setdefault(r.strategy, []).append((r.micro_batch, r.max_token, float(peak)))

@@ -24,8 +24,8 @@ import click
 import yaml
 
 from autofit.errors import ExportError, RunDirError, UsageError
-from autofit.spec import METHODS, PRECISIONS, Method, Strategy
-from autofit.trainconfig import fused_loss_settings, hf_optim, quantization_config
+from autofit.rundir import RunDir
+from autofit.rundir.best import Winner
 
 FORMATS = ("hf", "deepspeed", "llamafactory", "glm4", "glm4-demo", "axolotl")
 
@@ -37,13 +37,6 @@ CHECKED_AGAINST = {
     "glm4": "THUDM/GLM-4 finetune/finetune.py at dfe4601 (2025-04-16): FinetuningConfig.from_file",
     "glm4-demo": "THUDM/GLM-4 finetune_demo/finetune.py at 52cd14c (2024-12-09): FinetuningConfig.from_file",
     "axolotl": "axolotl 0.19.0 (its config schema: prepare_plugins + validate_config)",
-}
-
-# transformers.TrainingArguments 4.40.2 defaults, for the keys best.yaml may leave out.
-TRAINING_ARG_DEFAULTS: dict[str, Any] = {
-    "output_dir": "output", "learning_rate": 5e-5, "optim": "adamw_torch", "max_grad_norm": 1.0,
-    "weight_decay": 0.0, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8,
-    "bf16": False, "fp16": False, "logging_steps": 500, "gradient_checkpointing_kwargs": None,
 }
 
 # best.yaml files written before autofit made ZeRO bucket sizes concrete say "auto" here, while their
@@ -66,203 +59,6 @@ LR_NOTE = "autofit's stand-in (learning rate changes neither memory nor speed): 
 def fill(what: str) -> str:
     """A placeholder value: obviously not real, and the tool fails loudly if it is left in."""
     return f"<fill in: {what}>"
-
-
-# -- reading best.yaml -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Winner:
-    """The parts of best.yaml an export needs, validated once."""
-
-    run_dir: Path
-    model_id: str
-    torch_dtype: str
-    attn_implementation: str
-    trust_remote_code: bool
-    method: str                          # lora | full | freeze
-    lora_r: int | None
-    lora_alpha: int | None
-    freeze_trainable_layers: int | None
-    precision: str                       # fp32 | fp16 | bf16 | bf16-pure
-    gradient_checkpointing: bool
-    zero_stage: int
-    offload_optimizer: bool
-    offload_params: bool
-    max_token: int
-    micro_batch: int
-    gradient_accumulation: int
-    num_gpus: int
-    training_args: dict[str, Any]
-    deepspeed: dict[str, Any] | None
-    peft: dict[str, Any] | None
-    tokens_per_s: float
-    peak_gib: float
-    strategy: Strategy                   # config.strategy decoded: loss, base-weight quantization, optimizer
-    hosts: tuple[str, ...] = ()  # "HOST slots=N" lines when the search probed across machines
-
-    def arg(self, key: str) -> Any:
-        """A TrainingArguments value: best.yaml's, else the 4.40.2 default."""
-        return self.training_args.get(key, TRAINING_ARG_DEFAULTS[key])
-
-    @property
-    def lora_targets(self) -> list[str]:
-        return list(self.peft["target_modules"]) if self.peft else []
-
-    @property
-    def lora_dropout(self) -> float:
-        return self.peft.get("lora_dropout", 0.0) if self.peft else 0.0  # peft.LoraConfig's default
-
-    @property
-    def reentrant_checkpointing(self) -> bool:
-        return bool((self.arg("gradient_checkpointing_kwargs") or {}).get("use_reentrant", True))
-
-    @property
-    def quantization(self) -> dict[str, Any] | None:
-        """BitsAndBytesConfig kwargs for 4/8-bit base weights, None for bf16 ones."""
-        return quantization_config(self.strategy)
-
-    @property
-    def fused_loss(self) -> dict[str, Any] | None:
-        """HF's use_liger_kernel / liger_kernel_config (fused linear cross-entropy only), or None."""
-        return fused_loss_settings(self.strategy)
-
-    @property
-    def optim(self) -> str:
-        """TrainingArguments.optim the probe trained with (adamw_torch or adamw_bnb_8bit)."""
-        return hf_optim(self.strategy)
-
-    @property
-    def quant_bits(self) -> int | None:
-        return {"none": None, "nf4": 4, "int8": 8}[self.strategy.quant]
-
-
-_SCALARS: dict[str, tuple[type, ...]] = {
-    "model.id": (str,), "model.torch_dtype": (str,), "model.attn_implementation": (str,),
-    "model.trust_remote_code": (bool,), "config.method": (str,), "config.precision": (str,),
-    "config.gradient_checkpointing": (bool,), "config.zero_stage": (int,), "config.offload_optimizer": (bool,),
-    "config.offload_params": (bool,), "config.max_token": (int,), "config.micro_batch": (int,),
-    "config.gradient_accumulation": (int,), "training_args": (dict,),
-    "measured.tokens_per_s": (int, float), "measured.peak_gib": (int, float),
-}
-_COUNTS = ("config.max_token", "config.micro_batch", "config.gradient_accumulation")
-
-
-def load_winner(run_dir: Path) -> Winner:
-    """Read and validate RUN_DIR/best.yaml; every problem is named in one RunDirError."""
-    doc, path = _read_best(Path(run_dir))
-    problems = _problems(doc)
-    if problems:
-        raise RunDirError(f"{path} is not a usable best.yaml: " + "; ".join(problems))
-    m, c, r = doc["model"], doc["config"], doc["measured"]
-    gpus = _at(doc, "hardware.num_gpus")
-    return Winner(
-        run_dir=Path(run_dir).resolve(), model_id=m["id"], torch_dtype=m["torch_dtype"],
-        attn_implementation=m["attn_implementation"], trust_remote_code=m["trust_remote_code"],
-        method=c["method"], lora_r=c.get("lora_r"), lora_alpha=c.get("lora_alpha"),
-        freeze_trainable_layers=c.get("freeze_trainable_layers"), precision=c["precision"],
-        gradient_checkpointing=c["gradient_checkpointing"], zero_stage=c["zero_stage"],
-        offload_optimizer=c["offload_optimizer"], offload_params=c["offload_params"], max_token=c["max_token"],
-        micro_batch=c["micro_batch"], gradient_accumulation=c["gradient_accumulation"],
-        num_gpus=1 if gpus is _MISSING else gpus,  # hardware is informational; a file without it: one GPU
-        training_args=doc["training_args"], deepspeed=doc["deepspeed"], peft=doc["peft"],
-        tokens_per_s=float(r["tokens_per_s"]), peak_gib=float(r["peak_gib"]), strategy=_strategy(c),
-        hosts=tuple(map(str, hosts)) if isinstance(hosts := _at(doc, "hardware.hosts"), list) else ())
-
-
-def _strategy(c: dict[str, Any]) -> Strategy:
-    """config.strategy through Strategy.from_key (the one decoder), so a winner's loss, quantization and
-    optimizer are read the same way for every run; files without the key get them at their defaults."""
-    method = Method(kind=c["method"], lora_r=c.get("lora_r") or Method.lora_r,
-                    lora_alpha=c.get("lora_alpha") or Method.lora_alpha,
-                    freeze_trainable_layers=c.get("freeze_trainable_layers") or Method.freeze_trainable_layers)
-    if isinstance(c.get("strategy"), str):
-        return Strategy.from_key(c["strategy"], method)
-    return Strategy(method=method, precision=c["precision"], grad_ckpt=c["gradient_checkpointing"],
-                    zero_stage=c["zero_stage"], offload_optimizer=c["offload_optimizer"],
-                    offload_params=c["offload_params"])
-
-
-def _strategy_problems(doc: dict[str, Any]) -> list[str]:
-    """config.strategy must decode and agree with the config fields next to it."""
-    key = _at(doc, "config.strategy")
-    if key is _MISSING:
-        return []
-    if not isinstance(key, str):
-        return [f"config.strategy must be str, got {key!r}"]
-    try:
-        s = Strategy.from_key(key)
-    except ValueError as exc:
-        return [f"config.strategy: {exc}"]
-    fields = {"config.method": s.method.kind, "config.precision": s.precision,
-              "config.gradient_checkpointing": s.grad_ckpt, "config.zero_stage": s.zero_stage,
-              "config.offload_optimizer": s.offload_optimizer, "config.offload_params": s.offload_params}
-    return [f"config.strategy {key!r} says {k.split('.')[1]}={v!r}, but {k} is {_at(doc, k)!r}"
-            for k, v in fields.items() if _at(doc, k) is not _MISSING and _at(doc, k) != v]
-
-
-def _read_best(run_dir: Path) -> tuple[dict[str, Any], Path]:
-    if not run_dir.is_dir():
-        raise RunDirError(f"run dir {run_dir} does not exist (or is not a directory)")
-    path = run_dir / "best.yaml"
-    if not path.is_file():
-        hint = f"; did you mean {run_dir / 'search'}?" if (run_dir / "search" / "best.yaml").is_file() else \
-            " (a search writes it once a configuration fits)"
-        raise RunDirError(f"{run_dir} has no best.yaml{hint}")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RunDirError(f"{path} is corrupted (not valid YAML: {first}); re-run the search or restore it") from None
-    if not isinstance(doc, dict):
-        raise RunDirError(f"{path} is corrupted: expected a mapping, got {type(doc).__name__}")
-    return doc, path
-
-
-_MISSING = object()
-
-
-def _at(doc: dict[str, Any], dotted: str) -> Any:
-    node: Any = doc
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-def _type_problem(doc: dict[str, Any], dotted: str, types: tuple[type, ...]) -> str | None:
-    value = _at(doc, dotted)
-    if value is _MISSING:
-        return f"missing {dotted}"
-    # bool is an int in Python; a count of True is a corrupted file, not a number.
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        return f"{dotted} must be {'/'.join(t.__name__ for t in types)}, got {value!r}"
-    return None
-
-
-def _problems(doc: dict[str, Any]) -> list[str]:
-    """Every problem in best.yaml, so one error names them all."""
-    problems = [p for key, types in _SCALARS.items() if (p := _type_problem(doc, key, types))]
-    problems += [f"{key} must be at least 1, got {_at(doc, key)}" for key in _COUNTS
-                 if not _type_problem(doc, key, (int,)) and _at(doc, key) < 1]
-    if _at(doc, "hardware.num_gpus") is not _MISSING and (p := _type_problem(doc, "hardware.num_gpus", (int,))):
-        problems.append(p)
-    for key in ("deepspeed", "peft"):
-        if key not in doc:
-            problems.append(f"missing {key} (null when unused)")
-        elif doc[key] is not None and not isinstance(doc[key], dict):
-            problems.append(f"{key} must be a mapping or null")
-    method, precision = _at(doc, "config.method"), _at(doc, "config.precision")
-    if isinstance(method, str) and method not in METHODS:
-        problems.append(f"config.method must be one of {', '.join(METHODS)}, got {method!r}")
-    if isinstance(precision, str) and precision not in PRECISIONS:
-        problems.append(f"config.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if method == "lora":
-        problems += [p for k in ("config.lora_r", "config.lora_alpha") if (p := _type_problem(doc, k, (int,)))]
-        if not isinstance(_at(doc, "peft.target_modules"), list):
-            problems.append("a LoRA winner needs peft.target_modules (a list)")
-    if method == "freeze" and (p := _type_problem(doc, "config.freeze_trainable_layers", (int,))):
-        problems.append(p)
-    return problems + _strategy_problems(doc)
 
 
 # -- what every file says about itself ---------------------------------------------------------------
@@ -805,7 +601,7 @@ def export_run(run_dir: Path, fmt: str, out: str | os.PathLike | None, *, datase
     """Write the winner of RUN_DIR in FMT's keys; returns the files written (main file first)."""
     if fmt not in EXPORTERS:
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    winner = load_winner(Path(run_dir))
+    winner = RunDir(Path(run_dir)).best()
     files = EXPORTERS[fmt](winner, out_path(Path(run_dir), fmt, out), Fills(dataset, template))
     missing = unfilled(files)
     if missing and not allow_placeholders:

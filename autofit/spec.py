@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 PRECISIONS = ("fp32", "fp16", "bf16", "bf16-pure")
 METHODS = ("lora", "full", "freeze")
@@ -157,6 +157,54 @@ def _decode_method(label: str, key: str) -> tuple[str, int | None, int | None]:
 class Shape:
     micro_batch: int
     max_token: int
+
+
+@dataclass(frozen=True, order=True)
+class ProbeKey:
+    """One probe of a search: which strategy at which shape, in which phase of the search, which
+    repeat. The key a result is stored under in the planner, the driver's cache, the study and probes.csv."""
+
+    strategy: str              # Strategy.key()
+    micro_batch: int
+    max_token: int
+    phase: str = "escalate"    # escalate | explore | confirm | fresh
+    repeat: int = 0
+
+    @classmethod
+    def of(cls, s: Strategy, shape: Shape, phase: str = "escalate", repeat: int = 0) -> "ProbeKey":
+        return cls(s.key(), shape.micro_batch, shape.max_token, phase, repeat)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "ProbeKey":
+        """The key of a probes.csv row (fields as read, strings; an empty repeat is 0)."""
+        return cls(row["strategy"], int(row["micro_batch"]), int(row["max_token"]), row["phase"], int(row["repeat"] or 0))
+
+    @classmethod
+    def from_text(cls, text: str) -> "ProbeKey":
+        s, mb, t, phase, repeat = text.split("|")
+        return cls(s, int(mb), int(t), phase, int(repeat))
+
+    def text(self) -> str:
+        """The study's `probe_key` attribute; from_text reads it back."""
+        return f"{self.strategy}|{self.micro_batch}|{self.max_token}|{self.phase}|{self.repeat}"
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.micro_batch, self.max_token)
+
+    @property
+    def cell(self) -> tuple[str, int]:
+        """(strategy, micro_batch): the search's cell at one max_token."""
+        return self.strategy, self.micro_batch
+
+
+class Candidate(NamedTuple):
+    """A fitting configuration at the target max_token, as the planner ranks them."""
+
+    strategy: str              # Strategy.key()
+    micro_batch: int
+    tokens_per_s: float
+    peak: int                  # bytes, the compared peak
 
 
 @dataclass(frozen=True)

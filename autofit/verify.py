@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 
 from autofit.errors import AutofitError, NoGPUError, RunDirError, UsageError, raise_problems
+from autofit.rundir import RunDir
+from autofit.rundir.best import Winner
 
 PEAK_TOLERANCE = 0.05
 WARMUP_STEPS = 2  # optimizer steps excluded from the timing (allocator growth, kernel selection)
@@ -90,37 +92,27 @@ def judge(peak: float, probe_peak: float, allocated: float | None, probe_allocat
     return problems
 
 
-def _load_best(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "best.yaml"
-    if not run_dir.is_dir():
-        raise RunDirError(f"run dir {run_dir} does not exist")
-    if not path.exists():
-        raise RunDirError(f"{path} not found: the search found no winner to verify")
-    try:
-        best = yaml.safe_load(path.read_text())
-        _ = best["config"]["strategy"], best["training_args"], best["measured"]["peak_gib"], best["model"]["id"]
-    except (yaml.YAMLError, TypeError, KeyError) as exc:
-        raise RunDirError(f"{path} is not an autofit best.yaml ({type(exc).__name__}: {exc})") from None
-    return best
+# What verify rebuilds the probe's context from, beyond what every winner holds.
+_CONTEXT_KEYS = (("model", "weights_probed"), ("hardware", "device"), ("hardware", "gpus"), ("hardware", "gpu"),
+                 ("hardware", "memory_budget_gib"), ("search", "global_batch"))
 
 
-def _strategy_and_context(best: dict[str, Any]):
-    from autofit.spec import Context, Method, Strategy
+def _load_best(run_dir: Path) -> Winner:
+    w = RunDir(Path(run_dir)).best()
+    missing = [".".join(k) for k in _CONTEXT_KEYS if not isinstance(w.document.get(k[0]), dict) or k[1] not in w.document[k[0]]]
+    if missing:
+        raise RunDirError(f"{w.run_dir / 'best.yaml'} is not an autofit best.yaml (missing {', '.join(missing)})")
+    return w
 
-    c, hw = best["config"], best["hardware"]
-    method = Method(kind=c["method"], lora_r=c.get("lora_r", 8), lora_alpha=c.get("lora_alpha", 32),
-                    freeze_trainable_layers=c.get("freeze_trainable_layers", 2),
-                    lora_targets=tuple(best["peft"]["target_modules"]) if best.get("peft") else None)
-    try:
-        # The key names every dimension (loss, base-weight quantization, optimizer included).
-        strategy = Strategy.from_key(c["strategy"], method=method)
-    except ValueError as exc:
-        raise RunDirError(f"best.yaml: {exc}") from None
-    ctx = Context(model=best["model"]["id"], weights=best["model"]["weights_probed"],
-                  trust_remote_code=best["model"]["trust_remote_code"], device=hw["device"], gpus=tuple(hw["gpus"]),
-                  gpu_memory=int(hw["memory_budget_gib"] * 2**30) if hw.get("emulated_gpu_memory") else None,
-                  global_batch=best["search"]["global_batch"], max_positions=c["max_token"])
-    return strategy, ctx
+
+def _context(w: Winner):
+    from autofit.spec import Context
+
+    best, hw = w.document, w.document["hardware"]
+    return Context(model=w.model_id, weights=best["model"]["weights_probed"], trust_remote_code=w.trust_remote_code,
+                   device=hw["device"], gpus=tuple(hw["gpus"]),
+                   gpu_memory=int(hw["memory_budget_gib"] * 2**30) if hw.get("emulated_gpu_memory") else None,
+                   global_batch=best["search"]["global_batch"], max_positions=w.max_token)
 
 
 class SyntheticTokens:
@@ -244,14 +236,14 @@ class VerifyArgs:
 
 def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANCE) -> Verification:
     VerifyArgs(run_dir, steps, tolerance)  # raises on bad values
-    best = _load_best(run_dir)
-    hosts = (best.get("hardware") or {}).get("hosts")
+    winner = _load_best(run_dir)
+    best, hosts = winner.document, winner.hosts
     if hosts:
         # One process on this machine cannot reproduce a world spread over several: the batch, the
         # ZeRO partitions and the peaks would all differ from what was measured.
         raise RunDirError(f"{run_dir} was searched across machines ({', '.join(map(str, hosts))}); verify trains on "
                           f"this machine only: train it with `deepspeed --hostfile` and the exported config instead")
-    strategy, ctx = _strategy_and_context(best)
+    strategy, ctx = winner.strategy, _context(winner)
     from autofit.probe.worker import dist_env  # no torch at import: the mask below comes first
 
     _, world, local_rank = dist_env()

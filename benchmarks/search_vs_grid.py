@@ -28,7 +28,7 @@ from typing import Callable
 
 from autofit.capabilities import missing
 from autofit.probe.runner import StandbyFactory, escalate
-from autofit.results import append_probe, read_probes
+from autofit.rundir.records import append_probe, read_probes
 from autofit.search.driver import SearchRequest, run_search
 from autofit.search.planner import Limits, peak_of
 from autofit.search.progress import Progress

@@ -134,7 +134,7 @@ def test_cli_prints_the_table_and_its_error():
     (dict(model=GLM, max_token=1024, method="qlora"), UsageError, "--method"),
     (dict(model=GLM, max_token=1024, gpu_memory="24XB"), UsageError, "24XB"),
     (dict(model=GLM, max_token=1024, space="no-such-space"), SearchSpaceError, "not found"),
-    (dict(model=GLM, max_token=1024, run_dir="/nonexistent/run"), RunDirError, "not a directory"),
+    (dict(model=GLM, max_token=1024, run_dir="/nonexistent/run"), RunDirError, "does not exist"),
 ], ids=["model", "max-token", "global-batch", "num-gpus", "headroom", "method", "gpu-memory", "space", "run-dir"])
 def test_bad_input_raises_the_right_error(kwargs, error, fragment):
     with pytest.raises(error, match=fragment):

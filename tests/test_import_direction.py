@@ -19,7 +19,7 @@ LAYERS = {
     # search and read by report, export and estimate, so it sits below all of them).
     "autofit.errors": 0, "autofit.units": 0, "autofit.redact": 0, "autofit.writable": 0, "autofit.spec": 0,
     "autofit.trainconfig": 0, "autofit.models": 0, "autofit.hardware": 0, "autofit.hosts": 0,
-    "autofit.capabilities": 0, "autofit.memory": 0, "autofit.results": 0, "autofit.rundir": 0, "autofit.core": 0,
+    "autofit.capabilities": 0, "autofit.memory": 0, "autofit.rundir": 0,
     "autofit.probe": 1,
     "autofit.search": 2,
     "autofit.report": 3, "autofit.export": 3, "autofit.verify": 3, "autofit.estimate": 3, "autofit.api": 3,
@@ -31,9 +31,6 @@ NAMES = {0: "core", 1: "probe", 2: "search", 3: "report/export/verify/estimate/a
 ALLOWED = {
     # api.search runs the `search` command itself, so its options get the flags' own parsing and checks.
     ("autofit.api", "autofit.cli"),
-    # report_cmd still lives in report.py and wraps its work in the CLI's one-line error handling; it
-    # goes with the command's move into commands/.
-    ("autofit.report", "autofit.cli"),
 }
 
 

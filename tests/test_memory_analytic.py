@@ -221,7 +221,7 @@ def test_the_memory_model_is_pure_and_search_uses_it_not_the_command():
 
     for path in sorted((root / "memory").glob("*.py")):
         mods = imports(path)
-        assert not mods & {"click", "autofit.estimate", "pathlib", "csv", "autofit.results"}, path
+        assert not mods & {"click", "autofit.estimate", "pathlib", "csv", "autofit.rundir", "autofit.rundir.records"}, path
         calls = {n.func.id for n in ast.walk(ast.parse(path.read_text()))
                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
         assert "open" not in calls, path

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from autofit.models import resolve_model
-from autofit.results import read_probes, result_from_row
+from autofit.rundir.records import read_probes, result_from_row
 from autofit.search.planner import Limits, Planner
 from autofit.search.prior import AnalyticPrior
 from autofit.search.space import load_space

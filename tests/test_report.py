@@ -138,7 +138,7 @@ def test_cli_command_writes_report(tmp_path):
 def test_cli_bad_run_dir_is_one_line_exit_2(tmp_path):
     result = CliRunner().invoke(report_cmd, [str(tmp_path / "nope")])
     assert result.exit_code == 2
-    assert "no such run directory" in result.output
+    assert "does not exist" in result.output
     assert "Traceback" not in result.output
 
 
@@ -192,7 +192,7 @@ def test_bad_probes_csv(tmp_path, probes, message):
 
 
 def test_missing_run_dir(tmp_path):
-    with pytest.raises(RunDirError, match="no such run directory"):
+    with pytest.raises(RunDirError, match="does not exist"):
         write_report(tmp_path / "does-not-exist", tmp_path / "out")
 
 
@@ -248,7 +248,7 @@ def test_describe_strategy():
      "config.micro_batch='four' is not a number; measured.tokens_per_s='fast' is not a number"),
     ("best.yaml", "- a list\n", "not a best.yaml"),
     ("run.json", "{not json", "corrupted JSON"),
-    ("run.json", '{"identity": {"gpu_memory": "24GiB"}}', "not a run.json"),
+    ("run.json", '{"identity": {"gpu_memory": "24GiB"}}', "not an autofit run.json"),
     ("boundaries.csv", "strategy,max_token,budget_gib\nlora-r8/bf16/ckpt/z0,1024,lots\n", "budget_gib='lots'"),
 ], ids=["best-types", "best-list", "run-json", "run-json-types", "boundaries"])
 def test_corrupted_side_files_name_the_file(tmp_path, file, text, message):

@@ -12,7 +12,7 @@ import pytest
 
 from autofit.errors import Interrupted, RunDirError
 from autofit.models import resolve_model
-from autofit.results import PROBE_COLUMNS, append_probe, read_probe_log, read_probes
+from autofit.rundir.records import PROBE_COLUMNS, append_probe, read_probe_log, read_probes
 from autofit.search.driver import SearchRequest, run_search
 from autofit.search.planner import Limits
 from autofit.search.progress import Progress

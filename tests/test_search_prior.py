@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from autofit.models import resolve_model
-from autofit.results import read_probes, result_from_row
+from autofit.rundir.records import read_probes, result_from_row
 from autofit.search.outputs import boundary_rows, summary_table
 from autofit.search.planner import ESTIMATE_OVER, Limits, Planner
 from autofit.search.prior import AnalyticPrior

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from autofit.models import resolve_model
-from autofit.results import read_probes, result_from_row
+from autofit.rundir.records import read_probes, result_from_row
 from autofit.search.planner import Limits, Planner
 from autofit.search.prior import AnalyticPrior
 from autofit.search.space import load_space

@@ -109,7 +109,7 @@ def _study_full_at(monkeypatch, n: int) -> None:
 
 def _disk_full_at(monkeypatch, n: int) -> None:
     """The n-th probes.csv append finds the disk full."""
-    import autofit.results as results
+    import autofit.rundir.records as results
 
     real, calls = results.append_text, []
 

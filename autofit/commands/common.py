@@ -2,49 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import click
 
-from autofit.errors import AutofitError, Interrupted, UsageError
-from autofit.redact import redact_text
-
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # the shell's code for SIGINT, whether or not a probe had finished
-
-
-def _fail(msg: str) -> None:
-    one_line = " ".join(msg.split())  # a value quoted from a file may hold a line break
-    click.echo(f"autofit: error: {redact_text(one_line)}", err=True)
-    sys.exit(EXIT_USAGE)
-
-
-def handles_errors(fn):
-    """AutofitError -> one line + exit 2 (a traceback only with --debug); Ctrl-C or SIGTERM -> exit 130."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        debug = click.get_current_context().find_root().params.get("debug", False)
-        try:
-            return fn(*args, **kwargs)
-        except Interrupted as exc:
-            if debug:
-                raise
-            click.echo(f"autofit: {exc}", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        except AutofitError as exc:
-            if debug:
-                raise
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            click.echo("autofit: interrupted; everything measured so far is saved", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-
-    return wrapper
+from autofit.errors import UsageError, handles_errors  # noqa: F401  (the commands wrap themselves with it)
 
 
 def _apply(options: list[Callable]) -> Callable:

@@ -71,7 +71,7 @@ def run_probe(args: ProbeArgs) -> None:
 
     from autofit.capabilities import missing
     from autofit.probe.runner import WorkerSession, escalate
-    from autofit.results import append_probe
+    from autofit.rundir.records import append_probe
     from autofit.spec import Shape
     from autofit.units import parse_duration
     from autofit.writable import check_writable

@@ -94,7 +94,7 @@ def print_result(result) -> None:
         click.echo(f"best ({c['numerics']}): {c['strategy']} micro_batch={c['micro_batch']} x accum {c['gradient_accumulation']} "
                    f"at max_token {c['max_token']}: {m['tokens_per_s']} tokens/s, peak {m['peak_gib']} GiB "
                    f"(limit {result.best['hardware']['limit_gib']} GiB)")
-        click.echo(f"wrote {result.run.best}" + (f" and {result.run.ds_config}" if result.best.get("deepspeed") else ""))
+        click.echo(f"wrote {result.run.best_yaml}" + (f" and {result.run.ds_config}" if result.best.get("deepspeed") else ""))
     elif out.alternative is not None:
         click.echo("no exact configuration fits (see boundaries.csv for the walls); the 4/8-bit one above does")
     else:

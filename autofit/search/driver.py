@@ -23,17 +23,18 @@ from typing import Any, Callable, Protocol
 
 from autofit.errors import AutofitError, Interrupted, RunDirError, SearchSpaceError, StorageError
 from autofit.models import ModelSource
-from autofit.results import append_probe, read_probe_log
+from autofit.rundir.records import append_probe, read_probe_log
 from autofit.search import outputs, study as studymod
 from autofit.search.ledger import ledger_for
 from autofit.search.planner import Limits, Outcome, Planner, combine, families, peak_of
 from autofit.search.prior import AnalyticPrior
 from autofit.search.progress import Progress
-from autofit.search.rundir import RunDir, RunLock, check_resume, write_run_json
+from autofit.rundir import RunDir, RunLock, check_resume
+from autofit.rundir.best import write_run_json
 from autofit.search.space import SearchSpace, runnable_strategies
-from autofit.search.workers import Claim, Key
+from autofit.search.workers import Claim
 from autofit.writable import check_writable_dir, remove_quietly
-from autofit.spec import Context, ProbeResult, Shape, Status, Strategy, to_jsonable
+from autofit.spec import Context, ProbeKey, ProbeResult, Shape, Status, Strategy, to_jsonable
 
 POLL_S = 1.0  # how often a worker waiting on another's probe looks at the study again
 
@@ -144,7 +145,7 @@ def run_search(req: SearchRequest, factory: SessionFactory | None = None, progre
             check_resume(run, req.identity(), req.resume)
             return _Search(req, run, factory, progress).go(header)
     except AutofitError as exc:
-        if not isinstance(exc, Interrupted) and not (run.probes.exists() and run.probes.stat().st_size):
+        if not isinstance(exc, Interrupted) and not (run.probes_csv.exists() and run.probes_csv.stat().st_size):
             _remove_new(new)
         raise
 
@@ -188,9 +189,9 @@ class _Search:
         self.probes_run = 0
         self.t0 = time.time()
         self.worker = f"{socket.gethostname()}:{run.path.resolve()}"
-        self.busy: dict[Key, int] = {}     # keys this pass found in flight elsewhere -> their trial numbers
-        self.mirrored: set[Key] = set()    # keys with a row in probes.csv
-        self.announced: set[Key] = set()   # keys whose result was printed
+        self.busy: dict[ProbeKey, int] = {}  # keys this pass found in flight elsewhere -> their trial numbers
+        self.mirrored: set[ProbeKey] = set()  # keys with a row in probes.csv
+        self.announced: set[ProbeKey] = set()  # keys whose result was printed
         self.logged: set[str] = set()
         self.inflight: Claim | None = None
         self.started = False               # run.json says "running": a failure from here on is recorded there
@@ -202,11 +203,11 @@ class _Search:
 
     def _load_previous(self) -> None:
         """Reload finished probes (the ledger makes the study and probes.csv agree)."""
-        self.ledger.load_previous(read_probe_log(self.run.probes))
+        self.ledger.load_previous(read_probe_log(self.run.probes_csv))
 
     # -- measuring ------------------------------------------------------------------------------
     def measure(self, s: Strategy, shape: Shape, phase: str, repeat: int) -> ProbeResult:
-        key = (s.key(), shape.micro_batch, shape.max_token, phase, repeat)
+        key = ProbeKey.of(s, shape, phase, repeat)
         r = self._known(key)
         if r is not None:
             return r
@@ -227,19 +228,19 @@ class _Search:
         self.inflight = None
         return r if saved else (self._known(key) or self._in_flight(key))
 
-    def _save(self, key: Key, s: Strategy, claim: Claim, r: ProbeResult) -> bool:
+    def _save(self, key: ProbeKey, s: Strategy, claim: Claim, r: ProbeResult) -> bool:
         limits, peak = self.req.limits, peak_of(r)
-        row = dict(trial=claim.number, fits=limits.fits(r), finished_at=time.time(), phase=key[3], repeat=key[4], peak=peak)
+        row = dict(trial=claim.number, fits=limits.fits(r), finished_at=time.time(), phase=key.phase, repeat=key.repeat, peak=peak)
         if not self.ledger.record(key, s, claim, r, row):
             return False
         self.cache[key] = r
         self.mirrored.add(key)
         self.announced.add(key)
-        outputs.write_boundaries(self.run.boundaries, self.cache, limits)
+        outputs.write_boundaries(self.run.boundaries_csv, self.cache, limits)
         self.progress.done(r, limits.fits(r), peak)
         return True
 
-    def _known(self, key: Key) -> ProbeResult | None:
+    def _known(self, key: ProbeKey) -> ProbeResult | None:
         """A finished result for key: this run's, or (shared study) any worker's, mirrored into probes.csv."""
         r = self.cache.get(key)
         if r is None:
@@ -249,29 +250,29 @@ class _Search:
                 return None
             trial, r = got
             self.cache[key] = r
-            s = self.by_key.get(key[0])
+            s = self.by_key.get(key.strategy)
             if key not in self.mirrored and s is not None:
                 done = trial.datetime_complete.timestamp() if trial.datetime_complete else time.time()
-                append_probe(self.run.probes, r, s, trial=trial.number, fits=self.req.limits.fits(r), finished_at=done,
-                             phase=key[3], repeat=key[4], peak=peak_of(r))
+                append_probe(self.run.probes_csv, r, s, trial=trial.number, fits=self.req.limits.fits(r), finished_at=done,
+                             phase=key.phase, repeat=key.repeat, peak=peak_of(r))
                 self.mirrored.add(key)
         if key not in self.announced:
             self.announced.add(key)
             self.progress.done(r, self.req.limits.fits(r), peak_of(r), cached=True)
         return r
 
-    def _in_flight(self, key: Key) -> ProbeResult:
+    def _in_flight(self, key: ProbeKey) -> ProbeResult:
         """A placeholder for a probe another worker is running: this pass goes on without it (a crash is
         no memory wall, so it caps nothing) and is replayed once the real result is in."""
         number = self.board.busy(key)
         if key not in self.busy:
             self.busy[key] = -1 if number is None else number
-            msg = (f"{key[0]} mb={key[1]} T={key[2]} ({key[3]}) is being probed by another worker"
+            msg = (f"{key.strategy} mb={key.micro_batch} T={key.max_token} ({key.phase}) is being probed by another worker"
                    + (f" (trial {number})" if number is not None else "") + "; going on with other probes")
             if msg not in self.logged:
                 self.logged.add(msg)
                 self.progress.log(msg)
-        return ProbeResult(strategy=key[0], micro_batch=key[1], max_token=key[2], status=Status.CRASH,
+        return ProbeResult(strategy=key.strategy, micro_batch=key.micro_batch, max_token=key.max_token, status=Status.CRASH,
                            error="in flight on another worker")
 
     def _plan_log(self, msg: str) -> None:
@@ -301,7 +302,7 @@ class _Search:
                 {"max_token": t}, studymod.make_sampler(seed=len(self.study.trials)))
         for _ in range(20):
             taken = self._explore_keys(cells, t)
-            free = [c for c in cells if (c[0], c[1], t, "explore", 0) not in taken]
+            free = [c for c in cells if ProbeKey(c[0], c[1], t, "explore", 0) not in taken]
             if len(taken) >= self.req.explore or not free or planner.out_of_time():
                 break
             with warnings.catch_warnings():
@@ -324,13 +325,13 @@ class _Search:
         if self.busy:
             raise _Wait
 
-    def _explore_keys(self, cells: list[tuple[str, int]], t: int) -> dict[Key, int]:
+    def _explore_keys(self, cells: list[tuple[str, int]], t: int) -> dict[ProbeKey, int]:
         """Explore probes of the open cells, finished or in flight -> their trial numbers."""
         self.board.refresh()
         out = {k: tr.number for k, tr in self.board.owners.items()
-               if k[2] == t and k[3] == "explore" and (k[0], k[1]) in cells}
+               if k.max_token == t and k.phase == "explore" and k.cell in cells}
         for k in self.cache:  # resumed from a study written before probe keys: probes.csv knows them
-            if k[2] == t and k[3] == "explore" and (k[0], k[1]) in cells and k not in out:
+            if k.max_token == t and k.phase == "explore" and k.cell in cells and k not in out:
                 out[k] = 10**9 + len(out)
         return out
 
@@ -406,16 +407,16 @@ class _Search:
     def _stop_after_interrupt(self) -> None:
         self.pool.close(kill=True)
         self.ledger.interrupted()
-        outputs.write_boundaries(self.run.boundaries, self.cache, self.req.limits)
+        outputs.write_boundaries(self.run.boundaries_csv, self.cache, self.req.limits)
         write_run_json(self.run, self.req.identity(), {"status": "interrupted", "probes": len(self.cache)})
 
-    def _finish(self, out: Outcome, results: dict[Key, ProbeResult]) -> SearchResult:
+    def _finish(self, out: Outcome, results: dict[ProbeKey, ProbeResult]) -> SearchResult:
         wall = time.time() - self.t0
         best = outputs.best_document(out, self.ctx, self.req.source, self.req.limits, results, self.req.space.name,
                                      wall, self.probes_run, unavailable=self.unavailable)
         if best:
-            outputs.write_best(self.run, best)
-        outputs.write_boundaries(self.run.boundaries, self.cache, self.req.limits, out)
+            self.run.write_best(best)
+        outputs.write_boundaries(self.run.boundaries_csv, self.cache, self.req.limits, out)
         write_run_json(self.run, self.req.identity(), {
             "status": "done", "probes_run": self.probes_run, "probes_total": len(self.cache), "wall_time_s": round(wall, 1),
             "workers_started": self.pool.count, "winner": best["config"] if best else None, "note": out.note or None,

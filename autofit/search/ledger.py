@@ -16,11 +16,11 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from autofit.errors import RunDirError, StorageError
-from autofit.results import ProbeLog, append_probe, probe_row, result_from_row, rewrite_probes
+from autofit.rundir.records import ProbeLog, append_probe, probe_row, result_from_row, rewrite_probes
 from autofit.search import study as studymod
 from autofit.search.planner import peak_of
-from autofit.search.workers import KEY_ATTR, WORKER_ATTR, Board, Claim, Key, key_text
-from autofit.spec import ProbeResult, Shape, Strategy
+from autofit.search.workers import KEY_ATTR, WORKER_ATTR, Board, Claim
+from autofit.spec import ProbeKey, ProbeResult, Strategy
 
 if TYPE_CHECKING:  # the search the ledger records for; driver imports this module
     from autofit.search.driver import _Search
@@ -49,7 +49,7 @@ class Ledger(ABC):
         """Reload the probes finished before this process started."""
 
     @abstractmethod
-    def record(self, key: Key, s: Strategy, claim: Claim, r: ProbeResult, row: dict[str, Any]) -> bool:
+    def record(self, key: ProbeKey, s: Strategy, claim: Claim, r: ProbeResult, row: dict[str, Any]) -> bool:
         """Write one probe's result to probes.csv and the study, in this ledger's order; False: the
         result was dropped (another worker owns the key now)."""
 
@@ -64,8 +64,8 @@ class Ledger(ABC):
         """What run.json adds about the storage."""
         return {}
 
-    def key_attrs(self, key: Key) -> dict[str, str]:
-        return {KEY_ATTR: key_text(key), WORKER_ATTR: self.search.worker}
+    def key_attrs(self, key: ProbeKey) -> dict[str, str]:
+        return {KEY_ATTR: key.text(), WORKER_ATTR: self.search.worker}
 
 
 def ledger_for(search: _Search) -> Ledger:
@@ -81,14 +81,14 @@ class LocalLedger(Ledger):
         s = self.search
         rows = self._reconcile(log)
         for row in rows:
-            key = row_key(row)
+            key = ProbeKey.from_row(row)
             s.cache[key] = result_from_row(row)
             s.mirrored.add(key)
         stale = studymod.fail_stale_running(s.study)
         if stale:
             s.progress.log(f"{stale} probe(s) were in flight when the last run died; they run again")
         if rows:
-            s.progress.log(f"resuming: {len(rows)} finished probe(s) from {s.run.probes} will not run again")
+            s.progress.log(f"resuming: {len(rows)} finished probe(s) from {s.run.probes_csv} will not run again")
 
     def _reconcile(self, log: ProbeLog) -> list[dict]:
         """probes.csv is written first, then the study. A row the study lacks (the driver died between the
@@ -102,43 +102,43 @@ class LocalLedger(Ledger):
         trials = {t.number: t for t in s.study.get_trials(deepcopy=False)}
         rows: list[dict] = []
         for row, line in zip(log.rows, log.lines):
-            key = row_key(row)
+            key = ProbeKey.from_row(row)
             r = result_from_row(row)
             if key in held:
                 differs = _differs(r, held[key][1])
                 if differs:
-                    raise RunDirError(f"{s.run.probes}: line {line} disagrees with the study in {s.run.study_db.name} "
+                    raise RunDirError(f"{s.run.probes_csv}: line {line} disagrees with the study in {s.run.study_db.name} "
                                       f"({differs}); one of them was altered: move the run dir away and search again")
             elif (strategy := s.by_key.get(row["strategy"])) is not None:
                 t = trials.get(int(row["trial"])) if row.get("trial") else None
                 if not _holds_result(t):  # the driver died between writing the row and telling the study
                     if t is not None and t.state == TrialState.RUNNING:
                         s.study.tell(t.number, state=TrialState.FAIL)
-                    studymod.add_finished(s.study, s.dists, strategy, Shape(key[1], key[2]), r, peak_of(r),
-                                          s.req.limits.limit, key[3], key[4], self.key_attrs(key))
+                    studymod.add_finished(s.study, s.dists, strategy, key.shape, r, peak_of(r),
+                                          s.req.limits.limit, key.phase, key.repeat, self.key_attrs(key))
             rows.append(row)
-        have = {row_key(row) for row in rows}
+        have = {ProbeKey.from_row(row) for row in rows}
         restored = [self._row_from_study(k, *held[k]) for k in sorted(held, key=lambda k: held[k][0].number) if k not in have]
         if restored or log.torn_line is not None:
             rows += restored
-            rewrite_probes(s.run.probes, rows)
+            rewrite_probes(s.run.probes_csv, rows)
             what = (f"line {log.torn_line} was cut short (an interrupted write)" if log.torn_line is not None
                     else "rows were missing")
-            s.progress.log(f"repaired {s.run.probes}: {what}; {len(restored)} row(s) restored from the study"
+            s.progress.log(f"repaired {s.run.probes_csv}: {what}; {len(restored)} row(s) restored from the study"
                            + ("" if restored or log.torn_line is None else "; that probe never finished and runs again"))
         return rows
 
-    def _row_from_study(self, key: Key, trial, r: ProbeResult) -> dict:
+    def _row_from_study(self, key: ProbeKey, trial, r: ProbeResult) -> dict:
         s = self.search
         done = trial.datetime_complete.timestamp() if trial.datetime_complete else time.time()
-        return probe_row(r, s.by_key[key[0]], trial=trial.number, fits=s.req.limits.fits(r), finished_at=done,
-                         phase=key[3], repeat=key[4], peak=peak_of(r))
+        return probe_row(r, s.by_key[key.strategy], trial=trial.number, fits=s.req.limits.fits(r), finished_at=done,
+                         phase=key.phase, repeat=key.repeat, peak=peak_of(r))
 
-    def record(self, key: Key, s: Strategy, claim: Claim, r: ProbeResult, row: dict[str, Any]) -> bool:
+    def record(self, key: ProbeKey, s: Strategy, claim: Claim, r: ProbeResult, row: dict[str, Any]) -> bool:
         search = self.search
-        append_probe(search.run.probes, r, s, **row)
+        append_probe(search.run.probes_csv, r, s, **row)
         search.cache[key] = r  # saved from here on: an interrupt now counts it
-        studymod.record(search.study, claim.trial, r, row["peak"], search.req.limits.limit, key[3], key[4])
+        studymod.record(search.study, claim.trial, r, row["peak"], search.req.limits.limit, key.phase, key.repeat)
         return True
 
     def interrupted(self) -> None:
@@ -175,7 +175,7 @@ class SharedLedger(Ledger):
         searched with another storage). This worker's own RUNNING trials died with its last process."""
         s = self.search
         if log.torn_line is not None:
-            raise RunDirError(f"{s.run.probes}: line {log.torn_line} was cut short (an interrupted write); "
+            raise RunDirError(f"{s.run.probes_csv}: line {log.torn_line} was cut short (an interrupted write); "
                               "resume once without --storage to repair it from this run dir's study")
         own = s.board.fail_own_leftovers()
         if own:
@@ -183,21 +183,21 @@ class SharedLedger(Ledger):
         s.board.fail_stale()
         s.board.refresh()
         for row in log.rows:
-            key = row_key(row)
+            key = ProbeKey.from_row(row)
             s.mirrored.add(key)
             strategy = s.by_key.get(row["strategy"])
             if strategy is not None and s.board.result(key) is None and s.board.busy(key) is None:
                 r = result_from_row(row)
-                studymod.add_finished(s.study, s.dists, strategy, Shape(key[1], key[2]), r, peak_of(r),
-                                      s.req.limits.limit, key[3], key[4], self.key_attrs(key))
+                studymod.add_finished(s.study, s.dists, strategy, key.shape, r, peak_of(r),
+                                      s.req.limits.limit, key.phase, key.repeat, self.key_attrs(key))
         s.board.refresh()
         s.progress.log(f"worker {s.worker}, shared study {s.study.study_name}: "
                        f"{len(s.board.results())} finished probe(s) there will not run again")
 
-    def record(self, key: Key, s: Strategy, claim: Claim, r: ProbeResult, row: dict[str, Any]) -> bool:
+    def record(self, key: ProbeKey, s: Strategy, claim: Claim, r: ProbeResult, row: dict[str, Any]) -> bool:
         search = self.search
         try:
-            studymod.record(search.study, claim.trial, r, row["peak"], search.req.limits.limit, key[3], key[4])
+            studymod.record(search.study, claim.trial, r, row["peak"], search.req.limits.limit, key.phase, key.repeat)
         except Exception:
             from optuna.trial import TrialState
 
@@ -208,10 +208,10 @@ class SharedLedger(Ledger):
             if got is None or got[0].number != claim.number:
                 # Another worker took this one for dead (no heartbeat within the grace period) and
                 # failed its trial; the key runs (or ran) again there.
-                search.progress.log(f"{s.key()} mb={key[1]} T={key[2]}: this worker was presumed dead; "
+                search.progress.log(f"{s.key()} mb={key.micro_batch} T={key.max_token}: this worker was presumed dead; "
                                     "its result is dropped (raise --heartbeat if the database is slow)")
                 return False
-        append_probe(search.run.probes, r, s, **row)
+        append_probe(search.run.probes_csv, r, s, **row)
         return True
 
     def finished(self) -> None:
@@ -219,7 +219,7 @@ class SharedLedger(Ledger):
         s = self.search
         s.board.refresh()
         for key in sorted(s.board.results()):
-            if key not in s.cache and key[0] in s.by_key:
+            if key not in s.cache and key.strategy in s.by_key:
                 s._known(key)
 
     def interrupted(self) -> None:
@@ -229,10 +229,6 @@ class SharedLedger(Ledger):
 
     def run_record(self) -> dict[str, Any]:
         return {"study": self.search.study.study_name, "worker": self.search.worker}
-
-
-def row_key(row: dict) -> Key:
-    return (row["strategy"], int(row["micro_batch"]), int(row["max_token"]), row["phase"], int(row["repeat"] or 0))
 
 
 def _holds_result(trial) -> bool:

@@ -1,40 +1,32 @@
-"""What a search leaves behind: boundaries.csv, best.yaml, ds_config.json and the summary table."""
+"""What a search leaves behind, built from its results: the boundaries, the best.yaml document and the
+summary table (autofit.rundir writes the files)."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from autofit.results import write_rows
+from autofit.rundir import records
+from autofit.rundir.records import BOUNDARY_COLUMNS
 from autofit.search.planner import Limits, Outcome, peak_of
-from autofit.spec import Context, ProbeResult, Shape
-from autofit.spec import Strategy
+from autofit.spec import Context, ProbeKey, ProbeResult, Shape, Strategy
 from autofit.trainconfig import (
     deepspeed_config, fused_loss_settings, model_dtype, peft_config, quantization_config, training_args,
 )
-from autofit.writable import write_text
-
-BOUNDARY_COLUMNS = ["strategy", "max_token", "largest_fit_micro_batch", "largest_fit_peak_gib",
-                    "first_fail_micro_batch", "first_fail_status", "first_fail_peak_gib", "first_fail_source",
-                    "budget_gib", "limit_gib"]
-Key = tuple[str, int, int, str, int]
 
 
 def _gib(x: float | None) -> float | str:
     return "" if x is None else round(x / 2**30, 3)
 
 
-def boundary_rows(results: dict[Key, ProbeResult], limits: Limits, outcome: Outcome | None = None) -> list[dict[str, Any]]:
+def boundary_rows(results: dict[ProbeKey, ProbeResult], limits: Limits, outcome: Outcome | None = None) -> list[dict[str, Any]]:
     """Per strategy and max_token: the largest micro-batch that fits and the first that does not."""
     cells: dict[tuple[str, int], dict[int, ProbeResult]] = defaultdict(dict)
-    for (k, mb, t, _, _), r in results.items():
-        prev = cells[(k, t)].get(mb)
+    for key, r in results.items():
+        prev = cells[(key.strategy, key.max_token)].get(key.micro_batch)
         if prev is None or (prev.ok and not r.ok):  # a failure at a shape outranks an earlier success
-            cells[(k, t)][mb] = r
+            cells[(key.strategy, key.max_token)][key.micro_batch] = r
     rows = []
     for (k, t), by_mb in sorted(cells.items()):
         fits = [mb for mb, r in by_mb.items() if limits.fits(r)]
@@ -68,20 +60,20 @@ def boundary_rows(results: dict[Key, ProbeResult], limits: Limits, outcome: Outc
     return rows
 
 
-def write_boundaries(path: Path, results: dict[Key, ProbeResult], limits: Limits, outcome: Outcome | None = None) -> None:
-    write_rows(path, boundary_rows(results, limits, outcome), BOUNDARY_COLUMNS)
+def write_boundaries(path: Path, results: dict[ProbeKey, ProbeResult], limits: Limits, outcome: Outcome | None = None) -> None:
+    records.write_boundaries(path, boundary_rows(results, limits, outcome))
 
 
 def alternative_document(out: Outcome) -> dict[str, Any] | None:
     """The best of the other family (exact vs 4/8-bit), with its speed against the winner's."""
     if out.alternative is None:
         return None
-    k, mb, tps, peak = out.alternative
-    s = Strategy.from_key(k)
-    doc = {"strategy": k, "numerics": "exact" if s.exact else "quantized", "micro_batch": mb,
-           "tokens_per_s": round(tps, 1), "peak_gib": _gib(peak)}
+    alt = out.alternative
+    s = Strategy.from_key(alt.strategy)
+    doc = {"strategy": alt.strategy, "numerics": "exact" if s.exact else "quantized", "micro_batch": alt.micro_batch,
+           "tokens_per_s": round(alt.tokens_per_s, 1), "peak_gib": _gib(alt.peak)}
     if out.winner_tokens_per_s:
-        doc["speedup_vs_winner"] = round(tps / out.winner_tokens_per_s, 2)
+        doc["speedup_vs_winner"] = round(alt.tokens_per_s / out.winner_tokens_per_s, 2)
     return doc
 
 
@@ -105,14 +97,14 @@ def alternative_line(out: Outcome) -> str | None:
             f"{speed:.2f}x the winner's speed")
 
 
-def best_document(out: Outcome, ctx: Context, source, limits: Limits, results: dict[Key, ProbeResult],
+def best_document(out: Outcome, ctx: Context, source, limits: Limits, results: dict[ProbeKey, ProbeResult],
                   space_name: str, wall_time_s: float, probes_run: int,
                   unavailable: list[str] | None = None) -> dict[str, Any] | None:
     if out.winner is None:
         return None
     s, mb = out.winner
     shape = Shape(mb, out.max_token)
-    measured = [r for (k, m, t, _, _), r in results.items() if k == s.key() and m == mb and t == out.max_token and r.ok]
+    measured = [r for k, r in results.items() if k.shape == shape and k.strategy == s.key() and r.ok]
     r0 = max(measured, key=lambda r: peak_of(r) or 0)
     ds = deepspeed_config(s, ctx, shape, hf_auto=True, hidden_size=source.config.get("hidden_size"))
     doc = {
@@ -145,28 +137,18 @@ def best_document(out: Outcome, ctx: Context, source, limits: Limits, results: d
         "quantization_config": quantization_config(s),
         "fused_loss": fused_loss_settings(s),
         "alternative": alternative_document(out),
-        "runner_up": [{"strategy": k, "micro_batch": m, "tokens_per_s": round(tps, 1), "peak_gib": _gib(p)}
-                      for k, m, tps, p in out.candidates[1:5]],
+        "runner_up": [{"strategy": c.strategy, "micro_batch": c.micro_batch, "tokens_per_s": round(c.tokens_per_s, 1),
+                       "peak_gib": _gib(c.peak)} for c in out.candidates[1:5]],
     }
     return doc
 
 
-def write_best(run, doc: dict[str, Any]) -> None:
-    header = ("# autofit best.yaml: paste training_args into transformers.TrainingArguments(**...),\n"
-              "# load the model with model.torch_dtype, wrap it with peft.LoraConfig(**peft) when present,\n"
-              "# and pass ds_config.json (the deepspeed block) when present. Every figure was measured.\n")
-    write_text(run.best, header + yaml.safe_dump(doc, sort_keys=False, width=110))
-    if doc.get("deepspeed"):
-        write_text(run.ds_config, json.dumps(doc["deepspeed"], indent=2))
-    elif run.ds_config.exists():
-        run.ds_config.unlink()
-
-
-def summary_table(out: Outcome, results: dict[Key, ProbeResult], limits: Limits) -> str:
+def summary_table(out: Outcome, results: dict[ProbeKey, ProbeResult], limits: Limits) -> str:
     lines = [f"{'strategy':40s} {'T':>6s} {'fits up to':>10s} {'first fail':>18s} {'best tok/s':>11s} {'peak GiB':>9s}"]
     rows = {(r["strategy"], r["max_token"]): r for r in boundary_rows(results, limits, out)}
     for (k, t), b in sorted(rows.items()):
-        ok = [(r.tokens_per_s, peak_of(r)) for (kk, mb, tt, _, _), r in results.items() if kk == k and tt == t and limits.fits(r)]
+        ok = [(r.tokens_per_s, peak_of(r)) for key, r in results.items()
+              if key.strategy == k and key.max_token == t and limits.fits(r)]
         best = max(ok) if ok else None
         fail = "-"
         if b["first_fail_micro_batch"]:

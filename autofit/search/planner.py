@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 from autofit.search import memmodel
-from autofit.spec import ProbeResult, Shape, Status, Strategy, compared_peak
+from autofit.spec import Candidate, ProbeKey, ProbeResult, Shape, Status, Strategy, compared_peak
 
 Measure = Callable[[Strategy, Shape, str, int], ProbeResult]
 SlopePrior = Callable[[Strategy, int], "float | None"]  # (strategy, max_token) -> peak bytes per token
@@ -174,12 +174,12 @@ class Outcome:
     winner: tuple[Strategy, int] | None = None
     winner_tokens_per_s: float | None = None
     winner_peak: int | None = None
-    candidates: list[tuple[str, int, float, int]] = field(default_factory=list)  # key, mb, tok/s, peak
+    candidates: list[Candidate] = field(default_factory=list)
     note: str = ""
     budget_exhausted: bool = False
     largest_fitting_max_token: int | None = None
     # The best of the other family (exact vs 4/8-bit), reported beside the winner: key, mb, tok/s, peak.
-    alternative: tuple[str, int, float, int] | None = None
+    alternative: Candidate | None = None
 
     @property
     def numerics(self) -> str:
@@ -208,7 +208,7 @@ class Planner:
         self.log = log
         self.slope_prior = slope_prior
         self.estimate = estimate
-        self.results: dict[tuple[str, int, int, str, int], ProbeResult] = {}
+        self.results: dict[ProbeKey, ProbeResult] = {}
         self.by_key = {s.key(): s for s in strategies}
         # The quantized family is planned after the exact one, whose walls and curves bound it. A family
         # whose winner cannot become the answer (quantized without --quantize) is reported as measured:
@@ -222,15 +222,16 @@ class Planner:
 
     def measure(self, s: Strategy, mb: int, t: int, phase: str = "escalate", repeat: int = 0) -> ProbeResult:
         r = self._measure(s, Shape(mb, t), phase, repeat)
-        self.results[(s.key(), mb, t, phase, repeat)] = r
+        self.results[ProbeKey(s.key(), mb, t, phase, repeat)] = r
         return r
 
     def ok_points(self, s: Strategy) -> list[tuple[int, int, float]]:
-        return [(mb, t, peak_of(r)) for (k, mb, t, _, _), r in self.results.items() if k == s.key() and r.ok and peak_of(r)]
+        return [(k.micro_batch, k.max_token, peak_of(r)) for k, r in self.results.items()
+                if k.strategy == s.key() and r.ok and peak_of(r)]
 
     def tokens_curve(self, s: Strategy, t: int) -> list[tuple[int, float]]:
-        pts = {mb: r.tokens_per_s for (k, mb, tt, ph, _), r in self.results.items()
-               if k == s.key() and tt == t and ph == "escalate" and self.limits.fits(r)}
+        pts = {k.micro_batch: r.tokens_per_s for k, r in self.results.items()
+               if k.strategy == s.key() and k.max_token == t and k.phase == "escalate" and self.limits.fits(r)}
         return sorted(pts.items())
 
     # -- the search -----------------------------------------------------------------------------
@@ -344,7 +345,7 @@ class Planner:
                 continue
             model = memmodel.fit(self.ok_points(so.strategy))
             for mb in self.mbs:
-                if any(k == so.strategy.key() and m == mb and tt == t for (k, m, tt, _, _) in self.results):
+                if any(k.strategy == so.strategy.key() and k.micro_batch == mb and k.max_token == t for k in self.results):
                     continue
                 if so.fail_min is not None and mb >= so.fail_min:
                     continue  # monotone: it cannot fit
@@ -460,7 +461,7 @@ class Planner:
         if not (s.offload_optimizer or s.offload_params):
             return None
         sibling = replace(s, grad_ckpt=not s.grad_ckpt).key()
-        runs = [r for (k, *_), r in self.results.items() if k == sibling]
+        runs = [r for k, r in self.results.items() if k.strategy == sibling]
         if runs and all(r.status == Status.CRASH and "SIGKILL" in (r.error or "") for r in runs):
             return sibling
         return None
@@ -504,8 +505,8 @@ class Planner:
     def _confirm(self, out: Outcome) -> None:
         """Re-measure the candidates within noise of the best; the median decides."""
         t = self.target
-        fitting = [(k, mb, r) for (k, mb, tt, ph, _), r in self.results.items()
-                   if tt == t and ph in ("escalate", "explore") and self.limits.fits(r)]
+        fitting = [(k.strategy, k.micro_batch, r) for k, r in self.results.items()
+                   if k.max_token == t and k.phase in ("escalate", "explore") and self.limits.fits(r)]
         if not fitting:
             if not out.note:
                 out.note = f"no configuration fits at max_token {t} within the budget and headroom"
@@ -523,8 +524,8 @@ class Planner:
             if len(ok_runs) < len(runs) or peak > self.limits.limit:
                 self.log(f"{k} mb={mb} failed its re-measurement or crossed the headroom: not a candidate")
                 continue
-            scored.append((k, mb, statistics.median(r.tokens_per_s for r in ok_runs), peak))
-        scored += [(k, mb, r.tokens_per_s, peak_of(r)) for k, mb, r in fitting[len(close):]]
+            scored.append(Candidate(k, mb, statistics.median(r.tokens_per_s for r in ok_runs), peak))
+        scored += [Candidate(k, mb, r.tokens_per_s, peak_of(r)) for k, mb, r in fitting[len(close):]]
         scored.sort(key=lambda x: -x[2])
         if self.decisive:
             scored = self._fresh_check(scored, t)
@@ -533,7 +534,7 @@ class Planner:
             k, mb, tps, peak = scored[0]
             out.winner, out.winner_tokens_per_s, out.winner_peak = (self.by_key[k], mb), tps, peak
 
-    def _fresh_check(self, scored: list[tuple[str, int, float, int]], t: int) -> list[tuple[str, int, float, int]]:
+    def _fresh_check(self, scored: list[Candidate], t: int) -> list[Candidate]:
         """The leading candidate measured alone in a fresh worker; one that does not fit there is dropped
         and the next is checked (at most confirm_top). The peak kept is the larger of the two measurements."""
         tried = 0
@@ -543,7 +544,7 @@ class Planner:
             r = self.measure(self.by_key[k], mb, t, phase="fresh")
             if r.ok and self.limits.fits(r):
                 # Its tokens/s joins the earlier figure (offloaded steps vary by 10% from run to run).
-                scored[0] = (k, mb, statistics.median((tps, r.tokens_per_s)), max(peak, peak_of(r) or 0))
+                scored[0] = Candidate(k, mb, statistics.median((tps, r.tokens_per_s)), max(peak, peak_of(r) or 0))
                 break
             if not r.ok and r.status != Status.OOM:
                 # A crash, error or timeout says nothing about memory (and a probe in flight on another

@@ -1,6 +1,6 @@
 """Several searches sharing one Optuna study: probe keys, claims, results and heartbeats.
 
-Every probe is one trial whose user attribute `probe_key` names it (strategy, micro-batch,
+Every probe is one trial whose user attribute `probe_key` names it (a ProbeKey: strategy, micro-batch,
 max_token, phase, repeat). Trial creation is serialised by the storage (it locks the study row), so
 trial numbers order the claims: the owner of a key is its lowest-numbered trial that is RUNNING or
 holds a result. A worker claims a key by creating a RUNNING trial with it; if an earlier trial owns
@@ -18,21 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from autofit.spec import ProbeResult
+from autofit.spec import ProbeKey, ProbeResult
 
 KEY_ATTR = "probe_key"
 WORKER_ATTR = "worker"
-Key = tuple[str, int, int, str, int]
-
-
-def key_text(key: Key) -> str:
-    s, mb, t, phase, repeat = key
-    return f"{s}|{mb}|{t}|{phase}|{repeat}"
-
-
-def parse_key(text: str) -> Key:
-    s, mb, t, phase, repeat = text.split("|")
-    return s, int(mb), int(t), phase, int(repeat)
 
 
 def result_of(trial) -> ProbeResult | None:
@@ -42,8 +31,9 @@ def result_of(trial) -> ProbeResult | None:
     a = trial.user_attrs
     if "status" not in a or KEY_ATTR not in a or trial.state not in (TrialState.COMPLETE, TrialState.FAIL):
         return None
-    s, mb, t, _, _ = parse_key(a[KEY_ATTR])
-    return ProbeResult.from_dict({**a, "strategy": s, "micro_batch": mb, "max_token": t})
+    key = ProbeKey.from_text(a[KEY_ATTR])
+    return ProbeResult.from_dict({**a, "strategy": key.strategy, "micro_batch": key.micro_batch,
+                                  "max_token": key.max_token})
 
 
 @dataclass(frozen=True)
@@ -60,41 +50,41 @@ class Board:
         self.study, self.storage, self.dists = study, storage, dists
         self.worker, self.heartbeat_s = worker, heartbeat_s
         self.study_id = storage.get_study_id_from_name(study.study_name)
-        self.owners: dict[Key, Any] = {}
+        self.owners: dict[ProbeKey, Any] = {}
 
     # -- reading --------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Re-read the study: the owner of each key (lowest-numbered trial running or holding a result)."""
         from optuna.trial import TrialState
 
-        owners: dict[Key, Any] = {}
+        owners: dict[ProbeKey, Any] = {}
         for t in self.study.get_trials(deepcopy=False):
             text = t.user_attrs.get(KEY_ATTR)
             if text is None or not (t.state == TrialState.RUNNING or result_of(t) is not None):
                 continue
-            key = parse_key(text)
+            key = ProbeKey.from_text(text)
             if key not in owners or t.number < owners[key].number:
                 owners[key] = t
         self.owners = owners
 
-    def result(self, key: Key) -> tuple[Any, ProbeResult] | None:
+    def result(self, key: ProbeKey) -> tuple[Any, ProbeResult] | None:
         """(trial, result) of the key's owner if it holds a result."""
         t = self.owners.get(key)
         r = result_of(t) if t is not None else None
         return (t, r) if r is not None else None
 
-    def busy(self, key: Key) -> int | None:
+    def busy(self, key: ProbeKey) -> int | None:
         """The trial number probing this key right now (on another worker, or a dead one not yet failed)."""
         from optuna.trial import TrialState
 
         t = self.owners.get(key)
         return t.number if t is not None and t.state == TrialState.RUNNING else None
 
-    def results(self) -> dict[Key, tuple[Any, ProbeResult]]:
+    def results(self) -> dict[ProbeKey, tuple[Any, ProbeResult]]:
         return {k: got for k in self.owners if (got := self.result(k)) is not None}
 
     # -- claiming -------------------------------------------------------------------------------
-    def claim(self, key: Key, params: dict[str, Any]) -> Claim | None:
+    def claim(self, key: ProbeKey, params: dict[str, Any]) -> Claim | None:
         """Create a RUNNING trial for `key`; it is ours unless an earlier trial owns the key."""
         import optuna
         from optuna.trial import TrialState
@@ -103,7 +93,7 @@ class Board:
         ps = {k: v for k, v in params.items() if v in self.dists[k].choices}
         template = optuna.trial.create_trial(state=TrialState.RUNNING, params=ps,
                                              distributions={k: self.dists[k] for k in ps},
-                                             user_attrs={KEY_ATTR: key_text(key), WORKER_ATTR: self.worker})
+                                             user_attrs={KEY_ATTR: key.text(), WORKER_ATTR: self.worker})
         trial_id = self.storage.create_new_trial(self.study_id, template_trial=template)
         number = self.storage.get_trial_number_from_id(trial_id)
         if self.heartbeat_s:

@@ -1,7 +1,8 @@
-"""Run-directory files written as the search goes: probes.csv, boundaries.csv, best.yaml, run.json.
+"""The run directory's tables: probes.csv (appended as the search goes) and boundaries.csv.
 
 Append-only, each row written whole and fsync'd, so an interruption loses nothing already measured
-and never leaves half a row; a resume checks every field.
+and never leaves half a row; a resume checks every field. boundaries.csv is replaced whole (temp
+file, rename). Reading checks every field and names file and line in one RunDirError.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import Any, Callable, Iterable
 from autofit.errors import RunDirError
 from autofit.spec import ProbeResult, Status, Strategy
 
-SCHEMA_VERSION = 1
 STRATEGY_COLUMNS = ["method", "lora_r", "precision", "grad_ckpt", "zero_stage", "offload_optimizer", "offload_params"]
 PROBE_COLUMNS = (["trial", "phase", "repeat"] + [f.name for f in dataclasses.fields(ProbeResult)] + STRATEGY_COLUMNS
                  + ["peak_gib", "fits", "finished_at"])
+BOUNDARY_COLUMNS = ["strategy", "max_token", "largest_fit_micro_batch", "largest_fit_peak_gib",
+                    "first_fail_micro_batch", "first_fail_status", "first_fail_peak_gib", "first_fail_source",
+                    "budget_gib", "limit_gib"]
 
 
 def strategy_columns(s: Strategy) -> dict[str, Any]:
@@ -217,3 +220,40 @@ def write_rows(path: Path, rows: Iterable[dict[str, Any]], columns: list[str]) -
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise RunDirError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def write_boundaries(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Replace boundaries.csv whole (rows as the search's boundary_rows builds them)."""
+    write_rows(path, rows, BOUNDARY_COLUMNS)
+
+
+def read_boundaries(path: Path) -> list[dict[str, str]]:
+    """boundaries.csv rows as dicts (strings), [] when there is none; the fields a reader relies on
+    (strategy, max_token and the numeric ones) are checked."""
+    if not path.exists():
+        return []
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path}: corrupted CSV ({exc})") from None
+    for i, r in enumerate(rows, start=2):
+        try:
+            if not r.get("strategy") or not str(r.get("max_token", "")).isdigit():
+                raise ValueError(f"strategy={r.get('strategy')!r}, max_token={r.get('max_token')!r}")
+            for key in ("first_fail_micro_batch", "budget_gib", "limit_gib"):
+                number(r, key)
+        except ValueError as exc:
+            raise RunDirError(f"{path}: line {i} is corrupted ({exc})") from None
+    return rows
+
+
+def number(r: dict[str, str], key: str, scale: float = 1.0) -> float | None:
+    """A numeric CSV field (None when empty); ValueError names the field."""
+    v = r.get(key)
+    if v in (None, ""):
+        return None
+    try:
+        return float(v) / scale
+    except ValueError:
+        raise ValueError(f"{key}={v!r} is not a number") from None

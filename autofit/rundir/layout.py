@@ -1,39 +1,50 @@
-"""A run directory: its files, its lock, and its identity (so --resume never mixes two searches)."""
+"""A run directory: its files and readers, its lock, and its identity (so --resume never mixes two searches)."""
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import platform
-import sys
-import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import autofit
 from autofit.errors import RunDirError
-from autofit.redact import redact_text
-from autofit.results import SCHEMA_VERSION
-from autofit.writable import write_text
+from autofit.spec import ProbeResult
+
+if TYPE_CHECKING:
+    from autofit.rundir.best import Winner
+
+SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
 class RunDir:
+    """A run directory: where each file lives, and its typed readers (each validates its file and
+    names it in a RunDirError). Writers: records (probes, boundaries) and best (best.yaml, run.json)."""
+
     path: Path
 
+    @classmethod
+    def existing(cls, path: str | os.PathLike) -> "RunDir":
+        """A run dir to read: it must exist and be a directory."""
+        path = Path(path)
+        if not path.exists():
+            raise RunDirError(f"run dir {path} does not exist")
+        if not path.is_dir():
+            raise RunDirError(f"run dir {path} is not a directory; give the run directory that holds probes.csv")
+        return cls(path)
+
+    # -- files ------------------------------------------------------------------------------------
     @property
-    def probes(self) -> Path:
+    def probes_csv(self) -> Path:
         return self.path / "probes.csv"
 
     @property
-    def boundaries(self) -> Path:
+    def boundaries_csv(self) -> Path:
         return self.path / "boundaries.csv"
 
     @property
-    def best(self) -> Path:
+    def best_yaml(self) -> Path:
         return self.path / "best.yaml"
 
     @property
@@ -51,6 +62,50 @@ class RunDir:
     @property
     def io(self) -> Path:
         return self.path / "probe_io"
+
+    # -- readers ----------------------------------------------------------------------------------
+    def probes(self) -> list[dict[str, Any]]:
+        """probes.csv rows (strings), every field checked; it must exist."""
+        from autofit.rundir.records import read_probes
+
+        if not self.probes_csv.exists():
+            raise RunDirError(f"{self.path}: no probes.csv here; is this a run directory written by `autofit search`?")
+        return read_probes(self.probes_csv)
+
+    def probe_results(self) -> list[ProbeResult]:
+        from autofit.rundir.records import result_from_row
+
+        return [result_from_row(row) for row in self.probes()]
+
+    def boundaries(self) -> list[dict[str, str]]:
+        """boundaries.csv rows (strings), [] before the search wrote one."""
+        from autofit.rundir.records import read_boundaries
+
+        return read_boundaries(self.boundaries_csv)
+
+    def best(self) -> "Winner":
+        """The winner in best.yaml, validated whole (every problem named in one RunDirError)."""
+        from autofit.rundir.best import load_winner
+
+        return load_winner(self)
+
+    def best_document(self) -> dict[str, Any]:
+        """best.yaml as a mapping, {} when the search named no winner; the values a reader shows are
+        type-checked, the rest is as written (older files lack some sections)."""
+        from autofit.rundir.best import read_best_document
+
+        return read_best_document(self.best_yaml)
+
+    def run(self) -> dict[str, Any]:
+        """run.json as a mapping, {} when there is none; its identity is checked."""
+        from autofit.rundir.best import read_run_json
+
+        return read_run_json(self.run_json)
+
+    def write_best(self, doc: dict[str, Any]) -> None:
+        from autofit.rundir.best import write_best
+
+        write_best(self, doc)
 
 
 class RunLock:
@@ -89,63 +144,16 @@ class RunLock:
             os.close(self.fd)
 
 
-def _version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def gpu_facts() -> dict[str, Any]:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        return {"driver": driver.decode() if isinstance(driver, bytes) else driver}
-    except Exception:
-        return {"driver": None}
-
-
-def write_run_json(run: RunDir, identity: dict[str, Any], extra: dict[str, Any]) -> None:
-    """(Re)write run.json; fields written earlier (space, context) are kept unless replaced."""
-    try:
-        previous = json.loads(run.run_json.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        previous = {}
-    doc = {
-        **(previous if isinstance(previous, dict) else {}),
-        "schema": SCHEMA_VERSION,
-        "identity": identity,
-        "autofit": autofit.__version__,
-        "versions": {p: _version(p) for p in ("torch", "transformers", "peft", "deepspeed", "optuna", "accelerate")},
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "command": [redact_text(a) for a in sys.argv],
-        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **gpu_facts(),
-        **extra,
-    }
-    write_text(run.run_json, json.dumps(doc, indent=2, default=str))
-
-
 def check_resume(run: RunDir, identity: dict[str, Any], resume: bool) -> None:
     """Refuse to mix searches: a run dir with probes needs --resume, and --resume needs the same search."""
-    has_probes = run.probes.exists() and run.probes.stat().st_size > 0
+    has_probes = run.probes_csv.exists() and run.probes_csv.stat().st_size > 0
     if resume and not run.run_json.exists() and not has_probes:
         raise RunDirError(f"--resume: {run.path} holds no search to resume (no run.json); drop --resume to start one")
     if not run.run_json.exists():
         if has_probes:
             raise RunDirError(f"{run.path} has probes.csv but no run.json: not a run dir autofit can resume")
         return
-    try:
-        doc = json.loads(run.run_json.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RunDirError(f"{run.run_json} is corrupted (not JSON); move it away or choose another --run-dir") from None
-    except OSError as exc:
-        raise RunDirError(f"cannot read {run.run_json}: {exc.strerror}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("identity"), dict) or type(doc.get("schema", 0)) is not int:
-        raise RunDirError(f"{run.run_json} is not an autofit run.json (identity or schema missing or of the wrong type)")
+    doc = run.run()
     if doc.get("schema", 0) > SCHEMA_VERSION:
         raise RunDirError(f"{run.path} was written by a newer autofit (schema {doc['schema']} > {SCHEMA_VERSION}); upgrade autofit")
     if not has_probes:
