@@ -98,7 +98,7 @@ class LocalLedger(Ledger):
 
         s = self.search
         s.board.refresh()
-        held = {k: got for k, got in s.board.results().items() if k[0] in s.by_key}
+        held = {k: got for k, got in s.board.results().items() if k.strategy in s.by_key}
         trials = {t.number: t for t in s.study.get_trials(deepcopy=False)}
         rows: list[dict] = []
         for row, line in zip(log.rows, log.lines):
