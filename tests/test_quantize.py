@@ -111,21 +111,24 @@ def write_best_yaml(run, strategy: Strategy, ctx: Context, shape: Shape, measure
     import yaml
 
     from autofit.models import resolve_model
-    from autofit.trainconfig import peft_config, training_args
+    from autofit.trainconfig import model_dtype, peft_config, training_args
 
-    m = strategy.method
+    m, s = strategy.method, strategy
     best = {
-        "model": {"id": ctx.model, "weights_probed": ctx.weights, "trust_remote_code": False},
+        "model": {"id": ctx.model, "weights_probed": ctx.weights, "trust_remote_code": False,
+                  "torch_dtype": model_dtype(s, ctx.num_gpus), "attn_implementation": "sdpa"},
         "hardware": hardware,
         "search": {"global_batch": ctx.global_batch},
-        "config": {"method": m.kind, "lora_r": m.lora_r, "lora_alpha": m.lora_alpha, "max_token": shape.max_token,
-                   "micro_batch": shape.micro_batch, "gradient_accumulation": ctx.grad_accum(shape.micro_batch),
-                   "strategy": strategy.key()},
+        "config": {"method": m.kind, "lora_r": m.lora_r, "lora_alpha": m.lora_alpha, "precision": s.precision,
+                   "gradient_checkpointing": s.grad_ckpt, "zero_stage": s.zero_stage,
+                   "offload_optimizer": s.offload_optimizer, "offload_params": s.offload_params,
+                   "max_token": shape.max_token, "micro_batch": shape.micro_batch,
+                   "gradient_accumulation": ctx.grad_accum(shape.micro_batch), "strategy": strategy.key()},
         "measured": measured,
         "training_args": training_args(strategy, ctx, shape, ds_config_path=None),
+        "deepspeed": None,
+        "peft": peft_config(strategy, resolve_model(ctx.model).lora_targets) if m.kind == "lora" else None,
     }
-    if m.kind == "lora":
-        best["peft"] = peft_config(strategy, resolve_model(ctx.model).lora_targets)
     run.mkdir()
     (run / "best.yaml").write_text(yaml.safe_dump(best))
 
