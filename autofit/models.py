@@ -109,10 +109,26 @@ def list_table(path: str | os.PathLike | None = None) -> list[TableRow]:
     return [TableRow(key, e["architecture"], e["params_published"]) for key, e in load_table(path).items()]
 
 
+# (path, mtime_ns, size) -> the validated table: every resolve_model reads it, and parsing it costs
+# ~60 ms of CPU; a changed file has a new key. Callers get a copy, so none can change another's.
+_TABLE_CACHE: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
 def _read_table(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    path = Path(path) if path is not None else TABLE_PATH
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ModelSourceError(f"model table {path} cannot be read: {exc.strerror}") from None
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _TABLE_CACHE:
+        _TABLE_CACHE[key] = _parse_table(path)
+    return copy.deepcopy(_TABLE_CACHE[key])
+
+
+def _parse_table(path: Path) -> dict[str, Any]:
     import yaml
 
-    path = Path(path) if path is not None else TABLE_PATH
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
