@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not gpu" tests
+	$(BIN)/python -m pytest -q -m "not gpu" --durations=10 tests
 
 # On the GPU machine (see ../shared/device/README.md: the stack travels as wheels in .wheels/, beside the
 # machine's own torch and pytest; its pytest plugins are not loaded: pytest-timeout there breaks the carried
