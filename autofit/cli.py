@@ -1,18 +1,18 @@
 """Command line: the `autofit` group. Each command is a thin click function in autofit/commands/ (or,
 for report and export, beside the code it drives) over an Args dataclass that validates its flags;
-every AutofitError becomes one line on stderr and exit code 2. Heavy imports (torch, optuna,
-pandas) happen inside commands.
+each wraps itself with errors.handles_errors, so every AutofitError becomes one line on stderr and
+exit code 2. Heavy imports (torch, optuna, pandas) happen inside commands.
 """
 
 from __future__ import annotations
 
 import click
 
-from autofit.commands.common import handles_errors  # report_cmd wraps itself with it
 from autofit.commands.estimate import estimate
 from autofit.commands.probe import probe
 from autofit.commands.search import demo, search
 from autofit.commands.verify import verify
+from autofit.errors import handles_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,17 +32,11 @@ def models():
         click.echo("  ".join(str(x) for x in row))
 
 
-def _wrapped(cmd: click.Command) -> click.Command:
-    """Commands that live beside the code they drive (report/export import no torch): one-line errors."""
-    cmd.callback = handles_errors(cmd.callback)
-    return cmd
-
-
 def _assemble() -> None:
     from autofit.export import export_cmd
     from autofit.report import report_cmd
 
-    for cmd in (probe, search, demo, models, _wrapped(export_cmd), _wrapped(report_cmd), estimate, verify):
+    for cmd in (probe, search, demo, models, export_cmd, report_cmd, estimate, verify):
         cli.add_command(cmd)
 
 

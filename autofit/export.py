@@ -23,7 +23,7 @@ from typing import Any, Callable
 import click
 import yaml
 
-from autofit.errors import ExportError, RunDirError, UsageError
+from autofit.errors import ExportError, RunDirError, UsageError, handles_errors
 from autofit.rundir import RunDir
 from autofit.rundir.best import Winner
 
@@ -633,6 +633,7 @@ def export_run(run_dir: Path, fmt: str, out: str | os.PathLike | None, *, datase
 @click.option("--allow-placeholders", is_flag=True,
               help="Write <fill in> markers where --dataset/--template are missing instead of refusing.")
 @click.option("--force", is_flag=True, help="Overwrite a file that is not an earlier export of this run.")
+@handles_errors
 def export_cmd(run_dir: Path, fmt: str, out: str | None, dataset: str | None, template: str | None,
                allow_placeholders: bool, force: bool) -> None:
     """Write a search's winner (RUN_DIR/best.yaml) as a config for your training tool."""

@@ -8,7 +8,7 @@ from typing import Callable
 
 import click
 
-from autofit.errors import UsageError, handles_errors  # noqa: F401  (the commands wrap themselves with it)
+from autofit.errors import UsageError
 
 
 def _apply(options: list[Callable]) -> Callable:

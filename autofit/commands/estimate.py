@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from autofit.commands.common import handles_errors
+from autofit.errors import handles_errors
 from autofit.estimate import EstimateArgs, estimate_for, render
 from autofit.spec import METHODS
 

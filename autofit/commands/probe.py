@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from autofit.commands.common import HardwareArgs, handles_errors, hardware_options, int_list, model_options, where
-from autofit.errors import ProbeError, UsageError, raise_problems
+from autofit.commands.common import HardwareArgs, hardware_options, int_list, model_options, where
+from autofit.errors import ProbeError, UsageError, handles_errors, raise_problems
 from autofit.spec import LOSSES, OPTIMIZERS, QUANTS
 
 

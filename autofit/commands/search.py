@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from autofit.commands.common import HardwareArgs, handles_errors, hardware_options, model_options, where
-from autofit.errors import UsageError, raise_problems
+from autofit.commands.common import HardwareArgs, hardware_options, model_options, where
+from autofit.errors import UsageError, handles_errors, raise_problems
 
 
 @dataclass(frozen=True, kw_only=True)

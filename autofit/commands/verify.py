@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from autofit.commands.common import handles_errors
+from autofit.errors import handles_errors
 from autofit.verify import PEAK_TOLERANCE, VerifyArgs, VerifyFailed, _load_best, verify_run
 
 

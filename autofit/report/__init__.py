@@ -49,7 +49,8 @@ def write_report(run_dir: Path, out: Path | None = None, grid: Path | None = Non
               help="Folder for report.html and the PNGs (default: RUN_DIR/report).")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="An exhaustive-grid CSV (probes.csv columns, e.g. a benchmark's grid.csv) to add to the OOM map.")
+@handles_errors
 def report_cmd(run_dir: Path, out: Path | None, grid: Path | None) -> None:
     """Write RUN_DIR's search as one self-contained report.html (figures embedded) plus the PNGs."""
-    page = handles_errors(write_report)(run_dir, out, grid)
+    page = write_report(run_dir, out, grid)
     click.echo(f"wrote {page} (open it in any browser; it needs no network) and {', '.join(PNG_NAMES)} beside it")
