@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from autofit.errors import NoGPUError, UsageError
 
@@ -32,24 +32,24 @@ def detect_gpus() -> list[GPU]:
         import pynvml
 
         pynvml.nvmlInit()
-        every = []
+        every = []  # (GPU in machine numbering, its UUID)
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(h)
-            uuid = pynvml.nvmlDeviceGetUUID(h)
-            every.append((str(i), uuid.decode() if isinstance(uuid, bytes) else uuid,
-                          name.decode() if isinstance(name, bytes) else name, pynvml.nvmlDeviceGetMemoryInfo(h).total))
+            name, uuid = pynvml.nvmlDeviceGetName(h), pynvml.nvmlDeviceGetUUID(h)
+            every.append((GPU(i, name.decode() if isinstance(name, bytes) else name, pynvml.nvmlDeviceGetMemoryInfo(h).total,
+                              str(i), i), uuid.decode() if isinstance(uuid, bytes) else uuid))
     except Exception:  # no driver, no library, no device: all mean "no GPU here"
         return []
     mask = _mask(os.environ)
     if mask is None:
-        return [GPU(int(i), name, total, i, int(i)) for i, _, name, total in every]
-    gpus = []
+        return [g for g, _ in every]
+    gpus: list[GPU] = []
     for entry in mask:  # CUDA stops at the first entry that names no device
-        hit = next((g for g in every if entry == g[0] or (entry.startswith(("GPU-", "MIG-")) and g[1].startswith(entry))), None)
+        hit = next((g for g, uuid in every
+                    if entry == g.physical or (entry.startswith(("GPU-", "MIG-")) and uuid.startswith(entry))), None)
         if hit is None:
             break
-        gpus.append(GPU(len(gpus), hit[2], hit[3], entry, int(hit[0])))
+        gpus.append(replace(hit, index=len(gpus), physical=entry))
     return gpus
 
 
