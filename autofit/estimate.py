@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autofit.errors import RunDirError, UsageError, raise_problems
+from autofit.errors import UsageError, raise_problems
 from autofit.memory.analytic import GiB, Peak, predict
 from autofit.memory.arch import Arch, arch_of
 from autofit.memory.calibration import calibrate

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from autofit.errors import AutofitError, NoGPUError, RunDirError, UsageError, raise_problems
 from autofit.rundir import RunDir
 from autofit.rundir.best import Winner
@@ -253,7 +251,7 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
         if world == 1:  # before torch initialises CUDA: one process sees exactly its GPU
             os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpus(ctx.gpus, dict(os.environ), _installed())
     if world == 1 and strategy.uses_deepspeed(ctx.num_gpus):
-        from autofit.probe.runner import one_process_world
+        from autofit.probe.launcher import one_process_world
 
         os.environ.update(one_process_world())
     import torch

@@ -55,6 +55,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def one_process_world() -> dict[str, str]:
+    """The launcher's variables for a world of one process on its own port. Without all five,
+    DeepSpeed's init_distributed runs MPI discovery, which sets MASTER_PORT=29500: two searches on one
+    machine, one per GPU, then fail with EADDRINUSE."""
+    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+
+
 def write_rank_env(env: dict[str, str], path: Path) -> Path:
     """DeepSpeed's environment file for the ranks on every host: the user's own .deepspeed_env lines
     (home, then the working directory, as DeepSpeed reads them), then this process's variables above.

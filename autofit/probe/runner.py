@@ -21,7 +21,9 @@ from autofit.errors import ProbeError
 from autofit.hardware import device_mask
 from autofit.models import ModelSource
 from autofit.probe import protocol
-from autofit.probe.launcher import free_port, host_failure, is_peer_lost, launcher_command, stop_ranks, write_rank_env
+from autofit.probe.launcher import (
+    host_failure, is_peer_lost, launcher_command, one_process_world, stop_ranks, write_rank_env,
+)
 from autofit.probe.oom import is_oom_text
 from autofit.spec import Context, ProbeResult, Shape, Status, Strategy, to_jsonable
 
@@ -58,13 +60,6 @@ def omp_threads_per_rank(ranks: int, environ: dict[str, str]) -> str | None:
     return str(max(1, cores // ranks))
 
 
-def one_process_world() -> dict[str, str]:
-    """The launcher's variables for a world of one process on its own port. Without all five,
-    DeepSpeed's init_distributed runs MPI discovery, which sets MASTER_PORT=29500: two searches on one
-    machine, one per GPU, then fail with EADDRINUSE."""
-    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-
-
 class WorkerSession:
     """One warm worker (one process, or N ranks under torchrun) serving one strategy."""
 
@@ -85,12 +80,16 @@ class WorkerSession:
     def multi_host(self) -> bool:
         return len(self.ctx.hosts) > 1
 
+    @property
+    def under_torchrun(self) -> bool:
+        return not self.ctx.hostfile and self.ctx.device == "cuda" and self.ctx.num_gpus > 1
+
     # -- lifecycle ------------------------------------------------------------------------------
     def _command(self) -> list[str]:
         worker = ["-m", "autofit.probe.worker", str(self.io_dir)]
         if self.ctx.hostfile:
             return launcher_command(self.ctx, worker[1:])
-        if self.ctx.device == "cuda" and self.ctx.num_gpus > 1:
+        if self.under_torchrun:
             return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc_per_node={self.ctx.num_gpus}", *worker]
         return [sys.executable, *worker]
@@ -107,7 +106,7 @@ class WorkerSession:
         omp = omp_threads_per_rank(local_ranks, env)
         if omp:
             env["OMP_NUM_THREADS"] = omp
-        if not self.ctx.hostfile and not (self.ctx.device == "cuda" and self.ctx.num_gpus > 1):
+        if not self.ctx.hostfile and not self.under_torchrun:  # a plain process: its own world of one
             env.update(one_process_world())
         if self.ctx.hostfile and self.ctx.device == "cuda":
             # DeepSpeed's launcher gives each host's ranks that host's slots; a mask set here would
