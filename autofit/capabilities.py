@@ -1,7 +1,8 @@
-"""Which memory techniques this machine can run, asked without importing them (the CLI stays instant).
+"""Which strategies this machine can run, asked without importing their libraries (the CLI stays instant).
 
-A technique that cannot run here is not an error: the search reports it once, with the reason, and
-leaves it out. Each check names the library that supplies the technique.
+The one owner of every "runs here or not, and why" rule: the search space, `autofit probe` and the
+probe worker all ask here. A technique that cannot run here is not an error: the search reports it
+once, with the reason, and leaves it out. Each check names the library that supplies the technique.
 """
 
 from __future__ import annotations
@@ -38,3 +39,15 @@ def missing(s: Strategy, ctx: Context) -> str | None:
         if not _installed("bitsandbytes"):
             return f"{what}: bitsandbytes is not installed (pip install bitsandbytes)"
     return None
+
+
+def runnable(strategies: list[Strategy], ctx: Context) -> tuple[list[Strategy], list[str]]:
+    """The strategies that can run in `ctx`, and each distinct reason the others cannot (once each)."""
+    keep, reasons = [], []
+    for s in strategies:
+        why = missing(s, ctx)
+        if why is None:
+            keep.append(s)
+        elif why not in reasons:
+            reasons.append(why)
+    return keep, reasons

@@ -26,12 +26,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from autofit.capabilities import missing
 from autofit.probe.runner import StandbyFactory, escalate
 from autofit.rundir.records import append_probe, read_probes
 from autofit.search.driver import SearchRequest, run_search
 from autofit.search.planner import Limits, peak_of
 from autofit.search.progress import Progress
+from autofit.search.space import runnable_strategies
 from autofit.spec import Context, ProbeResult, Shape, Strategy
 from autofit.units import parse_duration
 from benchmarks.common import add_scenario_args, scenario_from_args
@@ -94,7 +94,7 @@ def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Pa
             # A repeat's rows are phase "repeat": tables that read one measurement per cell read the first pass.
             phase = "grid" if rep == 0 else "repeat"
             # What the search leaves out as unavailable here, the grid leaves out too: the same space.
-            for s in [s for s in space.strategies(ctx.num_gpus) if missing(s, ctx) is None]:
+            for s in runnable_strategies(space, ctx)[0]:
                 for t in tokens:
                     progress.log(f"grid pass {rep + 1}/{repeats}: {s.key()} T={t} over micro-batch {mbs}")
                     with factory(s) as session:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from autofit.errors import SearchSpaceError
-from autofit.search.space import SPACES_DIR, load_space, parse_space
+from autofit.search.space import SPACES_DIR, load_space, parse_space, runnable_strategies
+from autofit.spec import Context
 
 SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
 
@@ -29,6 +30,29 @@ def test_single_gpu_drops_zero_stages_that_partition_nothing():
     assert not [k for k in one if k.endswith("/z2")]          # ZeRO-2 without offload saves nothing on 1 GPU
     assert [k for k in one if "/z2/offopt" in k]               # with offload it does
     assert len(space.strategies(2)) > len(space.strategies(1))
+
+
+CPU = Context(model="autofit/tiny-qwen2", device="cpu", gpus=())
+
+
+def test_the_cpu_runs_zero_and_leaves_out_offload_once_with_its_reason():
+    # capabilities owns what runs here: ZeRO over gloo does on the CPU, offload does not.
+    space = parse_space({"method": "full", "precision": ["fp32"], "grad_ckpt": [False, True], "micro_batch": [1],
+                         "max_token": [64], "zero": [{"stage": 0}, {"stage": 3},
+                                                     {"stage": 3, "offload_optimizer": True}]}, "z.yaml")
+    keep, unavailable = runnable_strategies(space, CPU)
+    assert {s.zero_stage for s in keep} == {0, 3} and not [s for s in keep if s.offload_optimizer]
+    assert len(unavailable) == 1 and unavailable[0].startswith("offload:")
+
+
+@pytest.mark.parametrize("zero,fragment", [
+    ([{"stage": 3, "offload_optimizer": True}], "no strategy can run on the CPU: offload:"),
+    ([{"stage": 2}], "in one CPU process, ZeRO 1 and 2 shard nothing"),
+])
+def test_nothing_runnable_is_one_error_saying_why(zero, fragment):
+    space = parse_space({"precision": ["fp32"], "micro_batch": [1], "max_token": [64], "zero": zero}, "n.yaml")
+    with pytest.raises(SearchSpaceError, match=fragment):
+        runnable_strategies(space, CPU)
 
 
 def test_all_problems_reported_at_once():

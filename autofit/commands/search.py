@@ -63,7 +63,7 @@ def start_search(args: SearchArgs):
 
     ctx = args.context(probe_timeout_s=parse_duration(args.probe_timeout), measure_steps=args.measure_steps)
     sp = load_space(args.space, method=args.method, num_gpus=ctx.num_gpus)
-    runnable_strategies(sp, ctx.num_gpus, ctx.device)
+    runnable_strategies(sp, ctx)  # nothing runnable: one line before the model is resolved
     source = args.resolve_model(args.max_token)
     run_dir = args.run_dir
     if run_dir is None:

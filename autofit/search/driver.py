@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from autofit.errors import AutofitError, Interrupted, RunDirError, SearchSpaceError, StorageError
+from autofit.errors import AutofitError, Interrupted, RunDirError, StorageError
 from autofit.models import ModelSource
 from autofit.rundir.records import append_probe, read_probe_log
 from autofit.search import outputs, study as studymod
@@ -174,11 +174,7 @@ class _Search:
         self.ctx = replace(req.ctx, max_positions=max(tokens))
         self.tokens = tuple(tokens)
         # None runnable: one line, not Optuna's ValueError. Techniques this machine lacks are left out, once each.
-        self.strategies, self.unavailable = _runnable(runnable_strategies(req.space, self.ctx.num_gpus, self.ctx.device),
-                                                      self.ctx)
-        if not self.strategies:
-            raise SearchSpaceError(f"space {req.space.name}: nothing in it can run here ("
-                                   + "; ".join(self.unavailable) + ")")
+        self.strategies, self.unavailable = runnable_strategies(req.space, self.ctx)
         self.by_key = {s.key(): s for s in self.strategies}
         if factory is None:
             from autofit.probe.runner import StandbyFactory
@@ -425,20 +421,6 @@ class _Search:
         return SearchResult(outcome=out, run=self.run, probes_run=self.probes_run,
                             probes_reused=len(self.cache) - self.probes_run, wall_time_s=wall, best=best,
                             summary=outputs.summary_table(out, self.cache, self.req.limits))
-
-
-def _runnable(strategies: list[Strategy], ctx: Context) -> tuple[list[Strategy], list[str]]:
-    """The strategies this machine can run, and each distinct reason the others cannot (once each)."""
-    from autofit.capabilities import missing
-
-    keep, reasons = [], []
-    for s in strategies:
-        why = missing(s, ctx)
-        if why is None:
-            keep.append(s)
-        elif why not in reasons:
-            reasons.append(why)
-    return keep, reasons
 
 
 # Failures of the disk or the storage, not of autofit: the user can act on them.

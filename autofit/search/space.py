@@ -15,8 +15,10 @@ from typing import Any
 
 import yaml
 
+from autofit.capabilities import runnable
 from autofit.errors import SearchSpaceError
-from autofit.spec import LOSSES, METHODS, OPTIMIZERS, PRECISIONS, QUANTS, Method, Strategy, to_jsonable
+from autofit.spec import (LOSSES, METHODS, OPTIMIZERS, PRECISIONS, QUANTS, Context, Method, Strategy,
+                          to_jsonable)
 
 
 
@@ -93,18 +95,21 @@ class SearchSpace:
         return replace(self, method=replace(self.method, kind=kind))
 
 
-def runnable_strategies(space: SearchSpace, num_gpus: int, device: str) -> list[Strategy]:
-    """The space's strategies that can run here; none at all is the user's error, not an empty search."""
-    # DeepSpeed (every ZeRO stage above 0) needs a GPU.
-    out = [s for s in space.strategies(num_gpus) if device == "cuda" or s.zero_stage == 0]
-    if not out:
-        stages = sorted({z.stage for z in space.zero})
-        why = ("ZeRO stages above 0 need DeepSpeed, which needs a GPU" if device != "cuda"
-               else "on one GPU, ZeRO 1 and 2 shard nothing (they are kept only with offload_optimizer)")
-        where = f"{num_gpus} GPU(s)" if device == "cuda" else "the CPU"
-        raise SearchSpaceError(f"search space {space.name}: no strategy can run on {where} (zero stages {stages}): "
-                               f"{why}; add {{stage: 0}} to its zero list")
-    return out
+def runnable_strategies(space: SearchSpace, ctx: Context) -> tuple[list[Strategy], list[str]]:
+    """The space's strategies that can run here, and each distinct reason the others cannot (capabilities
+    owns those rules); none at all is the user's error, not an empty search."""
+    sensible = space.strategies(ctx.num_gpus)
+    keep, unavailable = runnable(sensible, ctx)
+    if keep:
+        return keep, unavailable
+    where = f"{ctx.num_gpus} GPU(s)" if ctx.device == "cuda" else "the CPU"
+    if sensible:
+        raise SearchSpaceError(f"search space {space.name}: no strategy can run on {where}: " + "; ".join(unavailable))
+    stages = sorted({z.stage for z in space.zero})
+    one = "on one GPU" if ctx.device == "cuda" else "in one CPU process"
+    raise SearchSpaceError(f"search space {space.name}: no strategy can run on {where} (zero stages {stages}): "
+                           f"{one}, ZeRO 1 and 2 shard nothing (they are kept only with offload_optimizer); "
+                           "add {stage: 0} to its zero list")
 
 
 def resolve_space_path(name_or_path: str) -> Path:
