@@ -23,3 +23,12 @@ def test_a_strategy_that_cannot_run_is_a_usage_error(flags, fragment):
     assert r.exit_code == 2, r.output
     assert r.stderr.startswith("autofit: error: cannot probe ") and fragment in r.stderr
     assert "Traceback" not in r.output
+
+
+def test_the_flags_defaults_are_strategy_s_own():
+    from autofit.commands.probe import ProbeArgs
+    from autofit.spec import Strategy
+
+    assert ProbeArgs(model="autofit/tiny-qwen2", device="cpu").strategy() == Strategy()
+    flags = cli.commands["probe"].make_context("probe", PROBE[1:]).params  # what the command gets with no strategy flag
+    assert ProbeArgs(**flags).strategy() == Strategy()

@@ -3,32 +3,35 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import click
 
 from autofit.commands.common import HardwareArgs, hardware_options, int_list, model_options, where
 from autofit.errors import ProbeError, UsageError, handles_errors, raise_problems
-from autofit.spec import LOSSES, OPTIMIZERS, QUANTS
+from autofit.spec import LOSSES, METHODS, OPTIMIZERS, PRECISIONS, QUANTS, Method, Strategy
+
+DEFAULT = Strategy()
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProbeArgs(HardwareArgs):
     max_token: int = 1024
     micro_batch: str = "1,2,4,8,16,32,64"
-    method: str = "lora"
-    lora_r: int = 8
-    lora_alpha: int = 32
-    freeze_trainable_layers: int = 2
-    precision: str = "bf16-pure"
-    grad_ckpt: bool = False
-    zero_stage: int = 0
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    loss: str = "hf"
-    quant: str = "none"
-    optim: str = "adamw"
+    # The strategy's flags default to Strategy's (and Method's) own defaults: one source for both.
+    method: str = DEFAULT.method.kind
+    lora_r: int = DEFAULT.method.lora_r
+    lora_alpha: int = DEFAULT.method.lora_alpha
+    freeze_trainable_layers: int = DEFAULT.method.freeze_trainable_layers
+    precision: str = DEFAULT.precision
+    grad_ckpt: bool = DEFAULT.grad_ckpt
+    zero_stage: int = DEFAULT.zero_stage
+    offload_optimizer: bool = DEFAULT.offload_optimizer
+    offload_params: bool = DEFAULT.offload_params
+    loss: str = DEFAULT.loss
+    quant: str = DEFAULT.quant
+    optim: str = DEFAULT.optim
     warmup_steps: int = 1
     measure_steps: int = 2
     timeout: str = "5m"
@@ -55,14 +58,11 @@ class ProbeArgs(HardwareArgs):
                 problems.append(str(exc))
         raise_problems(problems + self.hardware_problems())
 
-    def strategy(self):
-        from autofit.spec import Method, Strategy
-
-        return Strategy(method=Method(kind=self.method, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
-                                      freeze_trainable_layers=self.freeze_trainable_layers),
-                        precision=self.precision, grad_ckpt=self.grad_ckpt, zero_stage=self.zero_stage,
-                        offload_optimizer=self.offload_optimizer, offload_params=self.offload_params,
-                        loss=self.loss, quant=self.quant, optim=self.optim)
+    def strategy(self) -> Strategy:
+        """The Strategy these flags name: every field of Strategy's that is a flag here, by the same name."""
+        method = Method(kind=self.method, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
+                        freeze_trainable_layers=self.freeze_trainable_layers)
+        return Strategy(method=method, **{f.name: getattr(self, f.name) for f in fields(Strategy) if f.name != "method"})
 
 
 def run_probe(args: ProbeArgs) -> None:
@@ -120,21 +120,21 @@ def _probe_line(r) -> str:
 @hardware_options
 @click.option("--max-token", type=int, default=1024, show_default=True, help="Sequence length of every sample.")
 @click.option("--micro-batch", default="1,2,4,8,16,32,64", show_default=True, help="Micro-batch sizes to escalate through, stopping at the first OOM.")
-@click.option("--method", type=click.Choice(["lora", "full", "freeze"]), default="lora", show_default=True)
-@click.option("--lora-r", type=int, default=8, show_default=True)
-@click.option("--lora-alpha", type=int, default=32, show_default=True)
-@click.option("--freeze-trainable-layers", type=int, default=2, show_default=True, help="freeze: train only the last N blocks and the head.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "bf16-pure"]), default="bf16-pure", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default=DEFAULT.method.kind, show_default=True)
+@click.option("--lora-r", type=int, default=DEFAULT.method.lora_r, show_default=True)
+@click.option("--lora-alpha", type=int, default=DEFAULT.method.lora_alpha, show_default=True)
+@click.option("--freeze-trainable-layers", type=int, default=DEFAULT.method.freeze_trainable_layers, show_default=True, help="freeze: train only the last N blocks and the head.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT.precision, show_default=True,
               help="bf16/fp16: mixed precision over fp32 weights; bf16-pure: weights in bf16 (how GLM-4's finetune loads them).")
-@click.option("--grad-ckpt/--no-grad-ckpt", default=False, show_default=True, help="Gradient checkpointing.")
-@click.option("--zero", "zero_stage", type=click.IntRange(0, 3), default=0, show_default=True, help="DeepSpeed ZeRO stage.")
+@click.option("--grad-ckpt/--no-grad-ckpt", default=DEFAULT.grad_ckpt, show_default=True, help="Gradient checkpointing.")
+@click.option("--zero", "zero_stage", type=click.IntRange(0, 3), default=DEFAULT.zero_stage, show_default=True, help="DeepSpeed ZeRO stage.")
 @click.option("--offload-optimizer", is_flag=True, help="ZeRO: optimizer state on the CPU.")
 @click.option("--offload-params", is_flag=True, help="ZeRO-3: parameters on the CPU.")
-@click.option("--loss", type=click.Choice(LOSSES), default="hf", show_default=True,
+@click.option("--loss", type=click.Choice(LOSSES), default=DEFAULT.loss, show_default=True,
               help="fused: liger-kernel's fused linear cross-entropy (the full logits never exist).")
-@click.option("--quant", type=click.Choice(QUANTS), default="none", show_default=True,
+@click.option("--quant", type=click.Choice(QUANTS), default=DEFAULT.quant, show_default=True,
               help="Base weights in 4-bit NF4 or 8-bit LLM.int8 (bitsandbytes; LoRA only).")
-@click.option("--optim", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True,
+@click.option("--optim", type=click.Choice(OPTIMIZERS), default=DEFAULT.optim, show_default=True,
               help="adamw8bit: bitsandbytes' 8-bit AdamW (ZeRO-0 only).")
 @click.option("--warmup-steps", type=int, default=1, show_default=True)
 @click.option("--measure-steps", type=int, default=2, show_default=True)
