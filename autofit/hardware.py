@@ -17,8 +17,9 @@ class GPU:
     nvml_index: int = -1  # NVML's (physical) number for it
 
 
-def _mask(environ) -> list[str] | None:
-    """The entries of CUDA_VISIBLE_DEVICES, or None when it is unset (every GPU visible)."""
+def visible_mask(environ) -> list[str] | None:
+    """The entries of CUDA_VISIBLE_DEVICES, or None when it is unset (every GPU visible); the one parser
+    of an outer mask (detect_gpus, device_mask, verify's visible_gpus)."""
     raw = environ.get("CUDA_VISIBLE_DEVICES")
     return None if raw is None else [x.strip() for x in raw.split(",") if x.strip()]
 
@@ -40,7 +41,7 @@ def detect_gpus() -> list[GPU]:
                               str(i), i), uuid.decode() if isinstance(uuid, bytes) else uuid))
     except Exception:  # no driver, no library, no device: all mean "no GPU here"
         return []
-    mask = _mask(os.environ)
+    mask = visible_mask(os.environ)
     if mask is None:
         return [g for g, _ in every]
     gpus: list[GPU] = []
@@ -55,7 +56,7 @@ def detect_gpus() -> list[GPU]:
 
 def device_mask(gpus: tuple[int, ...]) -> str:
     """CUDA_VISIBLE_DEVICES for a child that must use exactly these of this process's GPUs."""
-    mask = _mask(os.environ)
+    mask = visible_mask(os.environ)
     if mask is None:
         return ",".join(map(str, gpus))
     return ",".join(mask[i] for i in gpus if i < len(mask))

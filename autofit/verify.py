@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autofit.errors import AutofitError, NoGPUError, RunDirError, UsageError, raise_problems
+from autofit.hardware import detect_gpus, visible_mask
 from autofit.rundir import RunDir
 from autofit.rundir.best import Winner
 
@@ -157,7 +158,7 @@ def visible_gpus(gpus: tuple[int, ...], environ: dict[str, str], installed: int 
     other cards of the same model). Without a mask HF Trainer takes every visible GPU in one process,
     i.e. torch DataParallel: a different run from the one measured, and the trap autofit exists to avoid.
     On a machine without those indices (`installed` GPUs, from NVML), the first N stand in."""
-    outer = [g.strip() for g in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    outer = visible_mask(environ) or []  # an empty mask, as an unset one, leaves the choice to best.yaml
     if not outer:
         if installed is not None and max(gpus, default=0) >= installed:
             if installed < len(gpus):
@@ -172,8 +173,6 @@ def visible_gpus(gpus: tuple[int, ...], environ: dict[str, str], installed: int 
 
 def _installed() -> int | None:
     """GPUs on this machine, by NVML (no CUDA context: the mask must be set before torch starts it)."""
-    from autofit.hardware import detect_gpus
-
     return len(detect_gpus()) or None
 
 
