@@ -20,7 +20,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,15 +45,11 @@ def _unavailable(why: str):
     pytest.skip(why)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def pg_server():
     """postgresql://postgres@127.0.0.1:PORT of a fresh cluster in a temporary directory."""
+    from autofit.probe.launcher import free_port
+
     initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     if not initdbs and not shutil.which("initdb"):
         _unavailable("PostgreSQL is not installed (apt-get install postgresql)")
@@ -68,7 +63,7 @@ def pg_server():
     tmp = Path(tempfile.mkdtemp(prefix="autofit-pg-"))
     if as_pg:
         shutil.chown(tmp, "postgres", "postgres")
-    data, port = tmp / "data", _free_port()
+    data, port = tmp / "data", free_port()
 
     def pg(*argv: str) -> None:
         subprocess.run(as_pg + [str(bindir / argv[0]), *argv[1:]], cwd=tmp, check=True, capture_output=True,
