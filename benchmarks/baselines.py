@@ -340,14 +340,14 @@ def run_hf_auto(sc: Scenario, start_batch: int, steps: int, timeout_s: float, gr
 
 # -- ds-autotune --------------------------------------------------------------------------------------
 def _shims(bin_dir: Path) -> list[str]:
-    """Stand-ins for what the autotuner shells out to, only where the machine lacks them: the `deepspeed`
-    console script (not installed by pip --target on the GPU machine) and pdsh, which the autotuner runs
-    after each experiment only to pkill its already-finished processes on every node."""
+    """Stand-ins for what the autotuner shells out to: `deepspeed` (benchmarks/ds_shim.py: the console
+    script is not installed by pip --target on the GPU machine, and the tuner's experiments must run on
+    the GPUs given, not on 0..n-1) and, where the machine lacks it, pdsh, which the autotuner runs after
+    each experiment only to pkill its already-finished processes on every node."""
     made = []
     bin_dir.mkdir(parents=True, exist_ok=True)
-    if shutil.which("deepspeed") is None:
-        (bin_dir / "deepspeed").write_text(f"#!/bin/sh\nexec {sys.executable} -m deepspeed.launcher.runner \"$@\"\n")
-        made.append("deepspeed (python -m deepspeed.launcher.runner)")
+    (bin_dir / "deepspeed").write_text(f"#!/bin/sh\nexec {sys.executable} -m benchmarks.ds_shim \"$@\"\n")
+    made.append("deepspeed (python -m benchmarks.ds_shim: DeepSpeed's launcher, --include mapped to the GPUs given)")
     if shutil.which("pdsh") is None:
         (bin_dir / "pdsh").write_text("#!/bin/sh\n# no-op: the experiment this cleans up has already exited\nexit 0\n")
         made.append("pdsh (no-op cleanup)")
@@ -469,6 +469,8 @@ def run_ds_autotune(sc: Scenario, timeout_s: float, told: bool = False) -> dict[
     shims = _shims(work / "bin")
     env = _child_env(sc)
     env["PATH"] = f"{work / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    if env["CUDA_VISIBLE_DEVICES"].replace(",", "").isdigit():
+        env["AUTOFIT_DS_GPUS"] = env["CUDA_VISIBLE_DEVICES"]
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--autotuning", "tune",
            str(ROOT / "benchmarks" / "ds_autotune_train.py"), "--plan", str(work / "plan.json"),
            "--deepspeed_config", str(work / "ds_config.json")]

@@ -117,6 +117,38 @@ def _log(out: Path, line: str) -> None:
         f.write(line + "\n")
 
 
+def processes_on(gpu_csv: str, apps_csv: str, mask: str | None) -> list[str]:
+    """The compute processes nvidia-smi lists on this job's GPUs (the mask's entries, machine indices or
+    UUIDs; all GPUs without one), from `--query-gpu=index,uuid` and `--query-compute-apps=gpu_uuid,pid,
+    used_memory` (csv, noheader)."""
+    index = {}
+    for line in gpu_csv.splitlines():
+        if line.strip():
+            i, uuid = (x.strip() for x in line.split(",", 1))
+            index[uuid] = i
+    mine = set(index) if not mask else {u for u, i in index.items() if i in mask.split(",") or u in mask.split(",")}
+    found = []
+    for line in apps_csv.splitlines():
+        parts = [x.strip() for x in line.split(",")]
+        if len(parts) == 3 and parts[0] in mine:
+            found.append(f"pid {parts[1]} ({parts[2]}) on GPU {index[parts[0]]}")
+    return found
+
+
+def _others_on_the_gpus() -> list[str]:
+    """Processes on this job's GPUs between steps, when none of its own run: another job's, or one a
+    step left behind. Steps measured beside one are not evidence (DeepSpeed's autotuner once ran its
+    experiments on another job's GPU: benchmarks/ds_shim.py)."""
+    query = ["nvidia-smi", "--format=csv,noheader"]
+    try:
+        gpus = subprocess.run(query + ["--query-gpu=index,uuid"], capture_output=True, text=True, timeout=30).stdout
+        apps = subprocess.run(query + ["--query-compute-apps=gpu_uuid,pid,used_memory"], capture_output=True,
+                              text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return processes_on(gpus, apps, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
 def run_step(step: Step, out: Path) -> bool | None:
     """Run one step unless its marker exists. True: done now; False: failed now; None: skipped."""
     if (out / f"{step.name}.done").exists() or (out / f"{step.name}.failed").exists():
@@ -125,6 +157,9 @@ def run_step(step: Step, out: Path) -> bool | None:
         shutil.rmtree(step.copy_to, ignore_errors=True)  # a copy an interrupted attempt left half-made
         shutil.copytree(step.copy_from, step.copy_to)
     _log(out, f"### {time.strftime('%H:%M:%S')} {step.name}: {step.show()}")
+    others = _others_on_the_gpus()
+    if others:
+        _log(out, f"### {step.name} starts beside other processes on its GPUs: {'; '.join(others)}")
     with open(out / f"{step.name}.log", "w") as log:
         stdout = open(step.stdout, "w") if step.stdout else log
         try:

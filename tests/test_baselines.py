@@ -348,3 +348,22 @@ def test_a_verify_on_another_gpu_is_named_and_one_on_the_searched_gpu_wins(tmp_p
     verify_folder("verify-h100-x", "NVIDIA H100 80GB HBM3", None, True)
     autofit = scenario_table.scenario_rows(results / "bench-fixture")[1][0]
     assert autofit.endswith("| yes ([verify-h100-x](results/verify-h100-x)) |")
+
+
+def test_ds_shim_maps_the_autotuners_gpus_to_the_ones_given():
+    from benchmarks.ds_shim import remap_include
+
+    # DeepSpeed's autotuner launches each experiment on slots 0..n-1 of what it was given.
+    args = ["--hostfile", "/job/hostfile", "--include", "localhost:0", "--master_port", "29600", "train.py"]
+    assert remap_include(args, ["1"])[3] == "localhost:1"
+    assert remap_include(["--include", "localhost:0,1@b:1"], ["2", "3"]) == ["--include", "localhost:2,3@b:3"]
+    assert remap_include(args, []) == args  # no GPUs given (CPU, or a UUID mask): as DeepSpeed wrote it
+    assert remap_include(["--include", "localhost:4"], ["1"]) == ["--include", "localhost:4"]
+
+
+def test_ds_shim_runs_deepspeeds_launcher():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AUTOFIT_DS_GPUS": "1"}
+    r = subprocess.run([sys.executable, "-m", "benchmarks.ds_shim", "--help"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "--autotuning" in r.stdout  # DeepSpeed's runner's own usage

@@ -123,3 +123,12 @@ def test_unknown_scenario_or_step_is_one_line_and_exit_2(tmp_path):
         p = subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
     assert run.main(["nope", "--out", str(tmp_path)]) == 2
+
+
+def test_a_step_names_the_processes_already_on_its_gpus():
+    gpus = "0, GPU-aaa\n1, GPU-bbb\n"
+    apps = "GPU-aaa, 5593, 15360 MiB\nGPU-bbb, 6001, 518 MiB\n"
+    assert run.processes_on(gpus, apps, "0") == ["pid 5593 (15360 MiB) on GPU 0"]
+    assert run.processes_on(gpus, apps, "GPU-bbb") == ["pid 6001 (518 MiB) on GPU 1"]
+    assert len(run.processes_on(gpus, apps, None)) == 2
+    assert run.processes_on(gpus, "", "1") == []
