@@ -8,6 +8,7 @@ config and RUN_DIR/ds_config.json, on synthetic full-length batches.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -17,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from autofit.errors import AutofitError, NoGPUError, RunDirError, UsageError, raise_problems
 from autofit.hardware import detect_gpus, visible_mask
@@ -231,6 +232,22 @@ class VerifyArgs:
         raise_problems(problems)
 
 
+@contextlib.contextmanager
+def _oom_is_the_verdict(ctx: Any) -> Iterator[None]:
+    """Running out of memory under HF Trainer is verify's answer (the winner does not fit there), in one
+    line. Under --gpu-memory what other processes hold on the card counts against the cap, as on a real
+    card of that size: the OOM's own message names them."""
+    try:
+        yield
+    except Exception as exc:
+        from autofit.probe.oom import is_oom, last_line
+
+        if not is_oom(exc):
+            raise
+        cap = " (under --gpu-memory, memory other processes hold on this GPU counts too)" if ctx.gpu_memory else ""
+        raise VerifyFailed(f"verify failed: the winner ran out of memory under HF Trainer{cap}: {last_line(exc)}") from exc
+
+
 def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANCE) -> Verification:
     VerifyArgs(run_dir, steps, tolerance)  # raises on bad values
     winner = _load_best(run_dir)
@@ -267,7 +284,7 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
     device, here = setup_device(torch, ctx, local_rank)  # here: the device's name, as the probes record it
     source = resolve_model(ctx.model, trust_remote_code=ctx.trust_remote_code)
     ds_path = run_dir / "ds_config.json"
-    with tempfile.TemporaryDirectory(prefix="autofit-verify-") as out:
+    with _oom_is_the_verdict(ctx), tempfile.TemporaryDirectory(prefix="autofit-verify-") as out:
         args = dict(best["training_args"], output_dir=out, max_steps=steps, disable_tqdm=True,
                     dataloader_num_workers=0, use_cpu=not on_cuda, save_strategy="no", report_to="none")
         if args.get("deepspeed"):

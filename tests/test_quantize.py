@@ -184,3 +184,27 @@ def test_every_table_architecture_builds_quantized_and_trains_lora(tmp_path, arc
     ids = torch.randint(0, TINY_SHAPES["vocab_size"], (1, 16))
     model(input_ids=ids, labels=ids).loss.backward()
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_verify_says_in_one_line_that_the_winner_ran_out_of_memory(tmp_path, monkeypatch):
+    """An OOM while verify builds or trains the winner is its verdict, one line and exit 2, not a traceback
+    (a GPU run: another process held 15 GiB of the card under a 24 GiB cap). A FAKE OOM stands in."""
+    from click.testing import CliRunner
+
+    from autofit.cli import cli
+    from autofit.probe import worker
+    from autofit.spec import Context, Shape, Strategy
+
+    def out_of_memory(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 32.00 MiB. Process 5900 has 15.00 GiB memory in use.")
+
+    monkeypatch.setattr(worker, "trainable_model", out_of_memory)
+    write_best_yaml(tmp_path / "run", Strategy(precision="fp32"), Context(model="autofit/tiny-qwen2", device="cpu", gpus=(), global_batch=4),
+                    Shape(2, 32), measured={"tokens_per_s": 1000.0, "peak_gib": 1.0},
+                    hardware={"device": "cpu", "gpu": "cpu", "gpus": [], "memory_budget_gib": 64.0, "emulated_gpu_memory": False})
+    result = CliRunner().invoke(cli, ["verify", str(tmp_path / "run"), "--steps", "3"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("autofit: error: verify failed: the winner ran out of memory under HF Trainer")
+    assert "Process 5900 has 15.00 GiB" in lines[-1] and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "verify.json").exists()
