@@ -97,6 +97,8 @@ def _baseline_cell(facts: scenario_table.Facts, names: tuple[str, ...]) -> str:
             continue  # an hf-auto without checkpointing belongs to the other column
         if name == "hf-auto" and "hf-auto-ckpt" not in names and "/ckpt/" in m.choice:
             continue
+        if m.tainted:
+            return "tainted †"
         if m.failed:
             return "no answer"
         mark = " ‡" if name == "hand" else ""
@@ -168,7 +170,9 @@ HEADLINE_NOTE = (
     "passes (`within the spread`; each pass measures every cell in new workers). Baselines (sources in "
     "`benchmarks/baselines.py`): their pick's tokens/s over the grid's best, as the grid measured that cell (* "
     "their own measurement); `over headroom`: the pick runs but peaks above the line autofit keeps from an OOM; "
-    "`no answer`: nothing it tried runs; ‡: the older procedure, which stopped at the headroom line; "
+    "`no answer`: nothing it tried runs; ‡: the older procedure, which stopped at the headroom line; † "
+    "`tainted`: measured while another job's process held memory on its GPU (the folder's tainted.yaml says which "
+    "and why), so no figure; "
     "`not run`: no committed folder has it yet.")
 
 

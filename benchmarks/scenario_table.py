@@ -20,6 +20,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from autofit.search import memmodel
 from benchmarks.common import committed
 from autofit.spec import compared_peak
@@ -158,6 +160,7 @@ class Method:
     passed: bool | None = None     # verify's pass or fail; None: not verified
     failed: bool = False
     over_headroom: bool = False    # the chosen cell peaks above the headroom line
+    tainted: bool = False          # measured beside another job's process (the folder's tainted.yaml)
 
 
 @dataclass
@@ -176,6 +179,12 @@ class Facts:
     def label(self) -> str:
         return (f"{self.model}, T={self.max_token}, space `{self.space}`, {self.gpus} x {self.gpu}{self.cap} "
                 f"[{self.folder.name}](results/{self.folder.name})")
+
+
+def tainted(folder: Path) -> dict:
+    """The folder's tainted.yaml: steps whose figures are not evidence (`baselines`: names) and why."""
+    p = folder / "tainted.yaml"
+    return (yaml.safe_load(p.read_text()) or {}) if p.exists() else {}
 
 
 def scenario_facts(folder: Path) -> Facts:
@@ -223,10 +232,15 @@ def scenario_facts(folder: Path) -> Facts:
                                 frac(in_grid if in_grid else srch.get("winner_tokens_per_s"), own=not in_grid), mem,
                                 _verdict(v) if v else "-", verified_in, verified_on, bool(v.get("passed")) if v else None)
 
+    taint = tainted(folder)
     for name, b in base.get("baselines", {}).items():
         lab = BASELINE_LABELS.get(name, name)
         w = _wall(b.get("wall_s"), gpus)
         probes = b.get("probes", "-")
+        if name in taint.get("baselines", ()):
+            methods[name] = Method(lab, w, probes, "tainted: another job's process held memory on its GPU (tainted.yaml says why)", "-",
+                                   tainted=True)
+            continue
         if b.get("status") != "ok":
             why = f"failed: {_first_sentence(b.get('reason', '?')).replace('|', '/')}"
             so_far = b.get("best_so_far") or _autotune_so_far(folder / "baselines" / name, T)

@@ -36,6 +36,15 @@ def test_headline_shows_each_baseline_in_its_column_and_unsafe_speed_as_such(tmp
     assert "unlike: max_tokens unrecorded, 2 steps/probe" in cells[6]
 
 
+def test_a_tainted_baseline_shows_no_figure(tmp_path):
+    _synthetic_scenario(tmp_path / "bench-x")
+    (tmp_path / "bench-x" / "tainted.yaml").write_text("reason: another job's process on the GPU\nbaselines: [hand]\n")
+    cells = _row(headline.headline(tmp_path, scenarios={}), "bench-x")
+    by = dict(zip([c for c, _ in headline.BASELINE_COLUMNS], cells[7:]))
+    assert by["HF, doubling + ckpt"] == "tainted †"  # was 140.0% ‡ (the test above)
+    assert by["HF auto_find_batch_size + ckpt"] == "75.0%*, over headroom"  # the others as measured
+
+
 def test_a_repeated_like_for_like_grid_shows_its_spread(tmp_path):
     d = tmp_path / "bench-x"
     _synthetic_scenario(d)
