@@ -53,7 +53,7 @@ class Verification:
     passed: bool
     problems: tuple[str, ...]
     # Live tensors (torch.cuda.max_memory_allocated, max over ranks): with reserved, tells a gap in live
-    # memory from one in the allocator's cache (the 2 x H200 winner's +6.2% was not known to be which).
+    # memory from one in the allocator's cache.
     peak_allocated_gib: float | None = None
     probe_peak_allocated_gib: float | None = None
     probe_peak_reserved_gib: float | None = None
@@ -69,10 +69,9 @@ def judge(peak: float, probe_peak: float, allocated: float | None, probe_allocat
     - over the budget: fails.
     - the device-level peak over the probe's by more than `tolerance`: fails (it eats the headroom).
     - under it by more than `tolerance`: fails unless the live tensors (max_memory_allocated) agree within
-      `tolerance`. Then the gap is the allocator's cache, and a probe's is larger when its worker ran a
-      smaller micro-batch first (2 x H200, Qwen2-1.5B ZeRO-2 mb 16: reserved 101.65 GiB after mb 1 in the
-      same worker, 95.85 in a fresh one, as in HF Trainer): the search was conservative, not wrong.
-      Without both allocated figures (a best.yaml from before they were recorded) it fails, as before.
+      `tolerance`. Then the gap is the allocator's cache, which is larger in a probe whose worker ran a
+      smaller micro-batch first (results/bench-2xh200-qwen2-1.5b-full-T1024): the search was conservative.
+      Without both allocated figures (an older best.yaml) it fails.
     """
     problems = []
     if peak > budget:

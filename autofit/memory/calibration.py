@@ -14,7 +14,7 @@ from autofit.memory.analytic import GiB, Peak
 ZERO3_SUB_GROUP_PARAMS = 1e9
 # A run's measured peaks move the prediction only by what they disagree beyond this fraction: small
 # probes scatter by a few percent around the model (allocator slack is lumpy at small shapes), and
-# extrapolating that scatter to the wall made the held-out error worse, not better (summary.json).
+# extrapolating that scatter to the wall makes the held-out error worse (results/estimate-error).
 CALIBRATION_NOISE = 0.05
 
 

@@ -51,9 +51,9 @@ def omp_threads_per_rank(ranks: int, environ: dict[str, str]) -> str | None:
     """OMP_NUM_THREADS for ranks sharing this machine, or None to leave the user's setting alone.
 
     torchrun sets OMP_NUM_THREADS=1 for every rank when it is unset, and DeepSpeed's CPU Adam (the
-    optimizer step under offload_optimizer) is an OpenMP loop: one thread made a 9 B model's step
-    several times slower than the cores allow, so offload strategies were ranked too low. Each rank
-    gets its share of the cores this process may run on."""
+    optimizer step under offload_optimizer) is an OpenMP loop: one thread makes offload strategies
+    several times slower than the cores allow (results/omp-offload-2xh200). Each rank gets its share
+    of the cores this process may run on."""
     if "OMP_NUM_THREADS" in environ or ranks <= 1:
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -308,9 +308,9 @@ def _last_error_line(tail: str) -> str:
 class StandbyFactory:
     """Makes the sessions a search needs, keeping one standby worker spawned ahead of time.
 
-    Starting a worker costs the imports (10-15 s for torch + transformers + peft + deepspeed on the
-    GPU machine); the standby pays them while the current worker probes. It touches no GPU until
-    its strategy arrives, which happens only after the previous worker has exited.
+    Starting a worker costs the imports (torch, transformers, peft, deepspeed: seconds); the standby
+    pays them while the current worker probes. It touches no GPU until its strategy arrives, which
+    happens only after the previous worker has exited.
     """
 
     def __init__(self, ctx: Context, source: ModelSource, io_root: Path, env: dict[str, str] | None = None,
@@ -340,9 +340,8 @@ class StandbyFactory:
 
     def fresh(self, strategy: Strategy) -> WorkerSession:
         """A worker for the search's fresh-worker check of its winner (autofit.search.planner): at least
-        FRESH_MEASURE_STEPS measured steps. On 1 x H200 (GLM-4-9B LoRA ZeRO-3 offload mb 2 T=2048 under
-        24 GiB, HF Trainer 16.29 GiB) a fresh probe with one measured step read 15.25 GiB, the two with two
-        read 16.37 and 16.41: two runs, not a proof that one step always reads low."""
+        FRESH_MEASURE_STEPS measured steps, since one measured step read the peak below HF Trainer's
+        (results/fresh-check-h200-glm4-lora-T2048-24GiB)."""
         return self._take(strategy, replace(self.ctx, measure_steps=max(FRESH_MEASURE_STEPS, self.ctx.measure_steps)))
 
     def close(self) -> None:

@@ -6,33 +6,26 @@ results so far, a resumed search retraces the same plan and re-runs nothing.
 
 Rules, each one a saving:
 - Monotone shapes: if micro-batch m does not fit a strategy, no m' > m does. Never probed.
-- Slower-at-equal-shape strategies (checkpointing, offload, ZeRO-3 over 0-2) are only useful beyond
-  the wall of the faster one they extend, so their escalation starts there; and if the faster
-  one's throughput has already saturated, they cannot win and are skipped.
-- A per-strategy memory model fitted to measured peaks predicts the wall; the escalation jumps
-  to the largest micro-batch predicted to fit, then confirms the wall one step above. After the
-  first probe of a strategy, an analytic slope (autofit.memory.analytic, when the driver supplies one)
-  stands in for the second point, so the jump comes one probe earlier; a wall is only ever
-  predicted from measured points.
-- A strategy whose analytic peak (autofit.memory.analytic, when the driver supplies it) at its first
-  micro-batch is over the limit by more than the estimate's largest measured error is a wall without
-  probing it: full fine-tuning of a 9 B model does not try DDP on two 80 GB cards. The most frugal
-  strategy is never ruled out this way, so a search never ends on estimates alone.
-- The first strategy escalated is the fastest one the estimate predicts to fit; when it does not fit
-  after all, the next one (up to MAX_ESTIMATED_STARTS); without an estimate, or after those misses,
-  the most frugal one: the fast walls are in place at once.
+- Slower-at-equal-shape strategies (checkpointing, offload, ZeRO-3 over 0-2) start above the wall of
+  the faster one they extend, and are skipped once its throughput has saturated: they cannot win.
+- A per-strategy memory model fitted to measured peaks predicts the wall: the escalation jumps to the
+  largest micro-batch predicted to fit, then confirms the wall one step above. An analytic slope
+  (autofit.memory.analytic) stands in for the second point; a wall is only predicted from measured points.
+- A strategy whose analytic peak at its first micro-batch is over the limit by more than the
+  estimate's largest error is a wall without probing it. The most frugal strategy is never ruled out
+  this way, so a search never ends on estimates alone.
+- The first strategy escalated is the fastest one the estimate predicts to fit (then the next, up to
+  MAX_ESTIMATED_STARTS), else the most frugal one: the fast walls are in place at once.
 - A strategy whose twin differs only in a technique that saves memory at no cost in speed (the fused
   loss, NF4 over LLM.int8) is skipped once the twin ran.
 - Exact and 4/8-bit strategies are planned as two families (driver); the exact family's walls and
   flat curves bound the quantized one, which does the same matmuls after dequantizing.
 - Top candidates within measurement noise of each other are re-measured before a winner is named.
-- The winner is measured once more alone in a new worker (phase "fresh"), as the user's training
-  starts, with at least two measured steps (probe.runner.StandbyFactory.fresh). The allocator's
-  state after smaller shapes, and run-to-run variation under ZeRO-3 offload, move the peak at the
-  same shape by several percent either way (1 x H200, GLM-4-9B LoRA ZeRO-3 offload mb 2 T=2048 under
-  24 GiB: probes read 15.2 or 16.4 GiB, the two alone with two measured steps 16.37 and 16.41, HF
-  Trainer 16.29; 2 x H200 Qwen2-1.5B ZeRO-2 mb 16: 104.30 after mb 1, 98.22 fresh). The larger figure
-  is kept; a winner over the headroom line there gives way.
+- The winner is measured once more alone in a fresh worker (phase "fresh"), as the user's training
+  starts, with at least two measured steps (probe.runner.StandbyFactory.fresh): the allocator's
+  state after smaller shapes moves the peak at the same shape by several percent either way
+  (results/fresh-check-h200-glm4-lora-T2048-24GiB). The larger peak is kept; a winner over the
+  limit there gives way.
 """
 
 from __future__ import annotations
@@ -53,9 +46,8 @@ SATURATION_GAIN = 1.03   # doubling micro-batch gained less than 3%: the curve i
 NOISE = 0.05             # candidates within 5% of the best are re-measured
 PREDICT_MARGIN = 0.97    # jump only to micro-batches predicted to stay 3% under the limit
 PREDICT_OVER = 1.15      # a micro-batch predicted 15% over the limit is a wall without probing it
-# The analytic estimate, with no measured point of the strategy, needs a wider margin: its largest
-# over-prediction of a measured peak is 18% (results/estimate-error: 206 peaks on H100/H200, 1-4 GPUs,
-# LoRA and full fine-tuning, ZeRO 0-3 and offload); tests/test_search_prior.py keeps that below this.
+# The analytic estimate, with no measured point of the strategy, needs a wider margin: it over-predicts
+# measured peaks by up to 18% (results/estimate-error; tests/test_search_prior.py keeps that below this).
 ESTIMATE_OVER = 1.3
 # Faster strategies the estimate predicts to fit, tried in turn before the most frugal one is confirmed.
 MAX_ESTIMATED_STARTS = 3
@@ -240,10 +232,8 @@ class Planner:
         done: list[Strategy] = []
         start = None
         for tried, s in enumerate(self._estimated_starts()):
-            # The estimate names a faster strategy that fits: escalating it first puts the fast walls in
-            # place at once, and the frugal strategies start above them (or are skipped as saturated).
-            # A miss moves to the next one it predicts to fit: the most frugal strategy (ZeRO-3 with
-            # offload, slowest to build and run) is confirmed only when the estimate keeps missing.
+            # Escalating a fast strategy first puts its wall in place, so the frugal ones start above it
+            # (or are skipped as saturated); the slow frugal one is confirmed only if the estimate keeps missing.
             if tried == MAX_ESTIMATED_STARTS:
                 self.log(f"the estimate missed {tried} times; confirming the most frugal strategy")
                 break
@@ -454,10 +444,9 @@ class Planner:
 
     def _host_killed_sibling(self, s: Strategy) -> str | None:
         """The same ZeRO stage and offload with the other checkpointing setting, if every probe of it was
-        killed by SIGKILL. Under offload that is the host running out of memory while the engine pins
-        the fp32 master weights and Adam state (GPU OOM is an exception, not a signal), and those do not
-        depend on checkpointing: the sibling would be killed too, after minutes of building (two such
-        probes cost 190 s each on 2 x H200 with 251 GiB of RAM, results/search-2xh200-glm4-full-T1024)."""
+        killed by SIGKILL. Under offload that is the host's OOM killer (GPU OOM is an exception, not a
+        signal), and the pinned fp32 master weights and Adam state do not depend on checkpointing: the
+        sibling would be killed too, after minutes of building (results/search-2xh200-glm4-full-T1024)."""
         if not (s.offload_optimizer or s.offload_params):
             return None
         sibling = replace(s, grad_ckpt=not s.grad_ckpt).key()

@@ -1,15 +1,14 @@
 """What the architecture alone tells the planner before (and between) probes: autofit.memory.analytic's
 analytic model, used in two ways that can each cost a probe but never a wrong answer.
 
-- A slope. Its activation term (bytes per token of a micro-batch) was within a few percent of the
-  measured slopes on the H100 (e.g. GLM-4-9B LoRA with checkpointing: 3.03 GiB predicted vs 3.05 GiB
-  measured per 1024-token sequence). Only the slope is taken, never the absolute peak: the measured
-  first probe anchors the line, which absorbs what the estimate misses (DeepSpeed's reserved-but-unused
-  memory). The planner uses it only to jump, so a wrong slope costs a probe, never a wrong wall.
-- A peak, for strategies that cannot fit by far: DDP or ZeRO-2 for full fine-tuning of a 9 B model on
-  two 80 GB cards needs 120-230 GiB per GPU of model states alone. The planner takes such a wall without
-  probing it only when the estimate exceeds the limit by more than its largest measured over-prediction
-  (planner.ESTIMATE_OVER), so what it skips would have gone out of memory anyway.
+- A slope: its activation term (bytes per token of a micro-batch) is within a few percent of measured
+  slopes. Only the slope is taken, never the absolute peak: the first probe anchors the line, which
+  absorbs what the estimate misses (DeepSpeed's reserved-but-unused memory). The planner uses it only
+  to jump, so a wrong slope costs a probe, never a wrong wall.
+- A peak, for strategies that cannot fit by far (DDP for full fine-tuning of a 9 B model on 80 GB
+  cards). The planner takes such a wall without probing it only when the estimate exceeds the limit by
+  more than its largest measured over-prediction (planner.ESTIMATE_OVER), so what it skips would have
+  gone out of memory anyway.
 """
 
 from __future__ import annotations
@@ -34,10 +33,9 @@ class AnalyticPrior:
         self._slopes: dict[tuple[str, int], float | None] = {}
         self._arch: Future | None = None
         if ctx.device == "cuda":
-            # Reading the architecture imports torch + transformers into this process (~12 s on the H100
-            # machine, where the search itself imports neither): start now, so it overlaps the first
-            # probe, which the planner needs before it asks the prior anything. A daemon thread, so
-            # Ctrl-C at the start of a search does not wait for the import.
+            # Reading the architecture imports torch + transformers into this process (seconds; the search
+            # itself imports neither): start now, so it overlaps the first probe, which the planner needs
+            # before it asks the prior anything. A daemon thread, so Ctrl-C does not wait for the import.
             self._arch = Future()
             threading.Thread(target=_read_arch, args=(source, self._arch), daemon=True, name="autofit-arch").start()
 
