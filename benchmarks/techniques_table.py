@@ -99,8 +99,8 @@ def headline(results: Path = ROOT / "results") -> str:
         if not r["consumer"]:
             continue
         base = r["consumer"][2]
-        parts.append(f"{r['model'].split('/')[-1]} LoRA at T={r['max_token']}: {r['exact'][2] / base:.1f}x exact, "
-                     f"{r['quantized'][2] / base:.1f}x with `--quantize`")
+        parts.append(f"{r['model'].split('/')[-1]} LoRA at T={r['max_token']} ([{r['folder']}](results/{r['folder']})): "
+                     f"{r['exact'][2] / base:.1f}x exact, {r['quantized'][2] / base:.1f}x with `--quantize`")
     if not parts:
         return ""
     return ("**On a 24 GB card** (emulated on one H200), the default auto space's winner against the ZeRO-3 CPU "
