@@ -122,4 +122,3 @@ def test_activation_offload_keeps_the_block_inputs_off_the_gpu(tmp_path):
     off = _probe(tmp_path, "Qwen/Qwen2-7B", Strategy(grad_ckpt=True, act_offload=True, loss="fused"), shape)
     saved = ckpt.peak_allocated - off.peak_allocated
     assert saved > 1.0 * GiB, (ckpt.peak_allocated / GiB, off.peak_allocated / GiB)
-    assert off.host_peak > ckpt.host_peak  # the pinned copies
