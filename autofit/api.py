@@ -68,6 +68,10 @@ class Run:
         if self.winner.deepspeed is not None:
             kwargs["deepspeed"] = self.deepspeed_config()
         kwargs.update(output_dir=output_dir, **overrides)
+        if self.winner.strategy.act_offload:
+            raise ExportError(f"the winner in {self.path} offloads checkpointed activations to host memory, which "
+                              "TrainingArguments cannot express: call autofit.probe.act_offload.patch(model) on the "
+                              "model you hand to Trainer")
         if self.winner.fused_loss and "liger_kernel_config" not in TrainingArguments.__dataclass_fields__:
             raise ExportError(f"the winner in {self.path} uses the fused cross-entropy: TrainingArguments needs "
                               f"{self.winner.fused_loss['requires']}")

@@ -27,6 +27,9 @@ def missing(s: Strategy, ctx: Context) -> str | None:
     if ctx.device == "cpu" and (s.offload_optimizer or s.offload_params):
         return ("offload: ZeRO moves state from the GPU to the host's memory; on the CPU it is there already "
                 "(and DeepSpeed's CPU Adam would be compiled for nothing)")
+    if s.act_offload and ctx.device != "cuda":
+        return ("activation offload: keeps checkpointed activations in pinned host memory instead of the GPU's; "
+                "on the CPU they are there already")
     if s.loss == "fused":
         if ctx.device != "cuda":
             return "fused loss: liger-kernel's fused linear cross-entropy is a Triton kernel and needs a CUDA GPU"

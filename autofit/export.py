@@ -72,7 +72,8 @@ def describe(w: Winner) -> str:
     if w.deepspeed is not None:
         off = [n for n, on in (("optimizer", w.offload_optimizer), ("parameters", w.offload_params)) if on]
         ds = f"DeepSpeed ZeRO-{w.zero_stage}" + (f", {' and '.join(off)} offloaded to CPU" if off else "")
-    extra = [x for x, on in (("fused linear cross-entropy (liger-kernel)", w.strategy.loss == "fused"),
+    extra = [x for x, on in (("activations offloaded to pinned CPU memory", w.strategy.act_offload),
+                             ("fused linear cross-entropy (liger-kernel)", w.strategy.loss == "fused"),
                              ("8-bit AdamW (bitsandbytes)", w.strategy.optim == "adamw8bit")) if on]
     return ", ".join([method, w.precision, ckpt, ds, *extra])
 
@@ -255,7 +256,16 @@ def hf_model_kwargs(w: Winner) -> dict[str, Any]:
     return kw
 
 
+def refuse_act_offload(w: Winner, fmt: str, tool: str) -> None:
+    """A tool with no activation-offload switch cannot reproduce what was measured (that GPU memory)."""
+    if w.strategy.act_offload:
+        raise ExportError(f"--format {fmt}: {tool} has no switch for the activation offload this winner measured "
+                          "(checkpointed activations in host memory), so it would not fit as measured; use --format "
+                          "axolotl or llamafactory (or rerun the search without act_offload)")
+
+
 def export_hf(w: Winner, out: Path, fills: Fills) -> list[OutFile]:
+    refuse_act_offload(w, "hf", "transformers' TrainingArguments")
     ta = hf_training_args(w, ds_path(out) if w.deepspeed is not None else None)
     doc: dict[str, Any] = {"model_id": w.model_id, "max_token": w.max_token, "model_kwargs": hf_model_kwargs(w),
                            "training_args": ta, "peft": w.peft}
@@ -294,6 +304,10 @@ def export_deepspeed(w: Winner, out: Path, fills: Fills) -> list[OutFile]:
     if w.fused_loss:  # not a DeepSpeed setting, but part of what was measured
         notes.append("the winner also uses the fused linear cross-entropy, which is no DeepSpeed key: set "
                      "use_liger_kernel and liger_kernel_config in TrainingArguments (see --format hf)")
+    if w.strategy.act_offload:
+        notes.append("the winner also offloads checkpointed activations to host memory, which is no DeepSpeed key "
+                     "(activation_checkpointing.cpu_checkpointing covers only deepspeed.checkpointing): see --format "
+                     "axolotl or llamafactory")
     head = header(w, "deepspeed", "deepspeed.initialize(config=this file) or TrainingArguments(deepspeed=this file)",
                   [], notes)
     return [OutFile(out, ds_json(concrete_deepspeed(w), head))]
@@ -328,6 +342,8 @@ def export_llamafactory(w: Winner, out: Path, fills: Fills) -> list[OutFile]:
     method["disable_gradient_checkpointing"] = not w.gradient_checkpointing
     if w.gradient_checkpointing:
         method["use_reentrant_gc"] = w.reentrant_checkpointing
+    if w.strategy.act_offload:
+        method["use_unsloth_gc"] = True
     if w.fused_loss:
         method["enable_liger_kernel"] = True
     if w.deepspeed is not None:
@@ -348,6 +364,10 @@ def export_llamafactory(w: Winner, out: Path, fills: Fills) -> list[OutFile]:
     if w.precision == "bf16-pure" and not pure:
         why = "quantized base weights" if w.quant_bits else "DeepSpeed (LLaMA-Factory refuses it with ZeRO-3)"
         notes.append(f"note: pure_bf16 is left off under {why}; bf16 mixed precision keeps the measured bf16 compute")
+    if w.strategy.act_offload:
+        notes.append("note: use_unsloth_gc is LLaMA-Factory's own checkpoint function (unsloth need not be installed): "
+                     "it keeps each checkpointed layer's input in host memory, as autofit's probe did, but unpinned "
+                     "and in place of use_reentrant_gc's checkpoint")
     if w.fused_loss:
         notes.append("note: enable_liger_kernel also turns on liger's RoPE, RMSNorm and SwiGLU kernels, which autofit "
                      "did not measure (they use less memory, not more)")
@@ -360,7 +380,8 @@ def export_llamafactory(w: Winner, out: Path, fills: Fills) -> list[OutFile]:
         "cutoff_len": "= max_token: the sample length autofit measured",
         "learning_rate": LR_NOTE, "freeze_extra_modules": "the output head autofit also trained",
         "disable_gradient_checkpointing": "LLaMA-Factory checkpoints unless told not to",
-        "enable_liger_kernel": "the fused linear cross-entropy autofit measured"})
+        "enable_liger_kernel": "the fused linear cross-entropy autofit measured",
+        "use_unsloth_gc": "checkpointed activations in host memory (the activation offload autofit measured)"})
     return with_ds(w, out, head, text)
 
 
@@ -383,6 +404,7 @@ def _glm_refusals(w: Winner, fmt: str) -> None:
         raise ExportError(f"--format {fmt}: GLM-4's finetune.py always loads bfloat16 base weights and has no "
                           f"quantization option, so this {w.strategy.quant} winner cannot be written for it; use "
                           "--format llamafactory, axolotl or hf (or rerun the search without --quantize)")
+    refuse_act_offload(w, fmt, "GLM-4's finetune.py")
     if w.fused_loss and fmt == "glm4-demo":
         raise ExportError("--format glm4-demo: the fused cross-entropy this winner measured has no switch for the "
                           "remote-code ChatGLM model (liger-kernel patches only models transformers knows); "
@@ -514,6 +536,8 @@ def export_axolotl(w: Winner, out: Path, fills: Fills) -> list[OutFile]:
                gradient_checkpointing=w.gradient_checkpointing)
     if w.gradient_checkpointing and w.arg("gradient_checkpointing_kwargs"):
         doc["gradient_checkpointing_kwargs"] = w.arg("gradient_checkpointing_kwargs")
+    if w.strategy.act_offload:
+        doc["activation_offloading"] = "hidden_states"
     doc.update(bf16=w.arg("bf16"), fp16=w.arg("fp16"), learning_rate=w.arg("learning_rate"),
                optimizer=w.optim, max_grad_norm=w.arg("max_grad_norm"), logging_steps=w.arg("logging_steps"))
     doc.update(_axolotl_measured(w))
@@ -536,7 +560,9 @@ def export_axolotl(w: Winner, out: Path, fills: Fills) -> list[OutFile]:
         "pad_to_sequence_len": "every step at the measured shape", "learning_rate": LR_NOTE,
         "lora_mlp_kernel": "axolotl auto-enables its fused LoRA kernels; autofit measured PEFT's layers",
         "tf32": "axolotl's default 'auto' turns TF32 on; autofit measured without it",
-        "liger_fused_linear_cross_entropy": "the fused loss autofit measured; liger's other kernels off"})
+        "liger_fused_linear_cross_entropy": "the fused loss autofit measured; liger's other kernels off",
+        "activation_offloading": "checkpoint inputs in host memory, as measured (true: TRL's offloader, which "
+                                 "replaces HF checkpointing and offloads every saved tensor)"})
     return with_ds(w, out, head, text)
 
 

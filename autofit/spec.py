@@ -49,6 +49,7 @@ class Strategy:
     method: Method = field(default_factory=Method)
     precision: str = "bf16-pure"
     grad_ckpt: bool = False
+    act_offload: bool = False  # checkpointed activations in pinned host memory (probe/act_offload.py)
     zero_stage: int = 0
     offload_optimizer: bool = False
     offload_params: bool = False
@@ -64,7 +65,10 @@ class Strategy:
         parts = [self.method.label(), self.precision]
         if self.quant != "none":
             parts.append(self.quant)
-        parts += ["ckpt" if self.grad_ckpt else "nockpt", f"z{self.zero_stage}"]
+        parts.append("ckpt" if self.grad_ckpt else "nockpt")
+        if self.act_offload:
+            parts.append("actoff")
+        parts.append(f"z{self.zero_stage}")
         if self.offload_optimizer:
             parts.append("offopt")
         if self.offload_params:
@@ -95,6 +99,8 @@ class Strategy:
         if not rest or rest[0] not in ("ckpt", "nockpt"):
             raise ValueError(f"strategy key {key!r}: expected ckpt or nockpt after the precision")
         kw["grad_ckpt"] = rest.pop(0) == "ckpt"
+        if rest and rest[0] == "actoff":
+            kw["act_offload"] = bool(rest.pop(0))
         if not rest or len(rest[0]) != 2 or rest[0][0] != "z" or rest[0][1] not in "0123":
             raise ValueError(f"strategy key {key!r}: expected a ZeRO stage z0-z3")
         kw["zero_stage"] = int(rest.pop(0)[1])
@@ -130,6 +136,8 @@ class Strategy:
             out.append("the fused loss reads the output projection's weight directly, which ZeRO-3 partitions")
         if self.optim != "adamw" and (self.zero_stage != 0 or self.offload_optimizer):
             out.append(f"{self.optim} is a torch optimizer for the plain (ZeRO-0) path; DeepSpeed's ZeRO owns the optimizer otherwise")
+        if self.act_offload and not self.grad_ckpt:
+            out.append("activation offload moves the checkpointed layers' inputs to the host: it needs gradient checkpointing")
         if self.offload_params and self.zero_stage != 3:
             out.append("offloading parameters needs ZeRO-3")
         if self.offload_optimizer and self.zero_stage == 0:

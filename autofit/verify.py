@@ -295,7 +295,7 @@ def verify_run(run_dir: Path, steps: int = 200, tolerance: float = PEAK_TOLERANC
         # The config as HF filled it in ("auto" batch sizes resolved): ZeRO-3's partitioned build parses
         # it before the Trainer exists, and DeepSpeed rejects the raw "auto" strings.
         ds_cfg = targs.hf_deepspeed_config.config if args.get("deepspeed") else None
-        # Built, quantized and loss-patched as the probe did (autofit/probe/worker.py).
+        # Built, quantized, loss- and offload-patched as the probe did (autofit/probe/worker.py).
         model = trainable_model(torch, source, ctx, strategy, device, ds_cfg)
         vocab = int(build_config(source).vocab_size)
         c = best["config"]

@@ -1,6 +1,6 @@
 """Every export format loaded by its tool's own parser, in that tool's own venv, for a LoRA, a ZeRO-3
 offload and a two-GPU winner (committed results) and for winners with the newer dimensions (4/8-bit
-weights, the fused loss, 8-bit AdamW): a rejected key or a value that does not round-trip fails.
+weights, the fused loss, 8-bit AdamW, activation offload): a rejected key or a value that does not round-trip fails.
 
 The venvs are built by tests/conformance/venvs.sh into $AUTOFIT_CONFORMANCE_VENVS (.ci/run does, and
 sets AUTOFIT_REQUIRE_CONFORMANCE=1 so that a missing venv fails there instead of skipping).
@@ -42,6 +42,7 @@ CRAFTED = {
     "qlora-fused": ("lora", dict(grad_ckpt=True, quant="nf4", loss="fused")),
     "int8": ("lora", dict(grad_ckpt=True, quant="int8")),
     "full-8bit-adam-fused": ("full", dict(grad_ckpt=True, optim="adamw8bit", loss="fused")),
+    "lora-actoff": ("lora", dict(grad_ckpt=True, act_offload=True)),
 }
 CASES = [*COMMITTED, *CRAFTED]
 
@@ -84,7 +85,7 @@ def _expect(run: Path) -> dict[str, Any]:
             "offload_optimizer": c["offload_optimizer"], "offload_params": c["offload_params"],
             "num_gpus": best["hardware"]["num_gpus"], "method": c["method"], "lora_r": c.get("lora_r"),
             "lora_alpha": c.get("lora_alpha"), "lora_targets": targets, "glm_targets": targets,
-            "quant": s.quant, "fused": s.loss == "fused",
+            "quant": s.quant, "fused": s.loss == "fused", "act_offload": s.act_offload,
             "optim": {"adamw": "adamw_torch", "adamw8bit": "adamw_bnb_8bit"}[s.optim]}
 
 
@@ -102,10 +103,11 @@ def _prepare(tmp: Path, fmt: str, case: str) -> tuple[Path, dict[str, Any]] | st
     expect = _expect(run)
     if fmt == "deepspeed" and expect["zero_stage"] is None:
         return "skip: no DeepSpeed in this winner"
-    if fmt.startswith("glm4") and (expect["quant"] != "none" or (fmt == "glm4-demo" and expect["fused"])):
+    cannot = fmt.startswith("glm4") and (expect["quant"] != "none" or (fmt == "glm4-demo" and expect["fused"]))
+    if cannot or (fmt in ("hf", "glm4", "glm4-demo") and expect["act_offload"]):
         try:
             export_run(run, fmt, None, dataset="train.jsonl")
-        except ExportError:  # GLM-4's scripts cannot express it: refused, not dropped
+        except ExportError:  # the tool cannot express it: refused, not dropped
             return "refused"
         return "FAIL: written although the tool cannot express the winner"
     if fmt == "glm4-demo":

@@ -26,6 +26,7 @@ class ProbeArgs(HardwareArgs):
     freeze_trainable_layers: int = DEFAULT.method.freeze_trainable_layers
     precision: str = DEFAULT.precision
     grad_ckpt: bool = DEFAULT.grad_ckpt
+    act_offload: bool = DEFAULT.act_offload
     zero_stage: int = DEFAULT.zero_stage
     offload_optimizer: bool = DEFAULT.offload_optimizer
     offload_params: bool = DEFAULT.offload_params
@@ -127,6 +128,8 @@ def _probe_line(r) -> str:
 @click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT.precision, show_default=True,
               help="bf16/fp16: mixed precision over fp32 weights; bf16-pure: weights in bf16 (how GLM-4's finetune loads them).")
 @click.option("--grad-ckpt/--no-grad-ckpt", default=DEFAULT.grad_ckpt, show_default=True, help="Gradient checkpointing.")
+@click.option("--act-offload/--no-act-offload", default=DEFAULT.act_offload, show_default=True,
+              help="With --grad-ckpt: keep the checkpointed activations in pinned host memory until the backward (CUDA).")
 @click.option("--zero", "zero_stage", type=click.IntRange(0, 3), default=DEFAULT.zero_stage, show_default=True, help="DeepSpeed ZeRO stage.")
 @click.option("--offload-optimizer", is_flag=True, help="ZeRO: optimizer state on the CPU.")
 @click.option("--offload-params", is_flag=True, help="ZeRO-3: parameters on the CPU.")

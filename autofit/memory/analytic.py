@@ -78,6 +78,7 @@ class Peak:
     allocated: float         # torch.cuda.max_memory_allocated
     reserved: float          # torch.cuda.max_memory_reserved
     device: float            # what NVML shows: reserved plus the CUDA context (and NCCL under DeepSpeed)
+    host_activations: float = 0.0  # activation offload: the saved activations waiting in pinned host memory
 
 
 def _matches(name: str, targets: tuple[str, ...]) -> bool:
@@ -229,7 +230,12 @@ def activation_bytes(arch: Arch, strategy: Strategy, num_gpus: int, micro_batch:
     # copies of a Linear's input and its int32 product, when larger) and one dequantized weight.
     transient = max(2 * p.act * arch.mlp_width, _int8_transient(arch, strategy))
     dequantized = _dequantized_bytes(arch, strategy, p)
-    if strategy.grad_ckpt:
+    if strategy.grad_ckpt and strategy.act_offload:
+        # The blocks' inputs and the final norm's saved tensors wait on the host (host_activation_bytes); the
+        # input of the block that runs backward comes back to be recomputed from.
+        head = _input_bytes(h, p.weight, 1.0, 0.0, p, False) if head_input and n else 0.0
+        at_loss, in_block = head + loss, p.weight * h + block + transient
+    elif strategy.grad_ckpt:
         # Checkpointing keeps each block's input (the residual stream, in the weights' dtype); the block
         # that runs backward is recomputed with its saved tensors.
         kept = n * p.weight * h
@@ -243,6 +249,18 @@ def activation_bytes(arch: Arch, strategy: Strategy, num_gpus: int, micro_batch:
         # sliding window (Qwen2/Mistral), shared by every layer.
         mask = micro_batch * max_token * max_token * p.weight
     return peak + mask
+
+
+def host_activation_bytes(arch: Arch, strategy: Strategy, num_gpus: int, micro_batch: int, max_token: int,
+                          default_targets: tuple[str, ...]) -> float:
+    """Pinned host memory that activation offload fills during one micro-batch's forward: each checkpointed
+    block's input and the final norm's saved input (act_offload.py copies what the decoder saves)."""
+    if not (strategy.grad_ckpt and strategy.act_offload):
+        return 0.0
+    p = _precision(strategy, num_gpus)
+    n = _grad_layers(arch, strategy, strategy.method.lora_targets or default_targets)
+    norm = 4 * arch.hidden + (p.weight * arch.hidden if strategy.method.kind in ("full", "freeze") else 0)
+    return (n * p.weight * arch.hidden + norm) * micro_batch * max_token if n else 0.0
 
 
 def _loss_bytes(arch: Arch, strategy: Strategy, p: _Precision, tokens: int) -> tuple[float, float]:
@@ -324,7 +342,8 @@ def predict(arch: Arch, strategy: Strategy, num_gpus: int, micro_batch: int, max
     return Peak(micro_batch=micro_batch, max_token=max_token, weights=weights, gathered=gathered, gradients=grads,
                 optimizer=optimizer, autocast_copies=copies, activations=acts, step_extra=step_extra,
                 phase="forward/backward" if fb >= step else "optimizer step",
-                allocated=allocated, reserved=reserved, device=reserved + context)
+                allocated=allocated, reserved=reserved, device=reserved + context,
+                host_activations=host_activation_bytes(arch, strategy, num_gpus, micro_batch, max_token, default_targets))
 
 
 def _torch_state(arch: Arch, strategy: Strategy, p: _Precision, trainable: int, lora: int, grad_accum: int):

@@ -32,11 +32,11 @@ def causal_lm(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def decoder_of(lm: Any) -> Any:
+def decoder_of(lm: Any, what: str = "fused loss") -> Any:
     """The decoder stack whose first output is the last hidden state (`model.model` in llama-style LMs)."""
     decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else getattr(lm, getattr(lm, "base_model_prefix", ""), None)
     if decoder is None:
-        raise ModelSourceError(f"fused loss: {type(lm).__name__} has no decoder autofit can find "
+        raise ModelSourceError(f"{what}: {type(lm).__name__} has no decoder autofit can find "
                                "(no get_decoder() and no base_model_prefix module)")
     return decoder
 

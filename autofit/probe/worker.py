@@ -166,10 +166,19 @@ def apply_loss(model: Any, strategy: Strategy) -> Any:
     return model
 
 
+def apply_offload(model: Any, strategy: Strategy) -> Any:
+    """Activation offload patched onto the decoder (inside PEFT's wrapper, under DeepSpeed's engine)."""
+    if strategy.act_offload:
+        from autofit.probe import act_offload
+
+        act_offload.patch(model)
+    return model
+
+
 def trainable_model(torch: Any, source: ModelSource, ctx: Context, strategy: Strategy, device: Any, ds_cfg: dict | None):
     """The model as the strategy trains it, for the probe and `autofit verify` alike."""
     model = build_model(torch, source, ctx, strategy, device, ds_cfg)
-    return apply_loss(apply_method(model, source, strategy), strategy)
+    return apply_offload(apply_loss(apply_method(model, source, strategy), strategy), strategy)
 
 
 def torch_optimizer(torch: Any, strategy: Strategy, params: list[Any]) -> Any:

@@ -116,7 +116,8 @@ def describe_strategy(key: str) -> str:
               "freeze": f"only the last {m.freeze_trainable_layers} blocks trained"}[m.kind], PRECISION_WORDS[s.precision]]
     if s.quant != "none":
         words.append(QUANT_WORDS[s.quant])
-    words += ["gradient checkpointing" if s.grad_ckpt else "no checkpointing",
+    words += ["gradient checkpointing" + (" with activations offloaded to CPU" if s.act_offload else "")
+              if s.grad_ckpt else "no checkpointing",
               "no ZeRO" if s.zero_stage == 0 else f"DeepSpeed ZeRO-{s.zero_stage}"]
     words += [w for w, on in (("optimizer state on CPU", s.offload_optimizer), ("weights on CPU", s.offload_params),
                               ("fused cross-entropy", s.loss == "fused"), ("8-bit AdamW", s.optim == "adamw8bit")) if on]

@@ -198,7 +198,8 @@ def _html_glossary() -> str:
         "peaks close to the edge (allocator noise, a longer batch) never wins.",
         "<b>strategy names</b> read left to right: method (<code>lora-r8</code> = LoRA rank 8), precision "
         "(<code>bf16-pure</code> = weights held in bf16), <code>ckpt</code>/<code>nockpt</code> = gradient "
-        "checkpointing on/off (less memory, ~30% more compute), <code>z0</code>..<code>z3</code> = DeepSpeed ZeRO "
+        "checkpointing on/off (less memory, ~30% more compute), <code>actoff</code> = checkpointed activations "
+        "kept in host RAM, <code>z0</code>..<code>z3</code> = DeepSpeed ZeRO "
         "stage, <code>offopt</code>/<code>offparam</code> = optimizer state / weights offloaded to CPU RAM.",
         "<b>peak</b>: the device-level peak (NVML, which counts the CUDA context too), or the allocator's reserved "
         "peak if larger; this is what is compared with the limit.",

@@ -6,7 +6,7 @@ results so far, a resumed search retraces the same plan and re-runs nothing.
 
 Rules, each one a saving:
 - Monotone shapes: if micro-batch m does not fit a strategy, no m' > m does. Never probed.
-- Slower-at-equal-shape strategies (checkpointing, offload, ZeRO-3 over 0-2) start above the wall of
+- Slower-at-equal-shape strategies (checkpointing, activation offload, offload, ZeRO-3 over 0-2) start above the wall of
   the faster one they extend, and are skipped once its throughput has saturated: they cannot win.
 - A per-strategy memory model fitted to measured peaks predicts the wall: the escalation jumps to the
   largest micro-batch predicted to fit, then confirms the wall one step above. An analytic slope
@@ -83,8 +83,9 @@ def _zero_comparable(a: Strategy, b: Strategy) -> bool:
 
 
 def _adds_savings(a: Strategy, b: Strategy) -> bool:
-    """a has every memory-saving mechanism of b's that costs speed (checkpointing, offload, ZeRO-3)."""
-    return (a.grad_ckpt >= b.grad_ckpt and a.offload_optimizer >= b.offload_optimizer
+    """a has every memory-saving mechanism of b's that costs speed (checkpointing, activation offload,
+    offload, ZeRO-3)."""
+    return (a.grad_ckpt >= b.grad_ckpt and a.act_offload >= b.act_offload and a.offload_optimizer >= b.offload_optimizer
             and a.offload_params >= b.offload_params and (a.zero_stage == 3) >= (b.zero_stage == 3))
 
 
@@ -126,15 +127,15 @@ def quantized_never_faster(q: Strategy, e: Strategy) -> bool:
 
 
 def speed_rank(s: Strategy) -> tuple:
-    """Fastest-expected first: no offload, no ZeRO-3, no checkpointing; at equal speed the technique
-    that saves memory first (the fused loss, NF4 over LLM.int8)."""
-    return (s.offload_params, s.offload_optimizer, s.zero_stage == 3, s.grad_ckpt, s.zero_stage,
+    """Fastest-expected first: no offload, no ZeRO-3, no checkpointing, no activation offload; at equal
+    speed the technique that saves memory first (the fused loss, NF4 over LLM.int8)."""
+    return (s.offload_params, s.offload_optimizer, s.zero_stage == 3, s.grad_ckpt, s.act_offload, s.zero_stage,
             s.quant == "int8", s.loss != "fused", s.optim != "adamw")
 
 
 def memory_rank(s: Strategy) -> tuple:
     """Least memory last: the strategy confirmed first when no estimate names a faster one."""
-    return (s.offload_params, s.offload_optimizer, s.zero_stage == 3, s.grad_ckpt, s.quant == "nf4",
+    return (s.offload_params, s.offload_optimizer, s.zero_stage == 3, s.grad_ckpt, s.act_offload, s.quant == "nf4",
             s.quant != "none", s.loss == "fused", s.optim != "adamw", -s.zero_stage)
 
 

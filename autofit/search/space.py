@@ -33,10 +33,10 @@ def _spaces_dir() -> Path:
 
 SPACES_DIR = _spaces_dir()
 AUTO = "auto"
-KEYS = {"description", "method", "lora", "freeze_trainable_layers", "precision", "grad_ckpt", "zero",
+KEYS = {"description", "method", "lora", "freeze_trainable_layers", "precision", "grad_ckpt", "act_offload", "zero",
         "micro_batch", "max_token", "loss", "quant", "optimizer"}
 # Dimensions added after the first spaces shipped, with the value every earlier space implied.
-NEW_DIMENSIONS = {"losses": ("hf",), "quants": ("none",), "optims": ("adamw",)}
+NEW_DIMENSIONS = {"losses": ("hf",), "quants": ("none",), "optims": ("adamw",), "act_offloads": (False,)}
 ZERO_KEYS = {"stage", "offload_optimizer", "offload_params"}
 
 
@@ -60,22 +60,24 @@ class SearchSpace:
     losses: tuple[str, ...] = ("hf",)
     quants: tuple[str, ...] = ("none",)
     optims: tuple[str, ...] = ("adamw",)
+    act_offloads: tuple[bool, ...] = (False,)
 
     def strategies(self, num_gpus: int) -> list[Strategy]:
         """Every strategy in the space that can run and makes sense on num_gpus GPUs.
 
         On one GPU, ZeRO 1 and 2 partition nothing (there is no second rank to hold a shard), so
         they only add overhead; they are kept only with optimizer offload, which does save memory.
-        Combinations that cannot run at all (Strategy.problems: 4-bit weights under ZeRO-3, ...) are left out.
+        Combinations that cannot run at all (Strategy.problems: 4-bit weights under ZeRO-3, activation
+        offload without checkpointing, ...) are left out.
         """
         out = []
-        for prec, ckpt, z, loss, quant, optim in itertools.product(self.precisions, self.grad_ckpt, self.zero,
-                                                                   self.losses, self.quants, self.optims):
+        for prec, ckpt, z, loss, quant, optim, actoff in itertools.product(
+                self.precisions, self.grad_ckpt, self.zero, self.losses, self.quants, self.optims, self.act_offloads):
             if num_gpus == 1 and z.stage in (1, 2) and not z.offload_optimizer:
                 continue
             s = Strategy(method=self.method, precision=prec, grad_ckpt=ckpt, zero_stage=z.stage,
                          offload_optimizer=z.offload_optimizer, offload_params=z.offload_params,
-                         loss=loss, quant=quant, optim=optim)
+                         loss=loss, quant=quant, optim=optim, act_offload=actoff)
             if not s.problems():
                 out.append(s)
         return out
@@ -202,6 +204,10 @@ def parse_space(doc: Any, where: str = "<space>") -> SearchSpace:
     if not isinstance(ckpt, list) or not ckpt or any(not isinstance(c, bool) for c in ckpt):
         problems.append(f"{where}: key 'grad_ckpt' must be a list of true/false, got {ckpt!r}")
         ckpt = []
+    actoff = doc.get("act_offload", [False])
+    if not isinstance(actoff, list) or not actoff or any(not isinstance(c, bool) for c in actoff):
+        problems.append(f"{where}: key 'act_offload' must be a list of true/false, got {actoff!r}")
+        actoff = []
 
     zero_opts = []
     zero = doc.get("zero", [{"stage": 0}])
@@ -236,7 +242,8 @@ def parse_space(doc: Any, where: str = "<space>") -> SearchSpace:
                     lora_targets=tuple(targets) if targets else None, freeze_trainable_layers=freeze_n)
     return SearchSpace(name=Path(where).stem, method=method, precisions=tuple(precisions), grad_ckpt=tuple(ckpt),
                        zero=tuple(zero_opts), micro_batches=micro, max_tokens=tokens,
-                       description=str(doc.get("description", "")), losses=losses, quants=quants, optims=optims)
+                       description=str(doc.get("description", "")), losses=losses, quants=quants, optims=optims,
+                       act_offloads=tuple(dict.fromkeys(actoff)))
 
 
 def _choices(doc: dict, key: str, allowed: tuple[str, ...], default: str, problems: list[str], where: str) -> tuple[str, ...]:

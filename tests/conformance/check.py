@@ -115,6 +115,7 @@ def check_llamafactory(path: Path, e: dict[str, Any]) -> None:
     same("gradient checkpointing", not model.disable_gradient_checkpointing, e["ckpt"])
     same("quantization_bit", model.quantization_bit, {"none": None, "nf4": 4, "int8": 8}[e["quant"]])
     same("enable_liger_kernel", model.enable_liger_kernel, e["fused"])
+    same("use_unsloth_gc", model.use_unsloth_gc, e.get("act_offload", False))
     if e["method"] == "lora":
         same("lora_rank", ft.lora_rank, e["lora_r"])
         same("lora_alpha", ft.lora_alpha, e["lora_alpha"])
@@ -141,6 +142,9 @@ def check_axolotl(path: Path, e: dict[str, Any]) -> None:
     same("load_in_4bit", bool(cfg.load_in_4bit), e["quant"] == "nf4")
     same("load_in_8bit", bool(cfg.load_in_8bit), e["quant"] == "int8")
     same("liger_fused_linear_cross_entropy", bool(cfg.liger_fused_linear_cross_entropy), e["fused"])
+    # hidden_states: offload of the HF-checkpointed blocks' inputs, what autofit's probe measured
+    same("activation_offloading", cfg.activation_offloading or False,
+         "hidden_states" if e.get("act_offload") else False)
     for k in ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_cross_entropy"):
         same(k, bool(cfg.get(k)), False)
     if e["method"] == "lora":
