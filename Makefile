@@ -19,8 +19,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Two pytest-xdist workers: most of the suite is real probes in their own processes, and one pytest
+# process kept one of a 2-core machine's cores idle. A module goes to one worker whole (loadscope), so a
+# module fixture (a search, a PostgreSQL server, the conformance venvs' verdicts) still runs once;
+# modules come in the order tests/conftest.py gives them, the slowest first (no reorder).
+# (--dist loadgroup would be finer, but pytest-xdist 3.8 cannot group under pytest 9: it renames
+# item._nodeid, which pytest 9 no longer reads.)
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not gpu" --durations=10 tests
+	$(BIN)/python -m pytest -q -m "not gpu" -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=10 tests
 
 # On the GPU machine (see ../shared/device/README.md: the stack travels as wheels in .wheels/, beside the
 # machine's own torch and pytest; its pytest plugins are not loaded: pytest-timeout there breaks the carried

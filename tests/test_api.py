@@ -1,5 +1,6 @@
 """The Python API (autofit/api.py): load() hands out the objects HF users train with, made by the same
-functions as `autofit export --format hf`; search() runs a real search; `import autofit` stays light."""
+functions as `autofit export --format hf`; `import autofit` stays light. That search() runs a real search
+and returns its winner: tests/test_search_e2e.py, whose one search goes through it."""
 
 from __future__ import annotations
 
@@ -126,14 +127,3 @@ def test_search_raises_instead_of_exiting(tmp_path):
     with pytest.raises(UsageError, match="--max-token must be positive"):
         autofit.search(model="autofit/tiny-qwen2", max_token=0, run_dir=tmp_path / "r")
 
-
-@pytest.mark.slow
-def test_search_returns_the_winner(tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTOFIT_FORCE_NO_GPU", "1")
-    run = autofit.search(model="autofit/tiny-qwen2", max_token=64, space="cpu-tiny", global_batch=8,
-                         run_dir=tmp_path / "run", budget="5m")
-    best = _best(tmp_path / "run")
-    assert run.path == (tmp_path / "run").resolve() and run.strategy == best["config"]["strategy"]
-    assert run.max_token == 64 and run.tokens_per_s == best["measured"]["tokens_per_s"] > 0
-    assert run.training_arguments(output_dir=str(tmp_path / "o")).per_device_train_batch_size == \
-        best["config"]["micro_batch"]

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks import baselines, headline, scenario_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +25,7 @@ def _run(out: Path, *extra: str, env: dict | None = None, timeout: float = 240) 
     return p, doc
 
 
+@pytest.mark.slow
 def test_hand_and_hf_auto_measure_real_numbers_on_cpu(tmp_path):
     # Address space capped 150 MB above each built model (the probe worker's and HF's test hook): the
     # probes' small micro-batches fit, HF's start batch of 64 meets a real allocation failure.
@@ -47,6 +50,7 @@ def test_hand_and_hf_auto_measure_real_numbers_on_cpu(tmp_path):
     assert hf["strategy"] == "lora-r4/fp32/ckpt/z0" and (tmp_path / "baselines" / "hf-auto-ckpt.log").exists()
 
 
+@pytest.mark.slow
 def test_ds_autotune_on_cpu_is_a_recorded_failure_and_the_harness_exits_0(tmp_path):
     # Without tabulate (deepspeed[autotuning]) the autotuner refuses at once; with it, on a CPU it does
     # not finish within the timeout. Either way: failed, with a reason, and exit 0.

@@ -117,24 +117,44 @@ def _prepare(tmp: Path, fmt: str, case: str) -> tuple[Path, dict[str, Any]] | st
     return path, expect
 
 
-def _check_all(venv: Path, tool: str, ranks: int, items: list[tuple[str, Path, dict]], tmp: Path) -> dict[str, str]:
-    """One process of the tool checks every file; returns each item's line ("ok NAME" / "FAIL NAME: ...")."""
-    manifest = tmp / f"{tool}-{ranks}.json"
-    manifest.write_text(json.dumps([[name, str(path), expect] for name, path, expect in items]))
-    cmd = [str(venv / "bin" / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", str(CHECK), tool, str(manifest)]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env, cwd=tmp)
-    lines = {ln.split()[1].rstrip(":"): ln for ln in done.stdout.splitlines() if ln.startswith(("ok ", "FAIL "))}
-    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
-    return {name: lines.get(name, f"FAIL {name}: no verdict (exit {done.returncode}):\n{tail}") for name, _, _ in items}
+def extensions_dir(venv: Path) -> Path:
+    """Where DeepSpeed in VENV keeps its JIT-built ops (tests/conformance/venvs.sh builds them there).
+
+    DeepSpeed's CPU backend builds its shared-memory all-reduce op at init (a minute of g++). The default
+    cache, ~/.cache/torch_extensions, is one for all venvs and keyed on the build's paths: the venvs
+    would rebuild it for each other on every run."""
+    return venv / "torch_extensions"
+
+
+def _start_check(venv: Path, ranks: int, items: list[tuple[str, str, Path, dict]], tmp: Path) -> subprocess.Popen:
+    """One process of VENV's tools checks every (name, tool, file, expected) item at world size RANKS."""
+    manifest = tmp / f"{venv.name}-{ranks}.json"
+    manifest.write_text(json.dumps([[name, tool, str(path), expect] for name, tool, path, expect in items]))
+    cmd = [str(venv / "bin" / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", str(CHECK), str(manifest)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "TORCH_EXTENSIONS_DIR": str(extensions_dir(venv))}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp)
+
+
+def _verdicts(proc: subprocess.Popen, items: list[tuple[str, str, Path, dict]]) -> dict[str, str]:
+    """Each item's line ("ok NAME" / "FAIL NAME: ..."), or the process's last lines where it gave none."""
+    try:
+        out, _ = proc.communicate(timeout=1200)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out = proc.communicate()[0] + "\n(killed after 1200 s)"
+    lines = {ln.split()[1].rstrip(":"): ln for ln in out.splitlines() if ln.startswith(("ok ", "FAIL "))}
+    tail = "\n".join(out.strip().splitlines()[-25:])
+    return {name: lines.get(name, f"FAIL {name}: no verdict (exit {proc.returncode}):\n{tail}") for name, *_ in items}
 
 
 @pytest.fixture(scope="module")
 def verdicts(tmp_path_factory) -> dict[tuple[str, str], str]:
-    """Every (format, case): exported here, then read by its tool, one tool process per venv and world size."""
+    """Every (format, case): exported here, then read by its tool. One process per venv and world size
+    (a start costs 10-30 s of imports), all of them at once."""
     tmp = tmp_path_factory.mktemp("conformance")
     out: dict[tuple[str, str], str] = {}
-    groups: dict[tuple[str, str, int], list[tuple[str, Path, dict]]] = {}
+    groups: dict[tuple[str, int], list[tuple[str, str, Path, dict]]] = {}
     for fmt in FORMATS:
         if not VENVS or not (Path(VENVS) / VENV_OF[fmt] / "bin" / "python").is_file():
             continue
@@ -148,9 +168,10 @@ def verdicts(tmp_path_factory) -> dict[tuple[str, str], str]:
             # torchrun says, so tools built on it run as one rank; DeepSpeed checks its file at the run's size.
             tool = "glm4" if fmt.startswith("glm4") else fmt
             ranks = expect["num_gpus"] if tool == "deepspeed" else 1
-            groups.setdefault((VENV_OF[fmt], tool, ranks), []).append((f"{fmt}/{case}", path, expect))
-    for (venv, tool, ranks), items in groups.items():
-        for name, line in _check_all(Path(VENVS) / venv, tool, ranks, items, tmp).items():
+            groups.setdefault((VENV_OF[fmt], ranks), []).append((f"{fmt}/{case}", tool, path, expect))
+    running = [(_start_check(Path(VENVS) / venv, ranks, items, tmp), items) for (venv, ranks), items in groups.items()]
+    for proc, items in running:
+        for name, line in _verdicts(proc, items).items():
             out[tuple(name.split("/"))] = line
     return out
 

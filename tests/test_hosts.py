@@ -92,6 +92,7 @@ def test_launcher_command_for_one_host_needs_no_ssh_and_for_several_uses_the_hos
     assert len(ports) == 3  # the standby worker and the current one never share a rendezvous port
 
 
+@pytest.mark.slow
 def test_real_probe_through_deepspeed_launcher_from_a_one_host_hostfile(tmp_path, tiny_model_dir):
     p = _write(tmp_path, "localhost slots=1\n")
     ctx = Context(model=str(tiny_model_dir), device="cpu", gpus=(), global_batch=4, warmup_steps=1, measure_steps=1,

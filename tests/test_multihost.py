@@ -19,6 +19,8 @@ import pytest
 from autofit.probe.launcher import stop_ranks
 from autofit.spec import Context
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 HOSTS = ("autofit-a", "autofit-b")
 

@@ -40,6 +40,7 @@ def test_zero3_linear_keeps_frozen_inputs_as_the_estimate_counts(tmp_path):
     assert _block(3, tmp_path) - _block(0, tmp_path) == z3 - plain
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
 def test_the_emulation_is_what_the_real_engine_keeps(stage):
     """deepspeed.initialize at ZeRO-2 (adapters cast to bf16, torch's linear) and ZeRO-3 (partitioned

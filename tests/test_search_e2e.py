@@ -1,36 +1,59 @@
-"""End to end on the CPU: `autofit search` with a tiny real model and real workers, every output file,
-then `autofit verify`, which trains the winner through HF Trainer with the exported settings."""
+"""End to end on the CPU: `autofit search` with a tiny real model and real workers, run through the Python
+API (autofit.search), every output file and the winner the API hands back, then `autofit verify`, which
+trains the winner through HF Trainer with the exported settings."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
+import autofit
 from autofit.cli import cli
 
 pytestmark = pytest.mark.slow
 
 
+@dataclass(frozen=True)
+class CpuRun:
+    path: Path
+    run: autofit.Run | None  # what autofit.search returned; None if it raised
+    stdout: str
+    stderr: str
+    error: BaseException | None
+
+
 @pytest.fixture(scope="module")
-def cpu_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("e2e") / "run"
+def cpu_run(tmp_path_factory) -> CpuRun:
+    """One real search for every test here (each costs tens of seconds of worker starts)."""
+    path = tmp_path_factory.mktemp("e2e") / "run"
+    out, err = io.StringIO(), io.StringIO()
+    run, error = None, None
     mp = pytest.MonkeyPatch()
     mp.setenv("AUTOFIT_FORCE_NO_GPU", "1")
-    result = CliRunner().invoke(cli, ["search", "--model", "autofit/tiny-qwen2", "--max-token", "64", "--space", "cpu-tiny",
-                                      "--global-batch", "8", "--run-dir", str(run), "--budget", "5m"])
-    mp.undo()
-    return run, result
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            run = autofit.search(model="autofit/tiny-qwen2", max_token=64, space="cpu-tiny", global_batch=8,
+                                 run_dir=path, budget="5m", quiet=False)
+    except Exception as exc:  # noqa: BLE001 - each test fails on it with what the search printed
+        error = exc
+    finally:
+        mp.undo()
+    return CpuRun(path, run, out.getvalue(), err.getvalue(), error)
 
 
 def test_search_writes_every_output(cpu_run):
-    run, result = cpu_run
-    assert result.exit_code == 0, result.output + str(result.exception)
-    assert "best (exact): lora-r4/fp32/" in result.stdout and "wrote" in result.stdout
-    assert "probe " in result.stderr  # live progress went to stderr
+    run = cpu_run.path
+    assert cpu_run.error is None, f"{cpu_run.error!r}\n{cpu_run.stderr[-3000:]}"
+    assert "best (exact): lora-r4/fp32/" in cpu_run.stdout and "wrote" in cpu_run.stdout
+    assert "probe " in cpu_run.stderr  # live progress went to stderr
     for name in ("probes.csv", "boundaries.csv", "best.yaml", "run.json", "study.db"):
         assert (run / name).stat().st_size > 0, name
     rows = list(csv.DictReader(open(run / "probes.csv")))
@@ -47,8 +70,17 @@ def test_search_writes_every_output(cpu_run):
     TrainingArguments(**best["training_args"])
 
 
+def test_the_api_returns_the_winner(cpu_run, tmp_path):
+    assert cpu_run.error is None, f"{cpu_run.error!r}\n{cpu_run.stderr[-3000:]}"
+    run, best = cpu_run.run, yaml.safe_load((cpu_run.path / "best.yaml").read_text())
+    assert run.path == cpu_run.path.resolve() and run.strategy == best["config"]["strategy"]
+    assert run.max_token == 64 and run.tokens_per_s == best["measured"]["tokens_per_s"] > 0
+    assert run.training_arguments(output_dir=str(tmp_path / "o")).per_device_train_batch_size == \
+        best["config"]["micro_batch"]
+
+
 def test_verify_trains_the_winner_through_hf_trainer(cpu_run):
-    run, _ = cpu_run
+    run = cpu_run.path
     result = CliRunner().invoke(cli, ["verify", str(run), "--steps", "4"])
     assert result.exit_code == 0, result.output + str(result.exception)
     v = json.loads((run / "verify.json").read_text())

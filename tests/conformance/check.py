@@ -1,12 +1,12 @@
 """Load autofit exports with their tool's own parser and compare what the tool read with the winner.
 
-    torchrun --standalone --nproc_per_node=RANKS check.py TOOL MANIFEST_JSON
+    torchrun --standalone --nproc_per_node=RANKS check.py MANIFEST_JSON
 
-Runs inside that tool's conformance venv (tests/conformance/venvs.sh), never in autofit's: it imports
-only the tool. MANIFEST_JSON lists [name, export file, expected values]; the expected values are the
-winner's as best.yaml and its strategy key state them (tests/test_export_conformance.py writes it).
-One process checks every file of a tool (a start costs 10-30 s of imports). Prints one line per file on
-rank 0, "ok NAME" or "FAIL NAME: what the tool rejected or read differently".
+Runs inside a tool's conformance venv (tests/conformance/venvs.sh), never in autofit's: it imports
+only the tools. MANIFEST_JSON lists [name, tool, export file, expected values]; the expected values are
+the winner's as best.yaml and its strategy key state them (tests/test_export_conformance.py writes it).
+One process checks every file of a venv's tools (a start costs 10-30 s of imports). Prints one line per
+file on rank 0, "ok NAME" or "FAIL NAME: what the tool rejected or read differently".
 """
 
 from __future__ import annotations
@@ -187,10 +187,10 @@ def emulate_bf16_gpu() -> None:
 
 
 def main() -> None:
-    tool, manifest = sys.argv[1], json.loads(Path(sys.argv[2]).read_text())
+    manifest = json.loads(Path(sys.argv[1]).read_text())
     emulate_bf16_gpu()
     rank0 = os.environ.get("RANK", "0") == "0"
-    for name, path, expect in manifest:
+    for name, tool, path, expect in manifest:
         try:
             CHECKS[tool](Path(path), expect)
             line = f"ok {name}"
