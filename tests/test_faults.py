@@ -92,6 +92,7 @@ def test_a_failing_worker_does_not_stop_the_search(tmp_path, fault, status, frag
     rows = _rows(run)
     bad = [r for r in rows if r["strategy"] == NOCKPT]
     assert len(bad) == 1 and bad[0]["status"] == status and fragment in bad[0]["error"]
+    assert (run / "best.yaml").exists(), (proc.stdout[-3000:], [(r["strategy"], r["micro_batch"], r["status"], r["error"]) for r in rows])
     best = (run / "best.yaml").read_text()
     assert "strategy: lora-r4/fp32/ckpt/z0" in best  # the healthy strategy still wins
     _study_agrees(run)
