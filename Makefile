@@ -19,13 +19,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Two pytest-xdist workers: most of the suite is real probes in their own processes, and one pytest
-# process kept one of a 2-core machine's cores idle. A module goes to one worker whole (loadscope), so a
-# module fixture (a search, a PostgreSQL server, the conformance venvs' verdicts) still runs once;
-# modules come in the order tests/conftest.py gives them, the slowest first (no reorder).
-# (--dist loadgroup would be finer, but pytest-xdist 3.8 cannot group under pytest 9: it renames
-# item._nodeid, which pytest 9 no longer reads.)
-TEST_WORKERS ?= 2
+# One process by default. TEST_WORKERS=2 runs two pytest-xdist workers, whole files each, and takes
+# about 10 min here instead of 15; but beside another file, test_faults' first probe worker was
+# SIGKILLed during its imports in both CI runs with it (cause not found yet), so CI keeps to one.
+TEST_WORKERS ?= 0
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu" -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=10 tests
 
