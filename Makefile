@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # One process by default. TEST_WORKERS=2 runs two pytest-xdist workers, whole files each, and takes
-# about 10 min here instead of 15; but beside another file, test_faults' first probe worker was
+# about 10 min here instead of 12.5; but beside another file, test_faults' first probe worker was
 # SIGKILLed during its imports in both CI runs with it (cause not found yet), so CI keeps to one.
 TEST_WORKERS ?= 0
 test: $(STAMP)
