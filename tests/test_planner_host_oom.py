@@ -35,7 +35,7 @@ def _planner(answer, gpus=2, limits=Limits(int(140.401 * GiB), 0.08)):
                    slope_prior=prior.slope, estimate=prior.peak), asked
 
 
-def test_replay_2xh200_the_second_host_oom_build_is_not_spent():
+def test_replay_2xh200_no_offload_build_is_spent():
     rows = read_probes(RUN / "search" / "probes.csv")
     escalated = {(r["strategy"], int(r["micro_batch"])): result_from_row(r) for r in rows if r["phase"] == "escalate"}
     confirmed = {(r["strategy"], int(r["micro_batch"])): result_from_row(r) for r in rows if r["phase"] == "confirm"}
@@ -50,9 +50,10 @@ def test_replay_2xh200_the_second_host_oom_build_is_not_spent():
         or (confirmed.get((s.key(), shape.micro_batch)) if phase == "confirm" else None) or answer(s.key(), shape))
     out = planner.run()
     keys = [k for k, _, _ in asked]
-    assert "full/bf16/nockpt/z2/offopt" in keys  # the first build is how the wall is learnt
-    assert "full/bf16/ckpt/z2/offopt" not in keys  # the real search spent another 190 s on it
-    assert "SIGKILL" in out.strategies["full/bf16/ckpt/z2/offopt"].skipped
+    # ZeRO-2 without offload fits, so neither offload build is spent: the real search lost 195 s to the
+    # first and 190 s to the second, each killed by the host's OOM killer (its search.log).
+    assert not [k for k in keys if "/off" in k]
+    assert "last resort" in out.strategies["full/bf16/nockpt/z2/offopt"].skipped
     # The rest of the ranking is what the machine produced: ZeRO-2 with checkpointing at micro-batch 2.
     assert out.winner is not None and out.winner[0].key() == "full/bf16/ckpt/z2" and out.winner[1] == 2
 

@@ -114,3 +114,48 @@ def test_combine_keeps_both_families_strategies():
 
     a, b = Outcome(2048, 2048), Outcome(2048, 2048)
     assert combine(a, None, False) is a and combine(None, b, True) is b
+
+
+def _offload_space():
+    return parse_space(dict(method="lora", lora={"r": 8}, precision=["bf16-pure"], grad_ckpt=[True],
+                            zero=[{"stage": 0}, {"stage": 3, "offload_optimizer": True, "offload_params": True}],
+                            loss=["fused", "hf"], micro_batch=[1, 2, 4, 8, 16], max_token=[2048]), "offload-space")
+
+
+def _offload_hw(z0_fixed: float) -> FakeHardware:
+    z0, z0hf, off = f"{L}/ckpt/z0/fused", f"{L}/ckpt/z0", f"{L}/ckpt/z3/offopt/offparam"
+    # The fake's offload runs 80% as fast as ZeRO-0 at equal shape: it would win at micro-batch 8 against
+    # ZeRO-0 at micro-batch 1, which the last-resort rule accepts to lose (results/ never saw it).
+    return FakeHardware(capacity=24.0, fixed={z0: z0_fixed, z0hf: z0_fixed + 1, off: 4.0},
+                        per_token=dict.fromkeys((z0, z0hf, off), 2.0 / 2048),
+                        speed={z0: 9000.0, z0hf: 9000.0, off: 7200.0}, saturation_tokens=2048.0)
+
+
+def test_offload_is_probed_only_when_nothing_without_it_fits(tmp_path):
+    req = dict(ctx=Context(model="THUDM/glm-4-9b-chat", global_batch=16, device="cuda"),
+               source=resolve_model("THUDM/glm-4-9b-chat"), space=_offload_space(), max_token=2048,
+               limits=Limits(24 * GiB, 0.08))
+    hw = _offload_hw(z0_fixed=18.0)  # ZeRO-0 fits micro-batch 1 and 2
+    res = run_search(SearchRequest(run_dir=tmp_path / "a", **req), factory=lambda s: FakeSession(hw, s),
+                     progress=Progress(quiet=True))
+    assert not [k for k, *_ in hw.calls if "offparam" in k]
+    assert res.best["config"]["strategy"] == f"{L}/ckpt/z0/fused"
+    hw = _offload_hw(z0_fixed=23.0)  # ZeRO-0 fits nothing: offload is the answer
+    res = run_search(SearchRequest(run_dir=tmp_path / "b", **req), factory=lambda s: FakeSession(hw, s),
+                     progress=Progress(quiet=True))
+    assert res.best["config"]["strategy"] == f"{L}/ckpt/z3/offopt/offparam"
+
+
+def test_a_skipped_twin_rules_out_the_strategy_it_dominates(tmp_path):
+    # Uncapped: the exact fused strategy fits the largest micro-batch, so the 4-bit fused one is skipped
+    # (it cannot start above that wall); its hf-loss twin, never faster and never leaner, must not be
+    # probed either (results/bench-h200-glm4-lora-T1024-auto-r2 spent 19 s on such a probe).
+    keys = [f"{L}/{q}{c}/z0{f}" for q in ("", "nf4/") for c in ("nockpt", "ckpt") for f in ("/fused", "")]
+    hw = FakeHardware(capacity=80.0, fixed=dict.fromkeys(keys, 18.0), per_token=dict.fromkeys(keys, 0.5 / 2048),
+                      speed=dict.fromkeys(keys, 9000.0), saturation_tokens=2048.0)
+    req = SearchRequest(ctx=Context(model="THUDM/glm-4-9b-chat", global_batch=16, device="cuda"),
+                        source=resolve_model("THUDM/glm-4-9b-chat"), space=_space(), max_token=2048,
+                        limits=Limits(80 * GiB, 0.08), run_dir=tmp_path / "run")
+    res = run_search(req, factory=lambda s: FakeSession(hw, s), progress=Progress(quiet=True))
+    assert {k for k, *_ in hw.calls} == {f"{L}/nockpt/z0/fused"}
+    assert f"{L}/nf4/nockpt/z0/fused was skipped" in res.summary

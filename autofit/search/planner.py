@@ -8,6 +8,7 @@ Rules, each one a saving:
 - Monotone shapes: if micro-batch m does not fit a strategy, no m' > m does. Never probed.
 - Slower-at-equal-shape strategies (checkpointing, activation offload, offload, ZeRO-3 over 0-2) start above the wall of
   the faster one they extend, and are skipped once its throughput has saturated: they cannot win.
+- ZeRO offload is the last resort: skipped once any strategy without it fits at the max_token.
 - A per-strategy memory model fitted to measured peaks predicts the wall: the escalation jumps to the
   largest micro-batch predicted to fit, then confirms the wall one step above. An analytic slope
   (autofit.memory.analytic) stands in for the second point; a wall is only predicted from measured points.
@@ -87,6 +88,13 @@ def _adds_savings(a: Strategy, b: Strategy) -> bool:
     offload, ZeRO-3)."""
     return (a.grad_ckpt >= b.grad_ckpt and a.act_offload >= b.act_offload and a.offload_optimizer >= b.offload_optimizer
             and a.offload_params >= b.offload_params and (a.zero_stage == 3) >= (b.zero_stage == 3))
+
+
+def _offloads(s: Strategy) -> bool:
+    """ZeRO offload moves optimizer state or weights over PCIe every step. Wherever a strategy without it
+    also fitted, offload's best ran at 24-47% of that strategy's best (every grid and search in results/
+    with both), so it is escalated only when nothing without it fits."""
+    return s.offload_optimizer or s.offload_params
 
 
 def never_faster(a: Strategy, b: Strategy) -> bool:
@@ -376,10 +384,13 @@ class Planner:
         t = self.target
         so = StrategyOutcome(strategy=s, max_token=t)
         twin = next((out.strategies[t.key()] for t in dominating_twins(s) if t.key() in out.strategies
-                     and out.strategies[t.key()].fit_max is not None), None)
+                     and (out.strategies[t.key()].fit_max is not None or out.strategies[t.key()].skipped)), None)
         if twin is not None:
+            # s is never faster and never leaner than its twin: whatever ruled the twin out rules s out too.
             so.skipped = (f"{twin.strategy.key()} ran, and differs only in a technique that saves memory at no "
-                          "cost in speed")
+                          "cost in speed" if twin.fit_max is not None else
+                          f"{twin.strategy.key()} was skipped ({twin.skipped}), and {s.key()} differs from it only "
+                          "in lacking a technique that saves memory at no cost in speed")
             self.log(f"skip {s.key()}: {so.skipped}")
             return so
         faster = ([out.strategies[k] for k in out.strategies if never_faster(s, out.strategies[k].strategy)]
@@ -398,9 +409,16 @@ class Planner:
                           f"does not change the host memory of ZeRO's offloaded state")
             self.log(f"skip {s.key()}: {so.skipped}")
             return so
+        without = next((f for f in out.strategies.values() if f.fit_max is not None and not _offloads(f.strategy)), None)
+        if _offloads(s) and without is not None:
+            so.skipped = (f"ZeRO offload is the last resort, and {without.strategy.key()} fits without it "
+                          f"(up to micro-batch {without.fit_max})")
+            self.log(f"skip {s.key()}: {so.skipped}")
+            return so
         above = [m for m in self.mbs if m > wall]
         if not above:
             so.skipped = f"a faster strategy already fits the largest micro-batch ({wall})"
+            so.inferred_fit = wall  # bounds the strategies that extend this one, as an escalated one would
             self.log(f"skip {s.key()}: {so.skipped}")
             return so
         so.inferred_fit = wall or None
