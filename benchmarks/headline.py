@@ -66,9 +66,9 @@ def like_for_like(s: dict) -> str:
         parts.append(f"{steps} steps/probe")
     if g.get("complete") is False:
         parts.append("cut short")
-    if g.get("reused_from"):
-        parts.append("grid reused")
-    return "like for like" if not parts else "unlike: " + ", ".join(parts)
+    # A reused grid did the same work in an earlier lease: like for like in work, not in conditions.
+    lease = "; grid from an earlier lease" if g.get("reused_from") else ""
+    return ("like for like" if not parts else "unlike: " + ", ".join(parts)) + lease
 
 
 def quality(s: dict) -> str:
@@ -151,14 +151,23 @@ def headline(results: Path, scenarios: dict[str, Scenario] | None = None) -> str
             f"([{folder.name}](results/{folder.name})) | {n} x {scenario_table._short_gpu(s.get('gpu'))} | {timing(s, folder)} | "
             f"{srch['wall_s']:.0f} s, {srch['probes']} | {quality(s)} | {'≥ ' if at_least else ''}{gw:.0f} s, {g['probes']}{reps} | "
             f"{frac} | " + " | ".join(cells) + f" | {verified} |")
-    present = {p.name for p in results.iterdir()} if results.exists() else set()
+    judged = {f.name for f in headline_folders(results)}
     for sc in (scenarios if scenarios is not None else load_scenarios()).values():
-        if sc.results and sc.results not in present and "search" in sc.steps and "grid" in sc.steps:
-            cap = f", {sc.gpu_memory} cap" if sc.gpu_memory else ""
-            method = "full FT" if sc.method == "full" else "LoRA"
-            lines.append(f"| {sc.model.split('/')[-1]} {method}, T={sc.max_token}{cap} (`{sc.name}`: "
-                         f"`python -m benchmarks.run {sc.name}`) | {sc.num_gpus} x {(sc.gpu or '?').replace('NVIDIA ', '')} | "
-                         + " | ".join([NOT_RUN] * (6 + len(cols))) + " |")
+        if not (sc.results and "search" in sc.steps and "grid" in sc.steps) or sc.results in judged:
+            continue
+        cap = f", {sc.gpu_memory} cap" if sc.gpu_memory else ""
+        method = "full FT" if sc.method == "full" else "LoRA"
+        gpus = f"{sc.num_gpus} x {(sc.gpu or '?').replace('NVIDIA ', '')}"
+        folder = results / sc.results
+        searched = (_summary(folder).get("search") if (folder / "summary.json").exists() else None)
+        if searched:  # the search ran, its grid not yet: shown, not judged
+            s = _summary(folder)
+            lines.append(f"| {sc.model.split('/')[-1]} {method}, T={sc.max_token}{cap} ([{sc.results}](results/{sc.results})) "
+                         f"| {gpus} | {timing(s, folder)} | {searched['wall_s']:.0f} s, {searched['probes']} | "
+                         + " | ".join(["grid not run"] * 3 + [NOT_RUN] * len(cols)) + " | - |")
+            continue
+        lines.append(f"| {sc.model.split('/')[-1]} {method}, T={sc.max_token}{cap} (`{sc.name}`: "
+                     f"`python -m benchmarks.run {sc.name}`) | {gpus} | " + " | ".join([NOT_RUN] * (6 + len(cols))) + " |")
     return "\n".join(lines)
 
 

@@ -196,14 +196,26 @@ def reuse_grid(src: Path, out: Path, search: dict, max_token: int, gpu: str | No
     if log is not None:
         shutil.copyfile(log, out / "grid.log")
         g["log"] = "grid.log"
-    mine = measured_cell(read_probes(out / "grid.csv"), search["winner"], search["winner_micro_batch"], max_token)
-    g["search_winner_tokens_per_s_in_grid"] = float(mine["tokens_per_s"]) if mine else None
     q = g.get("best_quantized")
     if quantize and q and (not g.get("best") or q["tokens_per_s"] > g["best"]["tokens_per_s"]):
         g["best"] = q  # with --quantize the oracle's answer may be a 4/8-bit cell
     part = {"grid": g}
-    if mine and g.get("best"):
-        part["quality"] = round(float(mine["tokens_per_s"]) / g["best"]["tokens_per_s"], 4)
+    rows = read_probes(out / "grid.csv")
+    # The winner's cell over every pass of that grid, judged as that grid's own search was: median and spread.
+    runs = tuple(float(r["tokens_per_s"]) for r in rows if r["strategy"] == search["winner"] and r["status"] == "ok"
+                 and int(r["micro_batch"]) == search["winner_micro_batch"] and int(r["max_token"]) == max_token
+                 and r.get("phase", "grid") in ("grid", "repeat")) if search.get("winner") else ()
+    g["search_winner_tokens_per_s_in_grid"] = round(statistics.median(runs), 2) if runs else None
+    g.pop("search_winner_tokens_per_s_runs", None)
+    if len(runs) > 1:
+        g["search_winner_tokens_per_s_runs"] = list(runs)
+    best = g.get("best")
+    if runs and best:
+        part["quality"] = round(statistics.median(runs) / best["tokens_per_s"], 4)
+        if best.get("tokens_per_s_runs"):
+            mine = CellRuns(search["winner"], search["winner_micro_batch"], max_token, runs, True)
+            part["winner_within_spread"] = within_spread(mine, CellRuns(best["strategy"], best["micro_batch"], max_token,
+                                                                        tuple(best["tokens_per_s_runs"]), True))
     if "wall_s" in g:
         part["time_fraction"] = round(search["wall_s"] / g["wall_s"], 3)
     else:  # the earlier grid was cut short: its wall time is a lower bound

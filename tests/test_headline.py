@@ -68,8 +68,13 @@ def test_a_scenario_without_its_folder_is_not_run(tmp_path):
                                          "gpu": "NVIDIA H200", "results": "eval-h200-new"})
     cells = _row(headline.headline(tmp_path, scenarios={"h200-new": sc}), "h200-new")
     assert cells[1] == "1 x H200" and set(cells[2:]) == {headline.NOT_RUN}
-    (tmp_path / "eval-h200-new").mkdir()  # once committed, the folder's own row replaces it
-    assert "h200-new" not in headline.headline(tmp_path, scenarios={"h200-new": sc})
+    (tmp_path / "eval-h200-new").mkdir()  # an empty folder has run nothing
+    assert set(_row(headline.headline(tmp_path, scenarios={"h200-new": sc}), "h200-new")[2:]) == {headline.NOT_RUN}
+    # Its search ran, its grid not yet: the search is shown, not judged.
+    (tmp_path / "eval-h200-new" / "summary.json").write_text(json.dumps(
+        {"model": "org/M", "max_token": 2048, "warm_up_s": 12.0, "search": {"wall_s": 186.0, "probes": 11}}))
+    cells = _row(headline.headline(tmp_path, scenarios={"h200-new": sc}), "eval-h200-new")
+    assert cells[2:5] == ["warm (12 s warm-up excluded)", "186 s, 11", "grid not run"] and cells[-1] == "-"
 
 
 def test_committed_headline_has_every_judged_search_and_today_s_scenarios():

@@ -323,6 +323,13 @@ class StandbyFactory:
         self.n += 1
         return WorkerSession(self.ctx, None, self.source, self.io_root / f"w{self.n:03d}", env=self.env)
 
+    def prepare(self) -> None:
+        """Spawn the first worker now, so its imports overlap the driver's own start (the estimate builds
+        the model on the meta device: seconds of importing transformers)."""
+        if self.use_standby and self.standby is None:
+            self.standby = self._new()
+            self.standby.spawn()
+
     def __call__(self, strategy: Strategy) -> WorkerSession:
         return self._take(strategy, self.ctx)
 

@@ -389,8 +389,8 @@ class Planner:
             # s is never faster and never leaner than its twin: whatever ruled the twin out rules s out too.
             so.skipped = (f"{twin.strategy.key()} ran, and differs only in a technique that saves memory at no "
                           "cost in speed" if twin.fit_max is not None else
-                          f"{twin.strategy.key()} was skipped ({twin.skipped}), and {s.key()} differs from it only "
-                          "in lacking a technique that saves memory at no cost in speed")
+                          f"{twin.strategy.key()} was skipped, and differs only in a technique that saves memory at "
+                          "no cost in speed")
             self.log(f"skip {s.key()}: {so.skipped}")
             return so
         faster = ([out.strategies[k] for k in out.strategies if never_faster(s, out.strategies[k].strategy)]
