@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         summary.update(reuse_grid(a.grid_from, a.out, summary["search"], a.max_token, summary["gpu"], a.quantize))
     elif not a.skip_grid:
         summary.update(run_grid(a, ctx, source, space, limits, summary["search"], progress, search_wall, warm_up_s=warm_s))
+    if summary.get("grid"):
         summary.update(time_rule(summary))
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

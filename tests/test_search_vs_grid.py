@@ -104,3 +104,16 @@ def test_time_rule_is_the_same_for_both_sides():
     assert time_rule(warm) == {"time_rule": "both after a warm-up, excluded from both", "time_fraction_with_warm_up": 0.452}
     assert time_rule({"warm_up_s": None, "search": {"wall_s": 1.0}, "grid": {"wall_s": 2.0}})["time_rule"] == "both from a cold start"
     assert time_rule({"warm_up_s": 5.0, "search": {"wall_s": 1.0}, "grid": {"wall_s": 2.0}})["time_rule"].startswith("mixed")
+
+
+def test_reuse_grid_judges_a_two_pass_grid_by_its_spread(tmp_path):
+    # The committed grid measured the winner's cell at 7658 and 6092 tokens/s in its two passes; a later
+    # search naming that cell is the grid's best (median over median), within the spread, not 111%.
+    src = RESULTS / "eval-h200-glm4-lora-T2048-24GiB-auto"
+    search = {"wall_s": 88.1, "winner": "lora-r8/bf16-pure/ckpt/z0/fused", "winner_micro_batch": 2}
+    part = reuse_grid(src, tmp_path, search, 2048)
+    assert part["grid"]["search_winner_tokens_per_s_runs"] == [7657.66, 6091.96]
+    assert part["quality"] == 1.0 and part["winner_within_spread"] is True
+    slower = dict(search, winner="lora-r8/bf16-pure/nf4/ckpt/z0/fused", winner_micro_batch=2)
+    part = reuse_grid(src, tmp_path, slower, 2048)
+    assert part["quality"] < 1 and part["winner_within_spread"] is False
