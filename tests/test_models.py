@@ -437,3 +437,24 @@ def test_a_config_without_a_context_length_takes_the_longest_probe(tmp_path):
 
     (tmp_path / "config.json").write_text(_json.dumps({"model_type": "qwen2", "max_position_embeddings": None}))
     assert build_config(resolve_model(str(tmp_path)), max_positions=256).max_position_embeddings == 256
+
+
+def test_shipped_archs_are_what_the_meta_device_reads_and_are_used_without_torch():
+    """autofit/data/archs.yaml is each built-in model's arch as read now (rewrite it with
+    `python -m autofit.memory.arch`), and a search of a built-in model takes it from there."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from autofit.memory.arch import table_archs
+    from autofit.models import ARCHS_PATH
+
+    assert yaml.safe_load(ARCHS_PATH.read_text()) == json.loads(json.dumps(table_archs()))  # tuples as lists
+    # In a fresh interpreter: the estimate of a built-in model imports neither torch nor transformers.
+    code = ("import sys; from autofit.models import resolve_model; from autofit.memory.arch import arch_of; "
+            "a = arch_of(resolve_model('THUDM/glm-4-9b-chat')); "
+            "print(a.layers, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["40", "False", "False"]

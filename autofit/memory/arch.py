@@ -1,13 +1,16 @@
 """The shapes that decide a model's training memory, read from the model built on the meta device.
 
-torch and transformers are imported only inside arch_of's first call (no memory, no weights).
+For the built-in table they are read once and shipped as data (autofit.models.shipped_arch; written by
+`python -m autofit.memory.arch`, and a test rebuilds every entry): importing torch and transformers and
+building the model take seconds that a search would otherwise spend before its first probe. Any
+other model is built on the meta device at its first arch_of call (no memory, no weights).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from autofit.errors import ModelSourceError
@@ -63,9 +66,29 @@ class Arch:
 
 @functools.lru_cache(maxsize=16)
 def _arch_cached(source_json: str) -> Arch:
-    from autofit.models import ModelSource
+    from autofit.models import ModelSource, shipped_arch
 
+    shipped = shipped_arch(source_json)
+    if shipped is not None:
+        return arch_from_dict(shipped)
     return _read_arch(ModelSource.from_dict(json.loads(source_json)))
+
+
+def arch_from_dict(d: dict) -> Arch:
+    return Arch(**{**d, "block_linears": tuple(Linear(**lin) for lin in d["block_linears"]),
+                   "other_linears": tuple(tuple(o) for o in d["other_linears"])})
+
+
+def table_archs() -> dict:
+    """Every built-in model's arch, read from its model on the meta device, as archs.yaml holds them."""
+    from autofit.models import _read_table, resolve_model, source_digest
+
+    out = {}
+    for name in _read_table()["models"]:
+        source = resolve_model(name)
+        arch = json.loads(json.dumps(asdict(_read_arch(source))))  # tuples as lists, as YAML reads them back
+        out[source.name] = {"source": source_digest(json.dumps(source.to_dict(), sort_keys=True)), "arch": arch}
+    return out
 
 
 def arch_of(source) -> Arch:
@@ -128,3 +151,10 @@ def _linear(name: str, mod: Any, hidden: int, expert_share: float) -> Linear:
             MLP_IN if mod.in_features == hidden else MLP_OUT)
     return Linear(name=name, group=group, in_features=int(mod.in_features), out_features=int(mod.out_features),
                   share=expert_share if ".experts." in f".{name}." else 1.0)
+
+
+
+if __name__ == "__main__":  # python -m autofit.memory.arch: rewrite archs.yaml after a table or transformers change
+    from autofit.models import write_shipped_archs
+
+    write_shipped_archs(table_archs())

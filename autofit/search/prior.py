@@ -33,9 +33,9 @@ class AnalyticPrior:
         self._slopes: dict[tuple[str, int], float | None] = {}
         self._arch: Future | None = None
         if ctx.device == "cuda":
-            # Reading the architecture imports torch + transformers into this process (seconds; the search
-            # itself imports neither): start now, so it overlaps the first probe, which the planner needs
-            # before it asks the prior anything. A daemon thread, so Ctrl-C does not wait for the import.
+            # Outside the built-in table, reading the architecture imports torch + transformers into this
+            # process (seconds; the search itself imports neither): start now, beside the first worker's
+            # imports. A daemon thread, so Ctrl-C does not wait for the import.
             self._arch = Future()
             threading.Thread(target=_read_arch, args=(source, self._arch), daemon=True, name="autofit-arch").start()
 
