@@ -106,10 +106,15 @@ def _baseline_cell(facts: scenario_table.Facts, names: tuple[str, ...]) -> str:
     return NOT_RUN
 
 
-def headline_folders(results: Path) -> list[Path]:
-    """Folders with a search and a grid to judge it: scenario folders, the cold ones and the concurrent one."""
+def headline_folders(results: Path, scenarios: dict[str, Scenario] | None = None) -> list[Path]:
+    """Folders with a search and a grid to judge it: scenario folders, the cold ones and the concurrent one;
+    not those a later scenario supersedes (results/README.md shows every search)."""
+    superseded = {sc.results for sc in (scenarios if scenarios is not None else load_scenarios()).values()
+                  if sc.superseded_by}
     out = []
     for summary in committed(results, "*/summary.json"):
+        if summary.parent.name in superseded:
+            continue
         s = json.loads(summary.read_text())
         if s.get("grid") and (s.get("search") or s.get("search_concurrent")):
             out.append(summary.parent)
@@ -121,7 +126,7 @@ def headline(results: Path, scenarios: dict[str, Scenario] | None = None) -> str
     lines = ["| scenario | GPUs | search timed | autofit: wall, probes | its winner vs the grid's best | "
              "exhaustive grid: wall, probes | time vs grid | " + " | ".join(cols) + " | winner verified |",
              "|" + "---|" * (8 + len(cols))]
-    for folder in headline_folders(results):
+    for folder in headline_folders(results, scenarios):
         s = _summary(folder)
         concurrent = s.get("search_concurrent")
         srch = s.get("search") or concurrent
@@ -151,7 +156,7 @@ def headline(results: Path, scenarios: dict[str, Scenario] | None = None) -> str
             f"([{folder.name}](results/{folder.name})) | {n} x {scenario_table._short_gpu(s.get('gpu'))} | {timing(s, folder)} | "
             f"{srch['wall_s']:.0f} s, {srch['probes']} | {quality(s)} | {'≥ ' if at_least else ''}{gw:.0f} s, {g['probes']}{reps} | "
             f"{frac} | " + " | ".join(cells) + f" | {verified} |")
-    judged = {f.name for f in headline_folders(results)}
+    judged = {f.name for f in headline_folders(results, scenarios)}
     for sc in (scenarios if scenarios is not None else load_scenarios()).values():
         if not (sc.results and "search" in sc.steps and "grid" in sc.steps) or sc.results in judged:
             continue
@@ -182,7 +187,8 @@ HEADLINE_NOTE = (
     "`no answer`: nothing it tried runs; ‡: the older procedure, which stopped at the headroom line; † "
     "`tainted`: measured while another job's process held memory on its GPU (the folder's tainted.yaml says which "
     "and why), so no figure; "
-    "`not run`: no committed folder has it yet.")
+    "`not run`: no committed folder has it yet. Runs a later scenario supersedes (same question, older harness) are "
+    "in results/README.md with every other search.")
 
 
 # -- every search -----------------------------------------------------------------------------------

@@ -56,6 +56,9 @@ class Scenario:
     gpu: str | None = None                 # the GPU the committed numbers come from (informative)
     results: str | None = None             # the results/ folder this scenario wrote or is to write
     commands: tuple[tuple[str, str], ...] = ()  # (step, shell command with {out} and {py}) for one-off evidence
+    # A later scenario measuring the same thing with today's harness: the README headline leaves this
+    # folder to results/README.md, which still shows every search.
+    superseded_by: str | None = None
     note: str = ""
 
     @property
@@ -144,7 +147,11 @@ def load_scenarios(path: Path = SCENARIOS) -> dict[str, Scenario]:
     if not isinstance(doc, dict) or not isinstance(doc.get("scenarios"), dict):
         raise ScenarioError(f"{path}: a mapping with a `scenarios:` mapping of name -> entry")
     defaults = doc.get("defaults") or {}
-    return {name: scenario_from_dict(name, {**defaults, **(entry or {})}) for name, entry in doc["scenarios"].items()}
+    out = {name: scenario_from_dict(name, {**defaults, **(entry or {})}) for name, entry in doc["scenarios"].items()}
+    for sc in out.values():
+        if sc.superseded_by is not None and sc.superseded_by not in out:
+            raise _fail(sc.name, f"superseded_by {sc.superseded_by!r} names no scenario")
+    return out
 
 
 def by_results_folder(path: Path = SCENARIOS) -> dict[str, Scenario]:

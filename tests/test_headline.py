@@ -85,7 +85,9 @@ def test_committed_headline_has_every_judged_search_and_today_s_scenarios():
     assert concurrent[1] == "2 x H100 80GB" and concurrent[5].startswith("≥ 830 s")
     # Cold runs are rows too, and the one like-for-like grid so far says so.
     assert _row(table, "bench-h100-glm4-lora-T1024-cold")[2] == "cold"
-    assert "(like for like)" in _row(table, "bench-h200-glm4-lora-T2048-24GiB-auto")[6]
+    assert "(like for like)" in _row(table, "eval-h200-glm4-lora-T2048-24GiB-auto")[6]
+    # A run a later scenario supersedes leaves the headline (results/README.md keeps every search).
+    assert "bench-h200-glm4-lora-T2048-24GiB-auto-r2" not in table
     assert "unlike: 4 max_tokens, 2 steps/probe" in _row(table, "bench-h100-glm4-lora-T1024-cold")[6]
     for name in ("h200-glm4-lora-T2048-24GiB-auto", "h200-qwen2-7b-lora-T4096-24GiB-auto", "h200-glm4-lora-T1024-auto",
                  "2xh200-qwen2-7b-full-T2048-auto"):
