@@ -18,7 +18,7 @@ from autofit.errors import UsageError, raise_problems
 from autofit.memory.analytic import GiB, Peak, predict
 from autofit.memory.arch import Arch, arch_of
 from autofit.memory.calibration import calibrate
-from autofit.spec import METHODS, Strategy
+from autofit.spec import METHODS, Strategy, target_problems
 
 ERROR_SUMMARY = Path(__file__).resolve().parent.parent / "results" / "estimate-error" / "summary.json"
 
@@ -80,15 +80,11 @@ class EstimateArgs:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.max_token < 1:
-            problems.append(f"--max-token must be positive, got {self.max_token}")
+        problems = target_problems(self.max_token, self.headroom)
         if self.global_batch < 1:
             problems.append(f"--global-batch must be at least 1, got {self.global_batch}")
         if self.num_gpus < 1:
             problems.append(f"--num-gpus must be at least 1, got {self.num_gpus}")
-        if not 0 <= self.headroom < 1:
-            problems.append(f"--headroom must be in [0, 1), got {self.headroom}")
         if self.method is not None and self.method not in METHODS:
             problems.append(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         try:

@@ -293,6 +293,16 @@ class ProbeResult:
         return cls(**kw)
 
 
+def target_problems(max_token: int, headroom: float) -> list[str]:
+    """What --max-token and --headroom must be, in every command that takes both (search, estimate)."""
+    problems = []
+    if max_token < 1:
+        problems.append(f"--max-token must be positive, got {max_token}")
+    if not 0 <= headroom < 1:
+        problems.append(f"--headroom must be in [0, 1), got {headroom}")
+    return problems
+
+
 def compared_peak(nvml: float | None, reserved: float | None, host: float | None) -> float | None:
     """The memory figure compared with the budget (any unit): device-level when we have it (counts
     the CUDA context and NCCL buffers), else the allocator's reserved peak, else host RSS (CPU runs)."""

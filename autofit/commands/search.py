@@ -31,11 +31,9 @@ class SearchArgs(HardwareArgs):
     def __post_init__(self) -> None:
         from autofit.units import parse_duration
 
-        problems = []
-        if self.max_token < 1:
-            problems.append(f"--max-token must be positive, got {self.max_token}")
-        if not 0 <= self.headroom < 1:
-            problems.append(f"--headroom must be in [0, 1), got {self.headroom}")
+        from autofit.spec import target_problems
+
+        problems = target_problems(self.max_token, self.headroom)
         if self.explore < 0:
             problems.append(f"--explore must be >= 0, got {self.explore}")
         if self.measure_steps < 1:
