@@ -125,3 +125,31 @@ def test_replay_auto_space_under_24gib(quantize, folder):
     cells = {(k, mb) for k, mb, _, phase in asked if phase != "fresh"}
     assert len(cells) <= 8, sorted(cells)
     assert not [k for k, _ in cells if "int8" in k or not k.endswith("/fused") and "z3" not in k]
+
+
+def test_a_one_doubling_flat_reading_does_not_hide_the_4bit_family():
+    """REPLAY of the Qwen2-7B T=4096 24 GiB grid's second pass (results/eval-h200-qwen2-7b-lora-T4096-24GiB-auto),
+    both families as the driver plans them: micro-batch 1 -> 2 read +1.8% there, which once counted as flat
+    and skipped NF4, whose micro-batch 4 is the grid's fastest 4-bit cell."""
+    from autofit.search.planner import combine, families
+
+    folder = RESULTS / "eval-h200-qwen2-7b-lora-T4096-24GiB-auto"
+    s = json.loads((folder / "summary.json").read_text())
+    cells = {(r["strategy"], int(r["micro_batch"])): result_from_row(r)
+             for r in read_probes(folder / "grid.csv") if r["phase"] == "repeat"}
+
+    def measure(st, shape: Shape, phase, repeat) -> ProbeResult:
+        return cells.get((st.key(), shape.micro_batch)) or ProbeResult(
+            strategy=st.key(), micro_batch=shape.micro_batch, max_token=shape.max_token, status=Status.OOM)
+
+    source = resolve_model(s["model"])
+    prior = AnalyticPrior(source, Context(model=s["model"], device="cuda", gpus=(0,), global_batch=s["global_batch"]))
+    space, planners, outs = load_space(s["space"]), {}, {}
+    for name, family in families(space.strategies(1)).items():
+        planners[name] = Planner(family, space.micro_batches, (4096,), 4096, s["global_batch"],
+                                 Limits(int(s["budget_gib"] * 2**30), s["headroom"]), measure, slope_prior=prior.slope,
+                                 estimate=prior.peak, exact=planners.get("exact"), decisive=name == "exact")
+        outs[name] = planners[name].run()
+    out = combine(outs["exact"], outs["quantized"], False)
+    assert out.winner[0].key() == "lora-r8/bf16-pure/ckpt/z0/fused" and out.winner[1] == 2
+    assert out.alternative is not None and out.alternative[:2] == ("lora-r8/bf16-pure/nf4/ckpt/z0/fused", 4)
