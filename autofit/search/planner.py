@@ -569,9 +569,8 @@ class Planner:
 
 def _flat(curve: list[tuple[int, float]]) -> bool:
     """Throughput gained less than SATURATION_GAIN over at least two doublings of micro-batch up to the last
-    point. One doubling is not enough: single readings vary by 2-3% run to run, and Qwen2-7B at T=4096 read
-    +1.8% from micro-batch 1 to 2 in one search and +3.3% in the next (results/eval-h200-qwen2-7b-lora-T4096-
-    24GiB-auto-r4, -r5); its 4-bit twin then ran 7% faster at micro-batch 4."""
+    point: one doubling's gain is within run-to-run noise (results/eval-h200-qwen2-7b-lora-T4096-24GiB-auto-r4
+    read one as flat, and its 4-bit twin then ran 7% faster at micro-batch 4)."""
     if len(curve) < 2:
         return False
     last_mb, last = curve[-1]
