@@ -66,7 +66,7 @@ class WorkerSession:
     def __init__(self, ctx: Context, strategy: Strategy | None, source: ModelSource, io_dir: Path,
                  env: dict[str, str] | None = None):
         self.ctx, self.strategy, self.source = ctx, strategy, source
-        self.io_dir = Path(io_dir)
+        self.io_dir = Path(io_dir).absolute()  # in the command line: stop_ranks matches it there
         self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
         self.planned = False
