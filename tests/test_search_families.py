@@ -114,3 +114,27 @@ def test_combine_keeps_both_families_strategies():
 
     a, b = Outcome(2048, 2048), Outcome(2048, 2048)
     assert combine(a, None, False) is a and combine(None, b, True) is b
+
+
+class _Factory:
+    """FAKE sessions; records whether each fresh check asked for a standby worker after it."""
+
+    def __init__(self, hw: FakeHardware):
+        self.hw, self.fresh_standby = hw, []
+
+    def __call__(self, s: Strategy) -> FakeSession:
+        return FakeSession(self.hw, s)
+
+    def fresh(self, s: Strategy, standby: bool = False) -> FakeSession:
+        self.fresh_standby.append((s.exact, standby))
+        return FakeSession(self.hw, s)
+
+
+def test_a_standby_follows_the_fresh_check_only_where_another_family_s_probes_come_next(tmp_path):
+    factory = _Factory(_hw())
+    req = SearchRequest(ctx=Context(model="THUDM/glm-4-9b-chat", global_batch=16, device="cuda"),
+                        source=resolve_model("THUDM/glm-4-9b-chat"), space=_space(), max_token=2048,
+                        limits=Limits(24 * GiB, 0.08), run_dir=tmp_path / "run", quantize=True)
+    run_search(req, factory=factory, progress=Progress(quiet=True))
+    # The exact family's check is followed by the 4/8-bit family; the last check by nothing.
+    assert factory.fresh_standby[0] == (True, True) and factory.fresh_standby[-1] == (False, False)
