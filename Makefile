@@ -19,10 +19,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# One process by default. TEST_WORKERS=2 runs two pytest-xdist workers, whole files each, and takes
-# about 10 min here instead of 12.5; but beside another file, test_faults' first probe worker was
-# SIGKILLed during its imports in both CI runs with it (cause not found yet), so CI keeps to one.
-TEST_WORKERS ?= 0
+# Two pytest-xdist workers by default, whole files each, the slowest files first (tests/conftest.py);
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu" -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=10 tests
 

@@ -26,6 +26,25 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _optuna_schema_head_found_once():
+    """Optuna finds its schema's head revision by running its alembic scripts at every storage open (0.1 s;
+    the FAKE searches here open a study hundreds of times). The head is a constant of the installed Optuna:
+    found once, each database's own version is still checked against it at every open."""
+    from optuna.storages._rdb.storage import _VersionManager
+
+    real, head = _VersionManager.get_head_version, []
+
+    def get_head_version(self) -> str:
+        head[:] = head or [real(self)]
+        return head[0]
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(_VersionManager, "get_head_version", get_head_version)
+    yield
+    mp.undo()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules with the most slow tests first. Under pytest-xdist (make test) each worker takes one whole
     module at a time, in this order: a long module taken last would leave the other worker idle."""

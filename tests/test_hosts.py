@@ -13,7 +13,7 @@ import pytest
 from autofit.errors import UsageError
 from autofit.hosts import parse_hostfile
 from autofit.models import resolve_model
-from autofit.probe.launcher import host_failure, is_peer_lost, write_rank_env
+from autofit.probe.launcher import host_failure, is_peer_lost, rank_pattern, write_rank_env
 from autofit.probe.runner import WorkerSession, launcher_command
 from autofit.spec import Context, Shape, Status, Strategy, context_from_dict, to_jsonable
 
@@ -139,6 +139,35 @@ def test_a_rank_that_only_lost_its_peer_is_not_the_cause():
     gloo = ("RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
             "[127.0.0.1]:34197. This is typically caused by a remote worker crashing.")
     assert is_peer_lost(gloo) and not is_peer_lost("CUDA out of memory") and not is_peer_lost(None)
+
+
+def test_stopping_a_probe_matches_its_own_processes_only_not_another_search_s_with_the_same_run_dir_name(tmp_path):
+    """pkill's pattern, tried with pgrep here (tests/test_multihost.py runs it over pdsh): a search whose
+    run dir was given as `run` once SIGKILLed the workers of every other search on the host whose run dir
+    also ended in `run` (test_faults' beside test_multihost under pytest-xdist)."""
+    own = tmp_path / "a" / "run" / "probe_io" / "w001"
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    cmds = {"launcher": [*sleep, "--module", "autofit.probe.worker", str(own)],
+            "rank": [*sleep, "-u", "-m", "autofit.probe.worker", "--local_rank=0", str(own)],
+            "other search, same run dir name": [*sleep, "-m", "autofit.probe.worker", str(tmp_path / "b" / "run" / "probe_io" / "w001")],
+            "other search, path ending in this one": [*sleep, "-m", "autofit.probe.worker", f"{tmp_path}/x{own}"],
+            "next worker of this search": [*sleep, "-m", "autofit.probe.worker", f"{own}0"]}
+    procs = {name: subprocess.Popen(cmd) for name, cmd in cmds.items()}
+    try:
+        found = subprocess.run(["pgrep", "-f", rank_pattern(own)], capture_output=True, text=True).stdout.split()
+        assert sorted(name for name, p in procs.items() if str(p.pid) in found) == ["launcher", "rank"]
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+    with pytest.raises(ValueError, match="absolute"):
+        rank_pattern(Path("run/probe_io/w001"))
+
+
+def test_a_worker_s_command_line_names_its_io_dir_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    session = WorkerSession(Context(model="m", device="cpu", gpus=()), None, None, Path("run/probe_io/w001"))
+    assert session._command()[-1] == str(tmp_path / "run" / "probe_io" / "w001")
 
 
 def test_ranks_on_other_hosts_get_this_environment_through_deepspeed_s_env_file(tmp_path, monkeypatch):

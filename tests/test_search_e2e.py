@@ -58,6 +58,8 @@ def test_search_writes_every_output(cpu_run):
         assert (run / name).stat().st_size > 0, name
     rows = list(csv.DictReader(open(run / "probes.csv")))
     assert rows and all(r["status"] == "ok" and float(r["tokens_per_s"]) > 0 for r in rows)
+    # Every worker it started ran a probe: no standby is spawned after the last one (the fresh check).
+    assert len(list((run / "probe_io").glob("w*"))) == len({r["worker_pid"] for r in rows})
     best = yaml.safe_load((run / "best.yaml").read_text())
     assert best["config"]["max_token"] == 64 and best["measured"]["tokens_per_s"] > 0
     assert best["hardware"]["device"] == "cpu" and best["model"]["weights_probed"] == "random"

@@ -159,3 +159,27 @@ def test_a_skipped_twin_rules_out_the_strategy_it_dominates(tmp_path):
     res = run_search(req, factory=lambda s: FakeSession(hw, s), progress=Progress(quiet=True))
     assert {k for k, *_ in hw.calls} == {f"{L}/nockpt/z0/fused"}
     assert f"{L}/nf4/nockpt/z0/fused was skipped" in res.summary
+
+
+class _Factory:
+    """FAKE sessions; records whether each fresh check asked for a standby worker after it."""
+
+    def __init__(self, hw: FakeHardware):
+        self.hw, self.fresh_standby = hw, []
+
+    def __call__(self, s: Strategy) -> FakeSession:
+        return FakeSession(self.hw, s)
+
+    def fresh(self, s: Strategy, standby: bool = False) -> FakeSession:
+        self.fresh_standby.append((s.exact, standby))
+        return FakeSession(self.hw, s)
+
+
+def test_a_standby_follows_the_fresh_check_only_where_another_family_s_probes_come_next(tmp_path):
+    factory = _Factory(_hw())
+    req = SearchRequest(ctx=Context(model="THUDM/glm-4-9b-chat", global_batch=16, device="cuda"),
+                        source=resolve_model("THUDM/glm-4-9b-chat"), space=_space(), max_token=2048,
+                        limits=Limits(24 * GiB, 0.08), run_dir=tmp_path / "run", quantize=True)
+    run_search(req, factory=factory, progress=Progress(quiet=True))
+    # The exact family's check is followed by the 4/8-bit family; the last check by nothing.
+    assert factory.fresh_standby[0] == (True, True) and factory.fresh_standby[-1] == (False, False)

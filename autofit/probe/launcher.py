@@ -77,16 +77,24 @@ def write_rank_env(env: dict[str, str], path: Path) -> Path:
     return path
 
 
+def rank_pattern(io_dir: Path) -> str:
+    """pkill's pattern for the processes of the probe in io_dir: its whole absolute path as the command
+    line's last word. A suffix such as `run/probe_io/w001` matches other searches' workers too."""
+    if not io_dir.is_absolute():
+        raise ValueError(f"a probe's io dir must be absolute to be matched on every host: {io_dir}")
+    literal = re.sub(r"([.$*+?()[\]{}|\\])", r"[\1]", str(io_dir)).replace("^", r"\^")
+    return f"autofit[.]probe[.]worker (.* )?{literal}$"
+
+
 def stop_ranks(ctx: Context, io_dir: Path, launcher: subprocess.Popen, grace_s: float) -> None:
     """SIGKILL this probe's launcher and ranks on every host, and nothing else, until the local
     launcher has exited (a host's command may start only after a first round: ssh was still connecting).
 
     DeepSpeed's runner, on SIGTERM, pkills every `deepspeed.launcher.launch` of this python on every
     host: the standby worker's too. Every process of one probe ends its command line with its own
-    io_dir, so that is what is matched here (the `$` keeps this pdsh and its remote shell out)."""
-    literal = re.sub(r"([.$*+?()[\]{}|\\])", r"[\1]", str(io_dir)).replace("^", r"\^")
+    io_dir, so that is what is matched here (rank_pattern)."""
     kill = ["pdsh", "-R", "ssh", "-t", "5", "-w", ",".join(h for h, _ in ctx.hosts),
-            "pkill -KILL -f " + shlex.quote(f"autofit[.]probe[.]worker .*{literal}$") + "; true"]
+            "pkill -KILL -f " + shlex.quote(rank_pattern(io_dir)) + "; true"]
     deadline = time.time() + grace_s
     while launcher.poll() is None and time.time() < deadline:
         try:

@@ -66,7 +66,7 @@ class WorkerSession:
     def __init__(self, ctx: Context, strategy: Strategy | None, source: ModelSource, io_dir: Path,
                  env: dict[str, str] | None = None):
         self.ctx, self.strategy, self.source = ctx, strategy, source
-        self.io_dir = Path(io_dir)
+        self.io_dir = Path(io_dir).absolute()  # in the command line: stop_ranks matches it there
         self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
         self.planned = False
@@ -333,23 +333,25 @@ class StandbyFactory:
     def __call__(self, strategy: Strategy) -> WorkerSession:
         return self._take(strategy, self.ctx)
 
-    def _take(self, strategy: Strategy, ctx: Context) -> WorkerSession:
+    def _take(self, strategy: Strategy, ctx: Context, standby: bool = True) -> WorkerSession:
         session = self.standby or self._new()
         session.ctx = ctx  # read only when the plan is written (assign): the standby may take another
         if session.proc is None:
             session.spawn()
         session.assign(strategy)
         self.standby = None
-        if self.use_standby:
+        if self.use_standby and standby:
             self.standby = self._new()
             self.standby.spawn()
         return session
 
-    def fresh(self, strategy: Strategy) -> WorkerSession:
+    def fresh(self, strategy: Strategy, standby: bool = False) -> WorkerSession:
         """A worker for the search's fresh-worker check of its winner (autofit.search.planner): at least
         FRESH_MEASURE_STEPS measured steps, since one measured step read the peak below HF Trainer's
-        (results/fresh-check-h200-glm4-lora-T2048-24GiB)."""
-        return self._take(strategy, replace(self.ctx, measure_steps=max(FRESH_MEASURE_STEPS, self.ctx.measure_steps)))
+        (results/fresh-check-h200-glm4-lora-T2048-24GiB). The check ends a family's search, so a standby
+        follows it only when the caller says another family does (an unused one costs its imports)."""
+        return self._take(strategy, replace(self.ctx, measure_steps=max(FRESH_MEASURE_STEPS, self.ctx.measure_steps)),
+                          standby)
 
     def close(self) -> None:
         if self.standby is not None:

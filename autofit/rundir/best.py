@@ -8,6 +8,7 @@ checks only what a report shows, so an older or partial file still reports.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import sys
@@ -316,6 +317,7 @@ def write_best(run: RunDir, doc: dict[str, Any]) -> None:
         run.ds_config.unlink()
 
 
+@functools.cache  # reading a package's metadata parses a file (4 ms); run.json asks twice per search
 def _version(pkg: str) -> str | None:
     try:
         return metadata.version(pkg)

@@ -106,6 +106,7 @@ class _Pool:
         self.key: str | None = None
         self.session: Session | None = None
         self.count = 0
+        self.more_after_fresh = True  # another family's probes follow a fresh check: keep a standby for them
 
     def get(self, s: Strategy, fresh: bool = False) -> Session:
         """The live worker for s, or a new one; `fresh`: always a new one, alone with its shape as the user's
@@ -114,7 +115,8 @@ class _Pool:
             self.release()
         if self.session is None:
             self.count += 1
-            self.session = getattr(self.factory, "fresh", self.factory)(s) if fresh else self.factory(s)
+            fresh_of = getattr(self.factory, "fresh", None)
+            self.session = (fresh_of(s, standby=self.more_after_fresh) if fresh and fresh_of else self.factory(s))
             self.key = s.key()
         return self.session
 
@@ -372,7 +374,9 @@ class _Search:
                 self.busy, ran = {}, self.probes_run
                 outs: dict[str, Outcome] = {}
                 try:
-                    for name, family in families(self.strategies).items():
+                    planned = families(self.strategies)
+                    for name, family in planned.items():
+                        self.pool.more_after_fresh = name != list(planned)[-1]
                         if name == "quantized" and len(outs):
                             self._plan_log("searching the 4/8-bit configurations too "
                                            + ("(--quantize: they may win)" if self.req.quantize else
