@@ -92,8 +92,8 @@ def _adds_savings(a: Strategy, b: Strategy) -> bool:
 
 def _offloads(s: Strategy) -> bool:
     """ZeRO offload moves optimizer state or weights over PCIe every step. Wherever a strategy without it
-    also fitted, offload's best ran at 24-47% of that strategy's best (every grid and search in results/
-    with both), so it is escalated only when nothing without it fits."""
+    also fitted, offload's best ran at 48% or less of that strategy's best (every grid and search in
+    results/ with both), so it is escalated only when nothing without it fits."""
     return s.offload_optimizer or s.offload_params
 
 
