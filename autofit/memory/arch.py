@@ -92,7 +92,8 @@ def table_archs() -> dict:
 
 
 def arch_of(source) -> Arch:
-    """The memory-relevant shapes of `source` (a ModelSource), from its model built on the meta device."""
+    """The memory-relevant shapes of `source` (a ModelSource): shipped for the built-in table, else read
+    from its model built on the meta device."""
     return _arch_cached(json.dumps(source.to_dict(), sort_keys=True))
 
 
@@ -151,7 +152,6 @@ def _linear(name: str, mod: Any, hidden: int, expert_share: float) -> Linear:
             MLP_IN if mod.in_features == hidden else MLP_OUT)
     return Linear(name=name, group=group, in_features=int(mod.in_features), out_features=int(mod.out_features),
                   share=expert_share if ".experts." in f".{name}." else 1.0)
-
 
 
 if __name__ == "__main__":  # python -m autofit.memory.arch: rewrite archs.yaml after a table or transformers change
