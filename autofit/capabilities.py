@@ -24,7 +24,7 @@ def missing(s: Strategy, ctx: Context) -> str | None:
     strategies that share it share one message."""
     if ctx.device == "cpu" and s.precision == "fp16" and s.uses_deepspeed(ctx.num_gpus):
         return "fp16 under DeepSpeed: its CPU accelerator has no fp16 (use bf16, bf16-pure or fp32)"
-    if ctx.device == "cpu" and (s.offload_optimizer or s.offload_params):
+    if ctx.device == "cpu" and s.offloads:
         return ("offload: ZeRO moves state from the GPU to the host's memory; on the CPU it is there already "
                 "(and DeepSpeed's CPU Adam would be compiled for nothing)")
     if s.act_offload and ctx.device != "cuda":

@@ -144,11 +144,16 @@ class Strategy:
             out.append("offloading the optimizer needs ZeRO 1-3")
         return out
 
+    @property
+    def offloads(self) -> bool:
+        """ZeRO moves optimizer state or weights to the host's memory."""
+        return self.offload_optimizer or self.offload_params
+
     def uses_deepspeed(self, num_gpus: int) -> bool:
         # Same rule as HF Trainer: DeepSpeed only when asked for (a ZeRO stage or offload);
         # several GPUs without ZeRO still go through the DeepSpeed engine at stage 0 (DDP-like),
         # never torch DataParallel, which copies the whole model to every card.
-        return self.zero_stage > 0 or self.offload_optimizer or self.offload_params or num_gpus > 1
+        return self.zero_stage > 0 or self.offloads or num_gpus > 1
 
 
 def _decode_method(label: str, key: str) -> tuple[str, int | None, int | None]:

@@ -78,7 +78,7 @@ def deepspeed_config(strategy: Strategy, ctx: Context, shape: Shape, hf_auto: bo
         cfg["fp16"] = {"enabled": v(True), "loss_scale": 0, "initial_scale_power": 16}
     elif strategy.precision in ("bf16", "bf16-pure"):
         cfg["bf16"] = {"enabled": v(True)}
-    if strategy.offload_optimizer or strategy.offload_params:
+    if strategy.offloads:
         # Offload needs DeepSpeed's CPU Adam (a torch optimizer is refused under offload), so the
         # optimizer is declared here; without offload HF Trainer's own AdamW is passed in instead.
         cfg["optimizer"] = {"type": "AdamW", "params": {"lr": v(LEARNING_RATE), "weight_decay": v(0.0)}}

@@ -164,9 +164,9 @@ def headline(results: Path, scenarios: dict[str, Scenario] | None = None) -> str
         method = "full FT" if sc.method == "full" else "LoRA"
         gpus = f"{sc.num_gpus} x {(sc.gpu or '?').replace('NVIDIA ', '')}"
         folder = results / sc.results
-        searched = (_summary(folder).get("search") if (folder / "summary.json").exists() else None)
+        s = _summary(folder) if (folder / "summary.json").exists() else {}
+        searched = s.get("search")
         if searched:  # the search ran, its grid not yet: shown, not judged
-            s = _summary(folder)
             lines.append(f"| {sc.model.split('/')[-1]} {method}, T={sc.max_token}{cap} ([{sc.results}](results/{sc.results})) "
                          f"| {gpus} | {timing(s, folder)} | {searched['wall_s']:.0f} s, {searched['probes']} | "
                          + " | ".join(["grid not run"] * 3 + [NOT_RUN] * len(cols)) + " | - |")

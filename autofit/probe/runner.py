@@ -324,9 +324,12 @@ class StandbyFactory:
         return WorkerSession(self.ctx, None, self.source, self.io_root / f"w{self.n:03d}", env=self.env)
 
     def prepare(self) -> None:
-        """Spawn the first worker now, so its imports overlap the driver's own start (the estimate builds
-        the model on the meta device: seconds of importing transformers)."""
-        if self.use_standby and self.standby is None:
+        """Spawn the first worker as the search starts: its imports are the first probe's longest wait."""
+        if self.standby is None:
+            self._spawn_standby()
+
+    def _spawn_standby(self) -> None:
+        if self.use_standby:
             self.standby = self._new()
             self.standby.spawn()
 
@@ -340,9 +343,8 @@ class StandbyFactory:
             session.spawn()
         session.assign(strategy)
         self.standby = None
-        if self.use_standby and standby:
-            self.standby = self._new()
-            self.standby.spawn()
+        if standby:
+            self._spawn_standby()
         return session
 
     def fresh(self, strategy: Strategy, standby: bool = False) -> WorkerSession:

@@ -368,7 +368,7 @@ class _Search:
         planners: dict[str, Planner] = {}
         prior = AnalyticPrior(self.req.source, self.ctx)  # one cache for every pass
         try:
-            # The first worker imports while the estimate builds the model on the meta device (seconds).
+            # The first worker's imports (seconds) start with the search, beside the estimate's.
             getattr(self.pool.factory, "prepare", lambda: None)()
             while True:  # one pass for a single worker; with others, until a pass meets no probe in flight
                 self.busy, ran = {}, self.probes_run

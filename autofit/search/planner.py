@@ -90,13 +90,6 @@ def _adds_savings(a: Strategy, b: Strategy) -> bool:
             and a.offload_params >= b.offload_params and (a.zero_stage == 3) >= (b.zero_stage == 3))
 
 
-def _offloads(s: Strategy) -> bool:
-    """ZeRO offload moves optimizer state or weights over PCIe every step. Wherever a strategy without it
-    also fitted, offload's best ran at 48% or less of that strategy's best (every grid and search in
-    results/ with both), so it is escalated only when nothing without it fits."""
-    return s.offload_optimizer or s.offload_params
-
-
 def never_faster(a: Strategy, b: Strategy) -> bool:
     """a is never faster than b at the same shape (and a != b): it only adds costs. The fused loss is
     taken to cost what HF's loss costs (it does the same matmuls, in chunks)."""
@@ -409,8 +402,10 @@ class Planner:
                           f"does not change the host memory of ZeRO's offloaded state")
             self.log(f"skip {s.key()}: {so.skipped}")
             return so
-        without = next((f for f in out.strategies.values() if f.fit_max is not None and not _offloads(f.strategy)), None)
-        if _offloads(s) and without is not None:
+        # Offload moves state over PCIe every step: wherever a strategy without it also fitted, offload's best
+        # ran at 48% or less of that one's best (every grid and search in results/ with both).
+        without = next((f for f in out.strategies.values() if f.fit_max is not None and not f.strategy.offloads), None)
+        if s.offloads and without is not None:
             so.skipped = (f"ZeRO offload is the last resort, and {without.strategy.key()} fits without it "
                           f"(up to micro-batch {without.fit_max})")
             self.log(f"skip {s.key()}: {so.skipped}")
@@ -466,7 +461,7 @@ class Planner:
         killed by SIGKILL. Under offload that is the host's OOM killer (GPU OOM is an exception, not a
         signal), and the pinned fp32 master weights and Adam state do not depend on checkpointing: the
         sibling would be killed too, after minutes of building (results/search-2xh200-glm4-full-T1024)."""
-        if not (s.offload_optimizer or s.offload_params):
+        if not s.offloads:
             return None
         sibling = replace(s, grad_ckpt=not s.grad_ckpt).key()
         runs = [r for k, r in self.results.items() if k.strategy == sibling]
