@@ -87,6 +87,7 @@ def steps_of(sc: Scenario, out: Path, only: list[str] | None = None) -> list[Ste
             steps.append(Step(name, (*_py("benchmarks.search_vs_grid"), *sc.flags(), "--grid-only",
                                      "--grid-tokens", ",".join(map(str, sc.grid_at)),
                                      "--grid-measure-steps", str(sc.grid_measure_steps), "--repeats", str(sc.repeats),
+                                     *(["--repeat-near", str(sc.repeat_near)] if sc.repeat_near else []),
                                      *cold, "--out", o)))
         elif name == "baselines":
             # One step per baseline: a restart resumes after the last finished one (baselines.json adds up).

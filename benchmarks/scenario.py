@@ -49,6 +49,9 @@ class Scenario:
     grid_tokens: tuple[int, ...] = ()      # () : the requested max_token only, what the search answers
     grid_measure_steps: int = 1            # 1: what the search measures per probe
     repeats: int = 1                       # grid passes, each cell in a new worker every pass
+    # Passes after the first re-measure only the cells within this fraction of the first pass's best and
+    # the search's winner (a large space, where a whole second pass costs another quarter hour).
+    repeat_near: float | None = None
     grid_from: str | None = None           # the search judged by a committed grid (search_vs_grid --grid-from)
     baselines: tuple[str, ...] = ()
     ds_timeout: int = 600
@@ -115,6 +118,9 @@ def scenario_from_dict(name: str, d: Any) -> Scenario:
     for k in ("max_token", "global_batch", "grid_measure_steps", "repeats", "ds_timeout", "verify_steps"):
         if k in kw and (not isinstance(kw[k], int) or isinstance(kw[k], bool) or kw[k] < 1):
             raise _fail(name, f"{k} is a positive integer, not {kw[k]!r}")
+    near = kw.get("repeat_near")
+    if near is not None and (not isinstance(near, (int, float)) or isinstance(near, bool) or not 0 < near < 1):
+        raise _fail(name, f"repeat_near is a fraction between 0 and 1, not {near!r}")
     if kw.get("method") not in (None, *METHODS):
         raise _fail(name, f"method is one of {', '.join(METHODS)}")
     if kw.get("gpu_memory") is not None and not _MEMORY.match(str(kw["gpu_memory"])):

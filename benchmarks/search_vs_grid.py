@@ -7,7 +7,9 @@ Like for like by default: the grid covers the space at the max_token the search 
 measured step per probe as the search's probes have (its fresh check of the winner has two), and both
 are timed after the same warm-up (see warm_up; --no-warm-up times both cold). `--repeats N` measures
 every cell N times, each pass in new workers: summary.json gives each pass's wall time, the best cell's
-and the search winner's readings, and whether the winner is within the spread of the grid's best.
+and the search winner's readings, and whether the winner is within the spread of the grid's best. With
+`--repeat-near F` (a large space) the later passes re-measure only the cells within F of the first
+pass's best and the search's winner.
 Writes DIR/search/ (the search's run dir), DIR/grid.csv (every grid probe; a repeat pass's rows have
 phase "repeat") and DIR/summary.json. The grid probes every (strategy, max_token, micro-batch) up to and
 including each first OOM; cells above a wall are OOM by monotonicity and are not charged to the grid.
@@ -57,16 +59,38 @@ class CellRuns:
         return (max(self.tokens_per_s) - min(self.tokens_per_s)) / self.median if self.tokens_per_s else 0.0
 
 
-def cell_runs(passes: list[dict[tuple[str, int, int], ProbeResult]], limits: Limits) -> dict[tuple[str, int, int], CellRuns]:
-    """Each cell over the grid's passes. A cell fits only if every pass measured it under the limit
-    (the search's fresh check likewise keeps the larger of two peaks)."""
+def cell_runs(passes: list[dict[tuple[str, int, int], ProbeResult]], limits: Limits,
+              planned: list[set | None] | None = None) -> dict[tuple[str, int, int], CellRuns]:
+    """Each cell over the grid's passes. A cell fits only if every pass that planned it (a full pass plans
+    every cell; a near-best pass its own list, see near_best) measured it under the limit: a cell a pass
+    never reached, above that pass's wall, does not fit. The search's fresh check likewise keeps the larger
+    of two peaks."""
+    planned = planned or [None] * len(passes)
     out = {}
     for key in sorted({k for p in passes for k in p}):
         runs = [p.get(key) for p in passes]
         ok = [r for r in runs if r is not None and r.ok]
+        expected = sum(1 for plan in planned if plan is None or key in plan)
         out[key] = CellRuns(*key, tuple(r.tokens_per_s for r in ok),
-                            fits=len(ok) == len(passes) and all(limits.fits(r) for r in ok))
+                            fits=len(ok) == expected and all(limits.fits(r) for r in ok))
     return out
+
+
+def near_best(first: dict[tuple[str, int, int], ProbeResult], limits: Limits, within: float, max_token: int,
+              exact: Callable[[str], bool], also: tuple[str, int] | None = None) -> set[tuple[str, int, int]]:
+    """The cells a later pass re-measures when it need not repeat the whole grid: those of the first pass
+    within `within` of the best fitting cell at max_token, exact and 4/8-bit families each by its own best,
+    plus the search's winner (`also`). Only these can be the grid's best or the cell it is compared with."""
+    fitting = {k: r for k, r in first.items() if k[2] == max_token and r.ok and limits.fits(r)}
+    chosen = set()
+    for family in (True, False):
+        cells = {k: r.tokens_per_s for k, r in fitting.items() if exact(k[0]) == family}
+        if cells:
+            top = max(cells.values())
+            chosen |= {k for k, v in cells.items() if v >= (1 - within) * top}
+    if also is not None:
+        chosen.add((also[0], also[1], max_token))
+    return chosen
 
 
 def within_spread(winner: CellRuns | None, best: CellRuns | None) -> bool | None:
@@ -78,14 +102,15 @@ def within_spread(winner: CellRuns | None, best: CellRuns | None) -> bool | None
 
 
 def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Path, progress: Progress,
-         repeats: int = 1) -> dict:
+         repeats: int = 1, near: Callable[[dict], set] | None = None) -> dict:
     """Every cell of the space at `tokens`, `repeats` times over; each pass escalates every strategy in
-    a new worker, so a cell's passes are separate workers' readings."""
+    a new worker, so a cell's passes are separate workers' readings. With `near`, the passes after the
+    first re-measure only the cells near(first pass) names, each strategy's in a new worker."""
     csv_path = out / "grid.csv"
     csv_path.unlink(missing_ok=True)
     cap = max(1, ctx.global_batch // ctx.num_gpus)
     mbs = [m for m in space.micro_batches if m <= cap]
-    walls, probes, passes = [], [], []
+    walls, probes, passes, planned = [], [], [], []
     # The grid gets the same warm workers and standby as the search: only the choice of probes differs.
     factory = StandbyFactory(ctx, source, out / "grid_io")
     try:
@@ -93,12 +118,18 @@ def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Pa
             t0, n, cells = time.time(), 0, {}
             # A repeat's rows are phase "repeat": tables that read one measurement per cell read the first pass.
             phase = "grid" if rep == 0 else "repeat"
+            plan = near(passes[0]) if rep and near is not None else None
+            planned.append(plan)
             # What the search leaves out as unavailable here, the grid leaves out too: the same space.
             for s in runnable_strategies(space, ctx)[0]:
                 for t in tokens:
-                    progress.log(f"grid pass {rep + 1}/{repeats}: {s.key()} T={t} over micro-batch {mbs}")
+                    shapes = [Shape(m, t) for m in mbs if plan is None or (s.key(), m, t) in plan]
+                    if not shapes:
+                        continue
+                    progress.log(f"grid pass {rep + 1}/{repeats}: {s.key()} T={t} over micro-batch "
+                                 f"{[sh.micro_batch for sh in shapes]}")
                     with factory(s) as session:
-                        for r in escalate(session, [Shape(m, t) for m in mbs]):
+                        for r in escalate(session, shapes):
                             n += 1
                             fits = limits.fits(r)
                             append_probe(csv_path, r, s, fits=fits, phase=phase, peak=peak_of(r), finished_at=time.time())
@@ -110,7 +141,7 @@ def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Pa
     finally:
         factory.close()
     shutil.rmtree(out / "grid_io", ignore_errors=True)
-    return {"wall_s_runs": walls, "probes_runs": probes, "passes": passes}
+    return {"wall_s_runs": walls, "probes_runs": probes, "passes": passes, "planned": planned}
 
 
 WARM_UP = r"""
@@ -266,16 +297,22 @@ def run_grid(a: argparse.Namespace, ctx: Context, source, space, limits: Limits,
     """The grid half of summary.json: every cell of the space at the grid's max_tokens (default: the
     requested one only, what the search answers), and how the search's winner compares with the grid's best."""
     tokens = (sorted({int(t) for t in a.grid_tokens.split(",")} | {a.max_token}) if a.grid_tokens else [a.max_token])
+    exact = lambda k: Strategy.from_key(k).exact  # noqa: E731
+    winner = (search["winner"], search["winner_micro_batch"]) if search and search.get("winner") else None
+    near = (None if a.repeat_near is None else
+            lambda first: near_best(first, limits, a.repeat_near, a.max_token, exact, also=winner))
     g = grid(replace(ctx, max_positions=max(tokens), measure_steps=a.grid_measure_steps), source, space, tokens,
-             limits, a.out, progress, repeats=a.repeats)
+             limits, a.out, progress, repeats=a.repeats, near=near)
     allowed = {s.key() for s in space.strategies(ctx.num_gpus) if a.quantize or s.exact}
-    part = grid_summary(cell_runs(g["passes"], limits), allowed, a.max_token, search,
-                        lambda k: Strategy.from_key(k).exact)
-    wall = statistics.median(g["wall_s_runs"])
+    part = grid_summary(cell_runs(g["passes"], limits, g["planned"]), allowed, a.max_token, search, exact)
+    # A near-best repeat is not the grid's work again: the exhaustive first pass is what the search saves.
+    wall = g["wall_s_runs"][0] if near else statistics.median(g["wall_s_runs"])
     part["grid"] = {"max_tokens": tokens, "wall_s": round(wall, 1), "probes": g["probes_runs"][0], **part["grid"],
                     "measure_steps": a.grid_measure_steps}
     if a.repeats > 1:
         part["grid"].update(repeats=a.repeats, wall_s_runs=g["wall_s_runs"], probes_runs=g["probes_runs"])
+        if near:
+            part["grid"]["repeat_near"] = a.repeat_near
     if warm_up_s is not None:
         part["grid"]["warm_up_s"] = warm_up_s
     search_wall = search["wall_s"] if search_wall is None and search else search_wall
@@ -308,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "only, the one the search answers: like for like)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="grid passes, each cell in a new worker every pass: the spread a winner is judged within")
+    ap.add_argument("--repeat-near", type=float, default=None, metavar="FRACTION",
+                    help="passes after the first re-measure only the cells within FRACTION of the first pass's best "
+                         "(each family's) and the search's winner; the grid's wall time is then the first pass's")
     ap.add_argument("--grid-from", type=Path, metavar="DIR", default=None,
                     help="skip the grid and compare with the one an earlier run of this scenario measured on the "
                          "same GPU model (its grid.csv and summary.json are copied in, marked reused_from)")
@@ -338,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.repeats < 1:
         ap.error("--repeats is at least 1")
+    if a.repeat_near is not None and not 0 < a.repeat_near < 1:
+        ap.error("--repeat-near is a fraction between 0 and 1")
     if a.grid_only:
         path = a.out / "summary.json"
         summary = json.loads(path.read_text()) if path.exists() else {

@@ -132,3 +132,52 @@ def test_real_weights_load_from_a_local_directory(tmp_path):
         r = s.probe(Shape(2, 32))
     assert r.status is Status.OK, r.error
     assert r.weights == "real"
+
+
+def _speculated(monkeypatch, tmp_path, cuda: str | None, plan_after: int | None, fail: set[str] = frozenset()) -> list[str]:
+    """The libraries a worker imports ahead of its plan; the plan file appears after `plan_after` of them."""
+    import importlib
+
+    from autofit.probe import protocol, worker
+
+    names: list[str] = []
+    real = importlib.import_module
+
+    def import_module(name, *args, **kwargs):
+        if name not in worker.SPECULATIVE:  # importlib is global: everything else imports as usual
+            return real(name, *args, **kwargs)
+        names.append(name)
+        if plan_after is not None and len(names) >= plan_after:
+            protocol.plan_path(tmp_path).write_text("{}")
+        if name in fail:
+            raise RuntimeError(f"{name} is broken here")
+
+    if cuda is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", cuda)
+    monkeypatch.setattr(worker.importlib, "import_module", import_module)
+    if plan_after == 0:
+        protocol.plan_path(tmp_path).write_text("{}")
+    worker._preimport(tmp_path)
+    return names
+
+
+def test_a_standby_imports_the_techniques_until_its_plan_arrives(monkeypatch, tmp_path):
+    from autofit.probe.worker import SPECULATIVE
+
+    # On a GPU and no plan yet: every technique's library, a broken one skipped (setup reports it if needed).
+    assert _speculated(monkeypatch, tmp_path, "0", None, fail={"liger_kernel.transformers"}) == list(SPECULATIVE)
+
+
+def test_a_worker_whose_plan_is_here_imports_only_what_it_needs(monkeypatch, tmp_path):
+    from autofit.probe import protocol
+
+    assert _speculated(monkeypatch, tmp_path, "0", 0) == []
+    protocol.plan_path(tmp_path).unlink()
+    assert _speculated(monkeypatch, tmp_path, "0", 1) == ["liger_kernel.transformers"]
+
+
+def test_no_speculative_imports_without_a_gpu(monkeypatch, tmp_path):
+    assert _speculated(monkeypatch, tmp_path, None, None) == []
+    assert _speculated(monkeypatch, tmp_path, "", None) == []

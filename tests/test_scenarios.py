@@ -56,6 +56,7 @@ def test_every_committed_results_folder_names_the_scenario_that_reproduces_it():
     ({"model": "m", "max_token": 8, "steps": ["baselines"]}, "needs a baselines list"),
     ({"model": "m", "max_token": 8, "steps": ["baselines"], "baselines": ["magic"]}, "baselines is a list"),
     ({"max_token": 8, "steps": ["search"]}, "model is required"),
+    ({"model": "m", "max_token": 8, "steps": ["grid"], "repeat_near": 1.5}, "repeat_near is a fraction"),
 ])
 def test_a_bad_entry_is_refused_with_its_name_and_field(entry, words):
     with pytest.raises(ScenarioError, match="scenario 'x'") as e:
@@ -92,6 +93,13 @@ def test_the_grid_of_today_s_24gib_run_is_the_search_s_question_measured_twice(t
     assert (a.model, a.max_token, a.space, a.gpu_memory, a.global_batch) == \
         (search.model, search.max_token, search.space, search.gpu_memory, search.global_batch)
     assert a.no_warm_up == search.no_warm_up  # one timing rule for both
+    assert a.repeat_near is None  # a whole second pass
+
+
+def test_a_large_space_s_second_pass_is_near_best_only(tmp_path):
+    cmds = _dry("2xh200-glm4-lora-T2048-auto", tmp_path)
+    a = search_vs_grid.build_parser().parse_args(next(c for c in cmds if "--grid-only" in c)[3:])
+    assert (a.repeats, a.repeat_near, a.gpus) == (2, 0.2, "0,1")
 
 
 def test_a_restarted_run_skips_finished_and_failed_steps(tmp_path):

@@ -117,3 +117,68 @@ def test_reuse_grid_judges_a_two_pass_grid_by_its_spread(tmp_path):
     slower = dict(search, winner="lora-r8/bf16-pure/nf4/ckpt/z0/fused", winner_micro_batch=2)
     part = reuse_grid(src, tmp_path, slower, 2048)
     assert part["quality"] < 1 and part["winner_within_spread"] is False
+
+
+# -- a large space's grid: the later passes re-measure only the cells that can be compared (FAKE probes)
+Q = "lora-r8/bf16-pure/nf4/ckpt/z0"
+
+
+class _FakeFactory:
+    """The grid's StandbyFactory over FakeHardware: a new FAKE worker per strategy and pass."""
+
+    def __init__(self, hw):
+        self.hw = hw
+
+    def __call__(self, s):
+        from tests.fakes import FakeSession
+
+        class Session(FakeSession):
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.close()
+
+        return Session(self.hw, s)
+
+    def close(self):
+        pass
+
+
+def test_a_near_best_repeat_remeasures_only_the_cells_that_can_be_compared(tmp_path, monkeypatch):
+    import types
+
+    from autofit.search.planner import Limits
+    from autofit.search.progress import Progress
+    from autofit.spec import Strategy
+    from benchmarks.search_vs_grid import cell_runs, grid, grid_summary, near_best
+    from tests.fakes import FakeHardware
+
+    xs, ys, qs = (Strategy.from_key(k) for k in (X, Y, Q))
+    # peak = fixed + mb (GiB) at T=1024; a worker's first shape needs 20 GiB more (fresh_extra), so in the
+    # repeat, where X starts at mb 8, it runs out of memory and never reaches mb 16.
+    hw = FakeHardware(capacity=37.0, fixed={X: 10.0, Y: 5.0, Q: 4.0}, per_token={X: 1 / 1024, Y: 0.5 / 1024, Q: 0.25 / 1024},
+                      speed={X: 10000.0, Y: 7000.0, Q: 12000.0}, fresh_extra=20.0)
+    import benchmarks.search_vs_grid as svg
+
+    monkeypatch.setattr(svg, "StandbyFactory", lambda *a, **k: _FakeFactory(hw))
+    monkeypatch.setattr(svg, "runnable_strategies", lambda space, ctx: ([xs, ys, qs], []))
+    limits = Limits(int(40 * 2**30), 0.08)  # the headroom line at 36.8 GiB
+    exact = lambda k: Strategy.from_key(k).exact  # noqa: E731
+    near = lambda first: near_best(first, limits, 0.2, 1024, exact, also=(Y, 16))  # noqa: E731
+    ctx = types.SimpleNamespace(global_batch=16, num_gpus=1)
+    space = types.SimpleNamespace(micro_batches=[1, 2, 4, 8, 16])
+    g = grid(ctx, None, space, [1024], limits, tmp_path, Progress(), repeats=2, near=near)
+
+    assert g["probes_runs"] == [15, 4]
+    # X's best two (8000, 6667 tok/s: within 20% of 8000; mb 4's 5000 is not), the 4/8-bit family's by its
+    # own best (Q mb 16, 9600, and mb 8, 8000), and the search's winner Y mb 16 (5600).
+    assert g["planned"] == [None, {(X, 8, 1024), (X, 16, 1024), (Q, 8, 1024), (Q, 16, 1024), (Y, 16, 1024)}]
+    assert hw.calls[15:] == [(X, 8, 1024), (Y, 16, 1024), (Q, 8, 1024), (Q, 16, 1024)]
+    cells = cell_runs(g["passes"], limits, g["planned"])
+    assert not cells[(X, 8, 1024)].fits and not cells[(X, 16, 1024)].fits  # out of memory / never reached in pass 2
+    assert cells[(Y, 1, 1024)].fits and cells[(Y, 1, 1024)].tokens_per_s == (7000 * 1024 / 5120,)  # not planned again
+    assert cells[(Y, 16, 1024)].fits and len(cells[(Y, 16, 1024)].tokens_per_s) == 2
+    got = grid_summary(cells, {X, Y}, 1024, {"winner": Y, "winner_micro_batch": 16}, exact)
+    assert got["grid"]["best"]["strategy"] == Y and got["grid"]["best"]["micro_batch"] == 16
+    assert got["winner_within_spread"] is True and got["grid"]["best_quantized"]["micro_batch"] == 16

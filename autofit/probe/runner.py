@@ -308,8 +308,8 @@ def _last_error_line(tail: str) -> str:
 class StandbyFactory:
     """Makes the sessions a search needs, keeping one standby worker spawned ahead of time.
 
-    Starting a worker costs the imports (torch, transformers, peft, deepspeed: seconds); the standby
-    pays them while the current worker probes. It touches no GPU until its strategy arrives, which
+    Starting a worker costs the imports (torch, transformers, peft and on a GPU the techniques' libraries:
+    about 10 s on the H200 machine); the standby pays them while the current worker probes. It touches no GPU until its strategy arrives, which
     happens only after the previous worker has exited.
     """
 
