@@ -126,6 +126,8 @@ def headline(results: Path, scenarios: dict[str, Scenario] | None = None) -> str
     lines = ["| scenario | GPUs | search timed | autofit: wall, probes | its winner vs the grid's best | "
              "exhaustive grid: wall, probes | time vs grid | " + " | ".join(cols) + " | winner verified |",
              "|" + "---|" * (8 + len(cols))]
+    scenarios = scenarios if scenarios is not None else load_scenarios()
+    caveats = {sc.results: sc.grid_caveat for sc in scenarios.values() if sc.results and sc.grid_caveat}
     for folder in headline_folders(results, scenarios):
         s = _summary(folder)
         concurrent = s.get("search_concurrent")
@@ -144,20 +146,22 @@ def headline(results: Path, scenarios: dict[str, Scenario] | None = None) -> str
                 if "time_fraction_at_most" in s else f"≤ {srch['wall_s'] / gw:.0%}" if at_least and srch.get("wall_s") else "-")
         warm = s.get("time_fraction_with_warm_up")
         frac += f"; {warm:.0%} with warm-ups" if warm is not None else ""
-        frac += f" ({like_for_like(s)})"
+        frac += f" ({like_for_like(s)}" + (f"; {caveats[folder.name]})" if folder.name in caveats else ")")
         cells = [_baseline_cell(facts, names) if facts else NOT_RUN for _, names in BASELINE_COLUMNS]
         verified = "-"
         if facts:
             a = facts.methods["autofit"]
             verified = scenario_table.VERDICT[a.passed] + (f" (on {a.verified_on})" if a.verified_on else "")
         reps = f", {g['repeats']} passes" if g.get("repeats") else ""
+        if g.get("repeat_near"):  # a large space's later passes re-measured only the cells near its best
+            reps += f" (then {sum(g['probes_runs'][1:])} near the best)"
         lines.append(
             f"| {s['model'].split('/')[-1]} {'full FT' if full else 'LoRA'}, T={s['max_token']}{cap} "
             f"([{folder.name}](results/{folder.name})) | {n} x {scenario_table._short_gpu(s.get('gpu'))} | {timing(s, folder)} | "
             f"{srch['wall_s']:.0f} s, {srch['probes']} | {quality(s)} | {'≥ ' if at_least else ''}{gw:.0f} s, {g['probes']}{reps} | "
             f"{frac} | " + " | ".join(cells) + f" | {verified} |")
     judged = {f.name for f in headline_folders(results, scenarios)}
-    for sc in (scenarios if scenarios is not None else load_scenarios()).values():
+    for sc in scenarios.values():
         if not (sc.results and "search" in sc.steps and "grid" in sc.steps) or sc.results in judged:
             continue
         cap = f", {sc.gpu_memory} cap" if sc.gpu_memory else ""

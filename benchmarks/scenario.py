@@ -62,6 +62,8 @@ class Scenario:
     # A later scenario measuring the same thing with today's harness: the README headline leaves this
     # folder to results/README.md, which still shows every search.
     superseded_by: str | None = None
+    # How a reused grid's conditions differ from the search's (grid_from), shown beside the time ratio.
+    grid_caveat: str | None = None
     note: str = ""
 
     @property
@@ -118,6 +120,8 @@ def scenario_from_dict(name: str, d: Any) -> Scenario:
     for k in ("max_token", "global_batch", "grid_measure_steps", "repeats", "ds_timeout", "verify_steps"):
         if k in kw and (not isinstance(kw[k], int) or isinstance(kw[k], bool) or kw[k] < 1):
             raise _fail(name, f"{k} is a positive integer, not {kw[k]!r}")
+    if kw.get("grid_caveat") is not None and not (isinstance(kw["grid_caveat"], str) and "grid_from" in kw):
+        raise _fail(name, "grid_caveat is a sentence about the grid that grid_from names")
     near = kw.get("repeat_near")
     if near is not None and (not isinstance(near, (int, float)) or isinstance(near, bool) or not 0 < near < 1):
         raise _fail(name, f"repeat_near is a fraction between 0 and 1, not {near!r}")

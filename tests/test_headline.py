@@ -60,6 +60,14 @@ def test_a_repeated_like_for_like_grid_shows_its_spread(tmp_path):
     assert cells[4] == "100.0% (within the spread, best cell ±2.5%)"
     assert cells[5] == "200 s, 8, 2 passes"
     assert cells[6] == "25%; 44% with warm-ups (like for like)"
+    # A large space's second pass over the cells near the best only; a reused grid's caveat from its scenario.
+    s["grid"].update(repeat_near=0.2, probes_runs=[8, 3])
+    (d / "summary.json").write_text(json.dumps(s))
+    sc = scenario_from_dict("x", {"model": "org/M", "max_token": 1024, "steps": ["search"], "results": "bench-x",
+                                  "grid_from": "results/bench-y", "grid_caveat": "its grid's workers are older"})
+    cells = _row(headline.headline(tmp_path, scenarios={"x": sc}), "bench-x")
+    assert cells[5] == "200 s, 8, 2 passes (then 3 near the best)"
+    assert cells[6] == "25%; 44% with warm-ups (like for like; its grid's workers are older)"
 
 
 def test_a_scenario_without_its_folder_is_not_run(tmp_path):

@@ -57,6 +57,7 @@ def test_every_committed_results_folder_names_the_scenario_that_reproduces_it():
     ({"model": "m", "max_token": 8, "steps": ["baselines"], "baselines": ["magic"]}, "baselines is a list"),
     ({"max_token": 8, "steps": ["search"]}, "model is required"),
     ({"model": "m", "max_token": 8, "steps": ["grid"], "repeat_near": 1.5}, "repeat_near is a fraction"),
+    ({"model": "m", "max_token": 8, "steps": ["search"], "grid_caveat": "older"}, "grid_caveat is a sentence"),
 ])
 def test_a_bad_entry_is_refused_with_its_name_and_field(entry, words):
     with pytest.raises(ScenarioError, match="scenario 'x'") as e:
