@@ -172,7 +172,7 @@ def measured_cell(rows: list[dict], strategy: str, micro_batch: int, max_token: 
                  and int(r["max_token"]) == max_token and r["status"] == "ok"), None)
 
 
-def summarize_cut_short(out: Path, log: Path, limits_max_token: int) -> dict:
+def summarize_cut_short(out: Path, log: Path, limits_max_token: int, measure_steps: int) -> dict:
     """Rebuild summary.json for a benchmark whose grid was stopped before the end (the GPU machine's
     time ran out), from what it wrote: OUT/search/, OUT/grid.csv and its own log, whose "[  Ns]" stamps
     give the timings. The grid's wall time is then a lower bound, so the time fraction is an upper bound.
@@ -183,13 +183,17 @@ def summarize_cut_short(out: Path, log: Path, limits_max_token: int) -> dict:
 
     stamps = [(int(m.group(1)), line) for line in log.read_text().splitlines()
               if (m := re.match(r"\[\s*(\d+)s\]", line))]
-    grid_start = next(t for t, line in stamps if "grid:" in line)
+    # An older benchmark log stamps "grid:" as its grid starts; a --grid-only run's log its first pass.
+    grid_start = next(t for t, line in stamps if "grid:" in line or "grid pass 1/" in line)
     last = stamps[-1][0]
     best = yaml.safe_load((out / "search" / "best.yaml").read_text())
     search_rows = read_probes(out / "search" / "probes.csv")
     rows = read_probes(out / "grid.csv")
     cfg, hw = best["config"], best["hardware"]
-    fitting = [r for r in rows if int(r["max_token"]) == limits_max_token and r["fits"] == "True"]
+    earlier = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    # The oracle answers what the search may pick: exact configurations unless it ran with --quantize.
+    fitting = [r for r in rows if int(r["max_token"]) == limits_max_token and r["fits"] == "True"
+               and (earlier.get("quantize") or Strategy.from_key(r["strategy"]).exact)]
     top = max(fitting, key=lambda r: float(r["tokens_per_s"])) if fitting else None
     mine = measured_cell(rows, cfg["strategy"], cfg["micro_batch"], limits_max_token)
     run = best["search"]
@@ -204,8 +208,11 @@ def summarize_cut_short(out: Path, log: Path, limits_max_token: int) -> dict:
                  "wall_s_at_least": float(last - grid_start), "probes": len(rows),
                  "best": {"strategy": top["strategy"], "micro_batch": int(top["micro_batch"]),
                           "tokens_per_s": float(top["tokens_per_s"])} if top else None,
-                 "search_winner_tokens_per_s_in_grid": float(mine["tokens_per_s"]) if mine else None},
+                 "search_winner_tokens_per_s_in_grid": float(mine["tokens_per_s"]) if mine else None,
+                 "measure_steps": measure_steps},
     }
+    if earlier.get("search"):  # a --grid-only run's search, as the benchmark timed it
+        summary["search"], summary["warm_up_s"] = earlier["search"], earlier.get("warm_up_s")
     if top and mine:
         summary["quality"] = round(float(mine["tokens_per_s"]) / float(top["tokens_per_s"]), 4)
     summary["time_fraction_at_most"] = round(summary["search"]["wall_s"] / summary["grid"]["wall_s_at_least"], 3)
@@ -366,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
     if a.summarize_cut_short:
-        summary = summarize_cut_short(a.out, a.summarize_cut_short, a.max_token)
+        summary = summarize_cut_short(a.out, a.summarize_cut_short, a.max_token, a.grid_measure_steps)
         (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary, indent=2))
         return 0

@@ -182,3 +182,19 @@ def test_a_near_best_repeat_remeasures_only_the_cells_that_can_be_compared(tmp_p
     got = grid_summary(cells, {X, Y}, 1024, {"winner": Y, "winner_micro_batch": 16}, exact)
     assert got["grid"]["best"]["strategy"] == Y and got["grid"]["best"]["micro_batch"] == 16
     assert got["winner_within_spread"] is True and got["grid"]["best_quantized"]["micro_batch"] == 16
+
+
+def test_a_cut_short_grid_only_run_is_rebuilt_from_its_log_with_the_exact_oracle(tmp_path):
+    from benchmarks.search_vs_grid import summarize_cut_short
+
+    src = RESULTS / "eval-h200-glm4-lora-T2048-24GiB-auto-r6-grid"
+    for name in ("grid.csv", "grid.log", "summary.json"):
+        shutil.copyfile(src / name, tmp_path / name)
+    shutil.copytree(src / "search", tmp_path / "search")
+    s = summarize_cut_short(tmp_path, tmp_path / "grid.log", 2048, measure_steps=1)
+    # From the first pass's stamp (64 s, after the warm-up) to the last line (326 s).
+    assert s["grid"]["wall_s_at_least"] == 262.0 and s["grid"]["complete"] is False
+    # The search ran without --quantize: NF4 mb 8 (8774 tok/s in grid.csv) is not the oracle's answer.
+    assert (s["grid"]["best"]["strategy"], s["grid"]["best"]["micro_batch"]) == ("lora-r8/bf16-pure/ckpt/z0/fused", 2)
+    assert s["quality"] == 1.0 and s["grid"]["measure_steps"] == 1
+    assert s["time_fraction_at_most"] == round(s["search"]["wall_s"] / 262.0, 3) and s["warm_up_s"] is not None
