@@ -153,3 +153,16 @@ def test_a_one_doubling_flat_reading_does_not_hide_the_4bit_family():
     out = combine(outs["exact"], outs["quantized"], False)
     assert out.winner[0].key() == "lora-r8/bf16-pure/ckpt/z0/fused" and out.winner[1] == 2
     assert out.alternative is not None and out.alternative[:2] == ("lora-r8/bf16-pure/nf4/ckpt/z0/fused", 4)
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_a_reported_family_takes_its_wall_from_the_memory_model(quantize):
+    """REPLAY of the Qwen2-7B T=4096 24 GiB grid: NF4 with checkpointing fits micro-batch 4 (15.4 GiB) and
+    not 8 (23.9 GiB, over the 22.1 GiB line). Without --quantize the 4-bit family is only reported, so its
+    wall is taken where the memory model puts it; --quantize probes it, since that answer may win."""
+    _, out, asked = _replay_families("eval-h200-qwen2-7b-lora-T4096-24GiB-auto", quantize)
+    nf4 = "lora-r8/bf16-pure/nf4/ckpt/z0/fused"
+    probed = {mb for k, mb, _, phase in asked if k == nf4 and phase == "escalate"}
+    assert probed == ({4, 8} if quantize else {4})
+    so = out.strategies[nf4]
+    assert (so.fit_max, so.fail_min, so.predicted_fail) == (4, 8, not quantize)

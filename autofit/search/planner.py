@@ -20,7 +20,8 @@ Rules, each one a saving:
 - A strategy whose twin differs only in a technique that saves memory at no cost in speed (the fused
   loss, NF4 over LLM.int8) is skipped once the twin ran.
 - Exact and 4/8-bit strategies are planned as two families (driver); the exact family's walls and
-  flat curves bound the quantized one, which does the same matmuls after dequantizing.
+  flat curves bound the quantized one, which does the same matmuls after dequantizing. A family that is
+  only reported (4/8-bit without --quantize) takes its walls where the memory model puts them.
 - Top candidates within measurement noise of each other are re-measured before a winner is named.
 - The winner is measured once more alone in a fresh worker (phase "fresh"), as the user's training
   starts, with at least two measured steps (probe.runner.StandbyFactory.fresh): the allocator's
@@ -439,6 +440,8 @@ class Planner:
                 so.fail_status = f"predicted {model.predict(self.mbs[i], t) / 2**30:.1f} GiB > limit"
                 self.log(f"{s.key()}: mb={self.mbs[i]} predicted over the limit; wall taken without probing it")
                 return so
+            if self._reported_wall(s, so, self.mbs[i], t):
+                return so
             r = self.measure(s, self.mbs[i], t)
             if not self.limits.fits(r):
                 so.fail_min, so.fail_status = self.mbs[i], _why(r, self.limits)
@@ -455,6 +458,20 @@ class Planner:
                 return so
             i += 1
         return so
+
+    def _reported_wall(self, s: Strategy, so: StrategyOutcome, mb: int, t: int) -> bool:
+        """In a family that is only reported (4/8-bit without --quantize), the wall is taken where the memory
+        model, fitted to the strategy's measured peaks with the analytic slope, puts it, instead of being
+        confirmed by a probe over the line; a --quantize resume probes it."""
+        if self.decisive or not so.fit_max:
+            return False
+        model = memmodel.fit(self.ok_points(s), self.slope_prior(s, t) if self.slope_prior else None)
+        if model is None or model.predict(mb, t) <= self.limits.limit:
+            return False
+        so.fail_min, so.predicted_fail = mb, True
+        so.fail_status = f"predicted {model.predict(mb, t) / 2**30:.1f} GiB > limit (--quantize probes it)"
+        self.log(f"{s.key()}: mb={mb} predicted over the limit; wall taken without probing it (--quantize probes it)")
+        return True
 
     def _host_killed_sibling(self, s: Strategy) -> str | None:
         """The same ZeRO stage and offload with the other checkpointing setting, if every probe of it was
