@@ -161,7 +161,8 @@ def run_step(step: Step, out: Path) -> bool | None:
     others = _others_on_the_gpus()
     if others:
         _log(out, f"### {step.name} starts beside other processes on its GPUs: {'; '.join(others)}")
-    with open(out / f"{step.name}.log", "w") as log:
+    # Appended: a step cut short on one machine and run again on the next (a resumed grid) keeps both logs.
+    with open(out / f"{step.name}.log", "a") as log:
         stdout = open(step.stdout, "w") if step.stdout else log
         try:
             rc = subprocess.run(step.argv[0] if step.shell else list(step.argv), shell=step.shell, cwd=ROOT, env=_env(),

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from autofit.probe.runner import StandbyFactory, escalate
-from autofit.rundir.records import append_probe, read_probes
+from autofit.rundir.records import append_probe, append_text, read_probes, result_from_row, rewrite_probes
 from autofit.search.driver import SearchRequest, run_search
 from autofit.search.planner import Limits, peak_of
 from autofit.search.progress import Progress
@@ -37,6 +37,10 @@ from autofit.search.space import runnable_strategies
 from autofit.spec import Context, ProbeResult, Shape, Strategy
 from autofit.units import parse_duration
 from benchmarks.common import add_scenario_args, scenario_from_args
+
+
+SPANS = "grid_spans.jsonl"  # one line per finished escalation: pass, strategy, max_token, start, end
+LEASE_GAP_S = 300.0         # between two escalations' spans: the grid went on in another device lease
 
 
 @dataclass(frozen=True)
@@ -101,13 +105,35 @@ def within_spread(winner: CellRuns | None, best: CellRuns | None) -> bool | None
     return max(winner.tokens_per_s) >= min(best.tokens_per_s)
 
 
+def _finished_escalations(out: Path) -> tuple[dict[tuple[int, str, int], list[ProbeResult]], list[dict]]:
+    """What an earlier, cut-short run of this grid finished (the machine's time ran out, a later lease goes
+    on): each (pass, strategy, max_token) escalation that ended, with its probes. grid.csv keeps only
+    those: a strategy cut off mid-escalation runs again whole, in a new worker as every strategy does."""
+    csv_path, spans_path = out / "grid.csv", out / SPANS
+    if not spans_path.exists() or not csv_path.exists():
+        csv_path.unlink(missing_ok=True)
+        spans_path.unlink(missing_ok=True)
+        return {}, []
+    spans = [json.loads(line) for line in spans_path.read_text().splitlines() if line.strip()]
+    ended = {(sp["pass"], sp["strategy"], sp["max_token"]) for sp in spans}
+    rows = [r for r in read_probes(csv_path) if (int(r["repeat"]), r["strategy"], int(r["max_token"])) in ended]
+    rewrite_probes(csv_path, rows)
+    done: dict[tuple[int, str, int], list[ProbeResult]] = {k: [] for k in ended}
+    for r in rows:
+        done[(int(r["repeat"]), r["strategy"], int(r["max_token"]))].append(result_from_row(r))
+    return done, spans
+
+
 def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Path, progress: Progress,
          repeats: int = 1, near: Callable[[dict], set] | None = None) -> dict:
     """Every cell of the space at `tokens`, `repeats` times over; each pass escalates every strategy in
     a new worker, so a cell's passes are separate workers' readings. With `near`, the passes after the
-    first re-measure only the cells near(first pass) names, each strategy's in a new worker."""
-    csv_path = out / "grid.csv"
-    csv_path.unlink(missing_ok=True)
+    first re-measure only the cells near(first pass) names, each strategy's in a new worker.
+
+    A pass's wall time is the sum of its escalations' spans (grid_spans.jsonl), so a grid cut short on
+    one machine resumes on the next (the same command, the same DIR) without counting the gap between."""
+    csv_path, spans_path = out / "grid.csv", out / SPANS
+    done, spans = _finished_escalations(out)
     cap = max(1, ctx.global_batch // ctx.num_gpus)
     mbs = [m for m in space.micro_batches if m <= cap]
     walls, probes, passes, planned = [], [], [], []
@@ -115,7 +141,7 @@ def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Pa
     factory = StandbyFactory(ctx, source, out / "grid_io")
     try:
         for rep in range(repeats):
-            t0, n, cells = time.time(), 0, {}
+            n, cells = 0, {}
             # A repeat's rows are phase "repeat": tables that read one measurement per cell read the first pass.
             phase = "grid" if rep == 0 else "repeat"
             plan = near(passes[0]) if rep and near is not None else None
@@ -126,22 +152,35 @@ def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Pa
                     shapes = [Shape(m, t) for m in mbs if plan is None or (s.key(), m, t) in plan]
                     if not shapes:
                         continue
+                    if (rep, s.key(), t) in done:  # finished in an earlier lease
+                        for r in done[(rep, s.key(), t)]:
+                            n += 1
+                            cells[(s.key(), r.micro_batch, t)] = r
+                        continue
                     progress.log(f"grid pass {rep + 1}/{repeats}: {s.key()} T={t} over micro-batch "
                                  f"{[sh.micro_batch for sh in shapes]}")
+                    start = time.time()
                     with factory(s) as session:
                         for r in escalate(session, shapes):
                             n += 1
                             fits = limits.fits(r)
-                            append_probe(csv_path, r, s, fits=fits, phase=phase, peak=peak_of(r), finished_at=time.time())
+                            append_probe(csv_path, r, s, fits=fits, phase=phase, repeat=rep, peak=peak_of(r),
+                                         finished_at=time.time())
                             progress.done(r, fits, peak_of(r))
                             cells[(s.key(), r.micro_batch, t)] = r
-            walls.append(round(time.time() - t0, 1))
+                    span = {"pass": rep, "strategy": s.key(), "max_token": t, "start": round(start, 3),
+                            "end": round(time.time(), 3)}
+                    append_text(spans_path, json.dumps(span) + "\n")
+                    spans.append(span)
+            walls.append(round(sum(sp["end"] - sp["start"] for sp in spans if sp["pass"] == rep), 1))
             probes.append(n)
             passes.append(cells)
     finally:
         factory.close()
     shutil.rmtree(out / "grid_io", ignore_errors=True)
-    return {"wall_s_runs": walls, "probes_runs": probes, "passes": passes, "planned": planned}
+    # The leases a pass ran in: a gap longer than any escalation is a new machine.
+    leases = 1 + sum(1 for a, b in zip(spans, spans[1:]) if b["start"] - a["end"] > LEASE_GAP_S)
+    return {"wall_s_runs": walls, "probes_runs": probes, "passes": passes, "planned": planned, "leases": leases}
 
 
 WARM_UP = r"""
@@ -316,6 +355,8 @@ def run_grid(a: argparse.Namespace, ctx: Context, source, space, limits: Limits,
     wall = g["wall_s_runs"][0] if near else statistics.median(g["wall_s_runs"])
     part["grid"] = {"max_tokens": tokens, "wall_s": round(wall, 1), "probes": g["probes_runs"][0], **part["grid"],
                     "measure_steps": a.grid_measure_steps}
+    if g["leases"] > 1:  # resumed: its wall time is the sum of its escalations' spans (see grid)
+        part["grid"]["leases"] = g["leases"]
     if a.repeats > 1:
         part["grid"].update(repeats=a.repeats, wall_s_runs=g["wall_s_runs"], probes_runs=g["probes_runs"])
         if near:

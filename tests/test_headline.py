@@ -68,6 +68,10 @@ def test_a_repeated_like_for_like_grid_shows_its_spread(tmp_path):
     cells = _row(headline.headline(tmp_path, scenarios={"x": sc}), "bench-x")
     assert cells[5] == "200 s, 8, 2 passes (then 3 near the best)"
     assert cells[6] == "25%; 44% with warm-ups (like for like; its grid's workers are older)"
+    s["grid"]["leases"] = 2
+    (d / "summary.json").write_text(json.dumps(s))
+    cells = _row(headline.headline(tmp_path, scenarios={"x": sc}), "bench-x")
+    assert cells[6] == "25%; 44% with warm-ups (like for like; grid over 2 leases; its grid's workers are older)"
 
 
 def test_a_scenario_without_its_folder_is_not_run(tmp_path):

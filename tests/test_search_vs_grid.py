@@ -198,3 +198,41 @@ def test_a_cut_short_grid_only_run_is_rebuilt_from_its_log_with_the_exact_oracle
     assert (s["grid"]["best"]["strategy"], s["grid"]["best"]["micro_batch"]) == ("lora-r8/bf16-pure/ckpt/z0/fused", 2)
     assert s["quality"] == 1.0 and s["grid"]["measure_steps"] == 1
     assert s["time_fraction_at_most"] == round(s["search"]["wall_s"] / 262.0, 3) and s["warm_up_s"] is not None
+
+
+def test_a_grid_cut_short_resumes_in_the_next_lease_without_repeating_a_finished_escalation(tmp_path, monkeypatch):
+    import types
+
+    import pytest
+
+    import benchmarks.search_vs_grid as svg
+    from autofit.rundir.records import read_probes
+    from autofit.search.planner import Limits
+    from autofit.search.progress import Progress
+    from autofit.spec import Strategy
+    from tests.fakes import FakeHardware
+
+    xs, ys = Strategy.from_key(X), Strategy.from_key(Y)
+    hw = FakeHardware(capacity=37.0, fixed={X: 10.0, Y: 5.0}, per_token={X: 1 / 1024, Y: 0.5 / 1024},
+                      speed={X: 10000.0, Y: 7000.0}, interrupt_at=6)  # the machine is lost during Y's 2nd probe
+    monkeypatch.setattr(svg, "StandbyFactory", lambda *a, **k: _FakeFactory(hw))
+    monkeypatch.setattr(svg, "runnable_strategies", lambda space, ctx: ([xs, ys], []))
+    ctx, space = types.SimpleNamespace(global_batch=16, num_gpus=1), types.SimpleNamespace(micro_batches=[1, 2, 4, 8, 16])
+    limits = Limits(int(40 * 2**30), 0.08)
+    with pytest.raises(KeyboardInterrupt):
+        svg.grid(ctx, None, space, [1024], limits, tmp_path, Progress())
+    assert len(read_probes(tmp_path / "grid.csv")) == 6  # X's five, Y's first
+    # The next lease, 20 minutes later (the spans are moved back to say so).
+    spans = (tmp_path / svg.SPANS).read_text().splitlines()
+    sp = json.loads(spans[0])
+    sp.update(start=sp["start"] - 1200, end=sp["end"] - 1200)
+    (tmp_path / svg.SPANS).write_text(json.dumps(sp) + "\n")
+    hw.interrupt_at, hw.calls = None, []
+    g = svg.grid(ctx, None, space, [1024], limits, tmp_path, Progress())
+    assert hw.calls == [(Y, m, 1024) for m in (1, 2, 4, 8, 16)]  # Y again whole, X not again
+    rows = read_probes(tmp_path / "grid.csv")
+    assert sorted((r["strategy"], int(r["micro_batch"])) for r in rows) == sorted(
+        [(X, m) for m in (1, 2, 4, 8, 16)] + [(Y, m) for m in (1, 2, 4, 8, 16)])
+    assert g["probes_runs"] == [10] and g["leases"] == 2 and len(g["passes"][0]) == 10
+    spans = [json.loads(line) for line in (tmp_path / svg.SPANS).read_text().splitlines()]
+    assert g["wall_s_runs"] == [round(sum(s["end"] - s["start"] for s in spans), 1)]
