@@ -162,6 +162,7 @@ def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Pa
                     start = time.time()
                     with factory(s) as session:
                         for r in escalate(session, shapes):
+                            factory.tick()  # as the search's pool does between probes
                             n += 1
                             fits = limits.fits(r)
                             append_probe(csv_path, r, s, fits=fits, phase=phase, repeat=rep, peak=peak_of(r),

@@ -57,6 +57,10 @@ def test_ok_path_fills_every_field_and_reuses_the_worker(tmp_path, tiny_model_di
     # one warm worker served all three shapes: imports and build were paid once
     assert len({r.worker_pid for r in results}) == 1
     assert _gone(results[0].worker_pid)
+    # it said it was ready (imports done) before its plan: what a standby is judged by
+    from autofit.probe import protocol
+
+    assert protocol.read_json(protocol.ready_path(tmp_path / "io"))["import_s"] > 0.1
 
 
 @pytest.mark.parametrize("strategy", [
@@ -181,3 +185,55 @@ def test_a_worker_whose_plan_is_here_imports_only_what_it_needs(monkeypatch, tmp
 def test_no_speculative_imports_without_a_gpu(monkeypatch, tmp_path):
     assert _speculated(monkeypatch, tmp_path, None, None) == []
     assert _speculated(monkeypatch, tmp_path, "", None) == []
+
+
+class _FakeWorker:
+    """A FAKE worker session for the standby bookkeeping only: no process; `ready` is set by the test."""
+    made: list["_FakeWorker"] = []
+
+    def __init__(self, ctx, strategy, source, io_dir, env=None):
+        self.ctx, self.io_dir, self.proc, self.is_ready, self.killed, self.strategy = ctx, io_dir, None, False, False, None
+        _FakeWorker.made.append(self)
+
+    def spawn(self):
+        self.proc = object()
+
+    def assign(self, strategy):
+        self.strategy = strategy
+
+    def ready(self):
+        return self.is_ready
+
+    def kill(self):
+        self.killed = True
+
+
+def test_a_second_standby_starts_once_the_first_is_ready_and_none_after_the_last_fresh_check(monkeypatch, tmp_path):
+    from autofit.probe import runner
+
+    monkeypatch.setattr(runner, "WorkerSession", _FakeWorker)
+    _FakeWorker.made = []
+    f = runner.StandbyFactory(Context(model="m", device="cuda", gpus=(0,)), None, tmp_path)
+    f.prepare()
+    first = f(Strategy())
+    assert first is _FakeWorker.made[0] and len(f.standbys) == 1  # the next one spawned as the first is taken
+    f.tick()
+    assert len(f.standbys) == 1  # not ready yet: the first worker's imports come first
+    f.standbys[0].is_ready = True
+    f.tick()
+    f.tick()
+    assert len(f.standbys) == 2  # two at most
+    checked = f.fresh(Strategy(grad_ckpt=True), standby=True)
+    assert checked is _FakeWorker.made[1] and f.standbys == [_FakeWorker.made[2]]  # the oldest, most ready, first
+    f.standbys[0].is_ready = True
+    f.tick()
+    assert len(f.standbys) == 2
+    last = f.fresh(Strategy(grad_ckpt=True), standby=False)
+    assert last is _FakeWorker.made[2] and f.standbys == [] and _FakeWorker.made[3].killed
+    f.tick()
+    assert f.standbys == []  # nothing follows the last fresh check
+    cpu = runner.StandbyFactory(Context(model="m", device="cpu"), None, tmp_path)
+    cpu.prepare()
+    cpu.standbys[0].is_ready = True
+    cpu.tick()
+    assert len(cpu.standbys) == 1  # on the CPU one standby: its imports compete with the probe for the cores

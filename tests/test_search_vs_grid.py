@@ -141,6 +141,9 @@ class _FakeFactory:
 
         return Session(self.hw, s)
 
+    def tick(self):
+        pass
+
     def close(self):
         pass
 

@@ -4,6 +4,7 @@ io_dir/plan.json          context, strategy, model source       (parent writes o
 io_dir/req-K.json         {"shape": {...}} or {"stop": true}     (parent, one per probe)
 io_dir/res-K.rR.json      rank R's answer to request K            (rank 0 always; others on failure)
 io_dir/phase.json         what the worker is doing now            (rank 0; for progress display)
+io_dir/ready.json         imports done, waiting for a plan        (rank 0; a standby that is ready)
 io_dir/fatal.rR.json      setup failed on rank R (build OOM, bad config...)
 Files are written to a temporary name and renamed, so a reader never sees half a file.
 """
@@ -31,6 +32,10 @@ def read_json(path: Path) -> Any | None:
 
 def plan_path(io_dir: Path) -> Path:
     return io_dir / "plan.json"
+
+
+def ready_path(io_dir: Path) -> Path:
+    return io_dir / "ready.json"
 
 
 def phase_path(io_dir: Path) -> Path:

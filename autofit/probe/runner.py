@@ -178,6 +178,10 @@ class WorkerSession:
     def phase(self) -> dict | None:
         return protocol.read_json(protocol.phase_path(self.io_dir))
 
+    def ready(self) -> bool:
+        """Spawned and done importing: a plan assigned now starts building at once."""
+        return protocol.ready_path(self.io_dir).exists()
+
     # -- probing --------------------------------------------------------------------------------
     def probe(self, shape: Shape) -> ProbeResult:
         """Run one shape. Never raises for what the probe did; returns its classified result."""
@@ -306,18 +310,22 @@ def _last_error_line(tail: str) -> str:
 
 
 class StandbyFactory:
-    """Makes the sessions a search needs, keeping one standby worker spawned ahead of time.
+    """Makes the sessions a search needs, keeping standby workers spawned ahead of time.
 
     Starting a worker costs the imports (torch, transformers, peft and on a GPU the techniques' libraries:
-    about 10 s on the H200 machine); the standby pays them while the current worker probes. It touches no GPU until its strategy arrives, which
-    happens only after the previous worker has exited.
+    about 10 s on the H200 machine); a standby pays them while the current worker probes. On a GPU a
+    second standby is started once the first is ready (tick, between probes): a fresh check takes one and
+    the next family's first strategy follows within seconds, too soon for a worker spawned then. A standby
+    touches no GPU until its strategy arrives, which happens only after the previous worker has exited.
     """
 
     def __init__(self, ctx: Context, source: ModelSource, io_root: Path, env: dict[str, str] | None = None,
                  standby: bool = True):
         self.ctx, self.source, self.io_root, self.env, self.use_standby = ctx, source, Path(io_root), env, standby
         self.n = 0
-        self.standby: WorkerSession | None = None
+        self.standbys: list[WorkerSession] = []
+        # On the CPU a standby's imports compete with the probe itself for the cores: one is enough there.
+        self.depth = 2 if ctx.device == "cuda" else 1
 
     def _new(self) -> WorkerSession:
         self.n += 1
@@ -325,40 +333,48 @@ class StandbyFactory:
 
     def prepare(self) -> None:
         """Spawn the first worker as the search starts: its imports are the first probe's longest wait."""
-        if self.standby is None:
+        if not self.standbys:
             self._spawn_standby()
 
     def _spawn_standby(self) -> None:
         if self.use_standby:
-            self.standby = self._new()
-            self.standby.spawn()
+            session = self._new()
+            session.spawn()
+            self.standbys.append(session)
+
+    def tick(self) -> None:
+        """Called between probes: the second standby, once every standby is ready (not sooner: the first
+        worker's own imports are the first probe's wait)."""
+        if 0 < len(self.standbys) < self.depth and all(s.ready() for s in self.standbys):
+            self._spawn_standby()
 
     def __call__(self, strategy: Strategy) -> WorkerSession:
         return self._take(strategy, self.ctx)
 
     def _take(self, strategy: Strategy, ctx: Context, standby: bool = True) -> WorkerSession:
-        session = self.standby or self._new()
+        session = self.standbys.pop(0) if self.standbys else self._new()
         session.ctx = ctx  # read only when the plan is written (assign): the standby may take another
         if session.proc is None:
             session.spawn()
         session.assign(strategy)
-        self.standby = None
-        if standby:
+        if not standby:
+            self.close()  # nothing follows: the standbys left would only cost their imports
+        elif not self.standbys:
             self._spawn_standby()
         return session
 
     def fresh(self, strategy: Strategy, standby: bool = False) -> WorkerSession:
         """A worker for the search's fresh-worker check of its winner (autofit.search.planner): at least
         FRESH_MEASURE_STEPS measured steps, since one measured step read the peak below HF Trainer's
-        (results/fresh-check-h200-glm4-lora-T2048-24GiB). The check ends a family's search, so a standby
-        follows it only when the caller says another family does (an unused one costs its imports)."""
+        (results/fresh-check-h200-glm4-lora-T2048-24GiB). The check ends a family's search, so standbys
+        follow it only when the caller says another family does (an unused one costs its imports)."""
         return self._take(strategy, replace(self.ctx, measure_steps=max(FRESH_MEASURE_STEPS, self.ctx.measure_steps)),
                           standby)
 
     def close(self) -> None:
-        if self.standby is not None:
-            self.standby.kill()
-            self.standby = None
+        for session in self.standbys:
+            session.kill()
+        self.standbys = []
 
 
 def escalate(session: WorkerSession, shapes: Iterable[Shape]) -> Iterator[ProbeResult]:

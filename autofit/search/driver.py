@@ -113,6 +113,7 @@ class _Pool:
         training starts (planner._fresh_check), made by the factory's `fresh` when it has one."""
         if self.session is not None and (fresh or self.key != s.key() or self.session.dead):
             self.release()
+        getattr(self.factory, "tick", lambda: None)()
         if self.session is None:
             self.count += 1
             fresh_of = getattr(self.factory, "fresh", None)
