@@ -39,12 +39,20 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_ok_path_fills_every_field_and_reuses_the_worker(tmp_path, tiny_model_dir):
-    with _session(tmp_path, tiny_model_dir, strategy=Strategy(precision="fp32", grad_ckpt=True)) as s:
-        results = list(escalate(s, [Shape(1, 64), Shape(2, 64), Shape(4, 64)]))
+@pytest.fixture(scope="module")
+def escalated(tmp_path_factory, tiny_model_dir):
+    """One warm worker for the tests that only need its probes: three shapes that fit, then one that cannot
+    (address space capped 300 MB above the built model), then one that must never run."""
+    env = {"AUTOFIT_TEST_HOST_LIMIT": str(300 * 2**20)}
+    with _session(tmp_path_factory.mktemp("warm"), tiny_model_dir, env=env) as s:
+        return list(escalate(s, [Shape(1, 64), Shape(2, 64), Shape(4, 64), Shape(64, 512), Shape(128, 512)]))
+
+
+def test_ok_path_fills_every_field_and_reuses_the_worker(escalated):
+    results = escalated[:3]
     assert [r.status for r in results] == [Status.OK] * 3
     for r in results:
-        assert r.strategy == "lora-r8/fp32/ckpt/z0"
+        assert r.strategy == "lora-r8/fp32/nockpt/z0"
         assert r.grad_accum == 8 // r.micro_batch
         assert 0 < r.micro_step_s < 10 and r.optimizer_step_s >= 0
         assert r.step_s == pytest.approx(r.grad_accum * r.micro_step_s + r.optimizer_step_s, rel=1e-3)
@@ -54,13 +62,18 @@ def test_ok_path_fills_every_field_and_reuses_the_worker(tmp_path, tiny_model_di
         assert r.device_name.startswith("cpu")
         assert r.time_import_s > 0.1 and r.time_build_s > 0 and r.time_steps_s > 0
         assert r.weights == "random"
-    # one warm worker served all three shapes: imports and build were paid once
-    assert len({r.worker_pid for r in results}) == 1
+    # one warm worker served every shape: imports and build were paid once
+    assert len({r.worker_pid for r in escalated}) == 1
     assert _gone(results[0].worker_pid)
     # it said it was ready (imports done) before its plan: what a standby is judged by
     from autofit.probe import protocol
 
     assert protocol.read_json(protocol.ready_path(tmp_path / "io"))["import_s"] > 0.1
+
+
+def test_real_allocation_failure_is_an_oom_and_ends_the_escalation(escalated):
+    assert [r.status for r in escalated] == [Status.OK] * 3 + [Status.OOM]
+    assert "memory" in escalated[3].error.lower()
 
 
 @pytest.mark.parametrize("strategy", [
@@ -109,14 +122,6 @@ def test_unknown_exception_is_an_error_with_its_last_line(tmp_path, tiny_model_d
         r = s.probe(Shape(1, 32))
     assert r.status is Status.ERROR
     assert r.error == "ValueError: injected test failure"
-
-
-def test_real_allocation_failure_is_an_oom_and_ends_the_escalation(tmp_path, tiny_model_dir):
-    # Address space capped 300 MB above the built model: small shapes fit, a big one cannot.
-    with _session(tmp_path, tiny_model_dir, env={"AUTOFIT_TEST_HOST_LIMIT": str(300 * 2**20)}) as s:
-        results = list(escalate(s, [Shape(1, 32), Shape(64, 512), Shape(128, 512)]))
-    assert [r.status for r in results] == [Status.OK, Status.OOM]
-    assert "memory" in results[1].error.lower()
 
 
 def test_real_weights_load_from_a_local_directory(tmp_path):

@@ -6,6 +6,8 @@ so the quantized build, PEFT's bnb LoRA layers and whole probes run here for rea
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -82,6 +84,21 @@ def test_peft_wraps_the_quantized_layers_with_its_bnb_lora_and_only_adapters_tra
         model(input_ids=ids, labels=ids).loss.backward()
     grads = [n for n, p in model.named_parameters() if p.grad is not None]
     assert grads and all("lora_" in n for n in grads)
+
+
+def test_an_unquantized_lora_does_not_import_peft_s_bnb_layers(tiny_model_dir, monkeypatch):
+    """Importing bitsandbytes costs every LoRA probe worker seconds (it torch.compiles its kernels): peft must
+    not reach for its bnb layers when nothing is quantized (the quantized path above still gets them)."""
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    from autofit.models import build_config
+
+    monkeypatch.setitem(sys.modules, "peft.tuners.lora.bnb", None)  # importing it now raises
+    source = resolve_model(str(tiny_model_dir))
+    strategy = Strategy(precision="fp32")
+    model = apply_method(AutoModelForCausalLM.from_config(build_config(source)), source, strategy)
+    assert len([m for m in model.modules() if isinstance(m, LoraLayer)]) == 4 * 2
 
 
 def test_the_8bit_optimizer_keeps_its_state_in_8_bits():

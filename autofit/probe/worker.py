@@ -136,6 +136,20 @@ def build_model(torch: Any, source: ModelSource, ctx: Context, strategy: Strateg
     return model
 
 
+@contextlib.contextmanager
+def _peft_without_bnb():
+    """peft looks for bitsandbytes' layers whenever bitsandbytes is installed, and importing it costs seconds
+    (it torch.compiles its kernels); an unquantized model has none of those layers to find."""
+    import peft.tuners.lora.model as lora
+
+    saved = lora.is_bnb_available, lora.is_bnb_4bit_available
+    lora.is_bnb_available = lora.is_bnb_4bit_available = lambda: False
+    try:
+        yield
+    finally:
+        lora.is_bnb_available, lora.is_bnb_4bit_available = saved
+
+
 def apply_method(model: Any, source: ModelSource, strategy: Strategy) -> Any:
     m = strategy.method
     if strategy.grad_ckpt:
@@ -143,7 +157,8 @@ def apply_method(model: Any, source: ModelSource, strategy: Strategy) -> Any:
     if m.kind == "lora":
         from peft import LoraConfig, get_peft_model
 
-        return get_peft_model(model, LoraConfig(**peft_config(strategy, source.lora_targets)))
+        with _peft_without_bnb() if strategy.quant == "none" else contextlib.nullcontext():
+            return get_peft_model(model, LoraConfig(**peft_config(strategy, source.lora_targets)))
     if m.kind == "freeze":
         for p in model.parameters():
             p.requires_grad_(False)
