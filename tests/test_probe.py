@@ -43,12 +43,18 @@ def _gone(pid: int) -> bool:
 def escalated(tmp_path_factory, tiny_model_dir):
     """One warm worker for the tests that only need its probes: three shapes that fit, then one that cannot
     (address space capped 300 MB above the built model), then one that must never run."""
+    from autofit.probe import protocol
+
     env = {"AUTOFIT_TEST_HOST_LIMIT": str(300 * 2**20)}
     with _session(tmp_path_factory.mktemp("warm"), tiny_model_dir, env=env) as s:
-        return list(escalate(s, [Shape(1, 64), Shape(2, 64), Shape(4, 64), Shape(64, 512), Shape(128, 512)]))
+        results = list(escalate(s, [Shape(1, 64), Shape(2, 64), Shape(4, 64), Shape(64, 512), Shape(128, 512)]))
+        # What the worker said once its imports were done, before its plan: what a standby is judged by.
+        ready = protocol.read_json(protocol.ready_path(s.io_dir))
+    return results, ready
 
 
 def test_ok_path_fills_every_field_and_reuses_the_worker(escalated):
+    escalated, ready = escalated
     results = escalated[:3]
     assert [r.status for r in results] == [Status.OK] * 3
     for r in results:
@@ -65,13 +71,11 @@ def test_ok_path_fills_every_field_and_reuses_the_worker(escalated):
     # one warm worker served every shape: imports and build were paid once
     assert len({r.worker_pid for r in escalated}) == 1
     assert _gone(results[0].worker_pid)
-    # it said it was ready (imports done) before its plan: what a standby is judged by
-    from autofit.probe import protocol
-
-    assert protocol.read_json(protocol.ready_path(tmp_path / "io"))["import_s"] > 0.1
+    assert ready["import_s"] > 0.1
 
 
 def test_real_allocation_failure_is_an_oom_and_ends_the_escalation(escalated):
+    escalated, _ = escalated
     assert [r.status for r in escalated] == [Status.OK] * 3 + [Status.OOM]
     assert "memory" in escalated[3].error.lower()
 
