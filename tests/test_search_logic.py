@@ -324,3 +324,30 @@ def test_an_interrupt_after_the_row_is_written_counts_it_as_saved(tmp_path, monk
     hw = _hw()
     res = _run(tmp_path, hw, resume=True)
     assert res.probes_reused == 3 and (rows[2]["strategy"], int(rows[2]["micro_batch"]), 1024) not in hw.calls
+
+
+@pytest.mark.parametrize("at_once", [True, False])
+def test_a_probe_s_attributes_are_stored_whole_and_in_one_transaction(tmp_path, monkeypatch, at_once):
+    """record() writes a probe's attributes in one transaction with the installed Optuna (each of Optuna's
+    set_user_attr is its own); where its internals differ, one by one. The study holds the same either way."""
+    import optuna
+    from sqlalchemy import event
+
+    from autofit.search import study as st
+    from autofit.spec import ProbeResult, Status
+
+    if not at_once:
+        monkeypatch.setattr(st, "_set_user_attrs_at_once", lambda *a: False)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    key = "lora-r8/bf16-pure/nockpt/z0"
+    study, dists, rdb = st.open_study(url, "s", [key], (1, 2), (1024,))
+    study.enqueue_trial({"strategy": key, "micro_batch": 2, "max_token": 1024})
+    trial = study.ask(dists)
+    commits = []
+    event.listen(rdb.engine, "commit", lambda conn: commits.append(1))
+    r = ProbeResult(key, 2, 1024, Status.OK, tokens_per_s=1234.5, step_s=1.0, nvml_peak=10 * 2**30, host_peak=2**30)
+    st.record(study, trial, r, 10 * 2**30, 20 * 2**30, "escalate", 0)
+    want = st.attrs(r, 10 * 2**30, 20 * 2**30, "escalate", 0)
+    stored = optuna.load_study(study_name="s", storage=url).trials[0]
+    assert stored.user_attrs == want and stored.value == 1234.5
+    assert (len(commits) < len(want)) == at_once, len(commits)
