@@ -110,11 +110,11 @@ def _finished_escalations(out: Path) -> tuple[dict[tuple[int, str, int], list[Pr
     on): each (pass, strategy, max_token) escalation that ended, with its probes. grid.csv keeps only
     those: a strategy cut off mid-escalation runs again whole, in a new worker as every strategy does."""
     csv_path, spans_path = out / "grid.csv", out / SPANS
-    if not spans_path.exists() or not csv_path.exists():
+    spans = [json.loads(line) for line in spans_path.read_text().splitlines() if line.strip()] if spans_path.exists() else []
+    if not spans or not csv_path.exists() or spans[-1].get("done"):  # nothing cut short: a new grid
         csv_path.unlink(missing_ok=True)
         spans_path.unlink(missing_ok=True)
         return {}, []
-    spans = [json.loads(line) for line in spans_path.read_text().splitlines() if line.strip()]
     ended = {(sp["pass"], sp["strategy"], sp["max_token"]) for sp in spans}
     rows = [r for r in read_probes(csv_path) if (int(r["repeat"]), r["strategy"], int(r["max_token"])) in ended]
     rewrite_probes(csv_path, rows)
@@ -176,6 +176,7 @@ def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Pa
             walls.append(round(sum(sp["end"] - sp["start"] for sp in spans if sp["pass"] == rep), 1))
             probes.append(n)
             passes.append(cells)
+        append_text(spans_path, json.dumps({"done": True}) + "\n")  # the same command again measures anew
     finally:
         factory.close()
     shutil.rmtree(out / "grid_io", ignore_errors=True)

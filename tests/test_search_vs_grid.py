@@ -237,5 +237,9 @@ def test_a_grid_cut_short_resumes_in_the_next_lease_without_repeating_a_finished
     assert sorted((r["strategy"], int(r["micro_batch"])) for r in rows) == sorted(
         [(X, m) for m in (1, 2, 4, 8, 16)] + [(Y, m) for m in (1, 2, 4, 8, 16)])
     assert g["probes_runs"] == [10] and g["leases"] == 2 and len(g["passes"][0]) == 10
-    spans = [json.loads(line) for line in (tmp_path / svg.SPANS).read_text().splitlines()]
+    spans = [json.loads(line) for line in (tmp_path / svg.SPANS).read_text().splitlines()][:-1]  # then "done"
     assert g["wall_s_runs"] == [round(sum(s["end"] - s["start"] for s in spans), 1)]
+    # A finished grid is not resumed: the same command measures it anew.
+    hw.calls = []
+    svg.grid(ctx, None, space, [1024], limits, tmp_path, Progress())
+    assert len(hw.calls) == 10 and len(read_probes(tmp_path / "grid.csv")) == 10
