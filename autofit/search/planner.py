@@ -434,13 +434,15 @@ class Planner:
             if ceiling is not None and self.mbs[i] >= ceiling:
                 so.fail_min, so.fail_status, so.predicted_fail = self.mbs[i], "implied by a more frugal strategy's wall", True
                 return so
-            model = memmodel.fit(self.ok_points(s)) if so.fit_max else None
-            if model is not None and model.predict(self.mbs[i], t) > self.limits.limit * PREDICT_OVER:
+            # A family that is only reported (4/8-bit without --quantize) takes its wall where the model, with the
+            # analytic slope standing in for a second point, puts it; --quantize probes it, as it may win.
+            prior = self.slope_prior(s, t) if self.slope_prior and not self.decisive else None
+            model = memmodel.fit(self.ok_points(s), prior) if so.fit_max else None
+            over, why = (PREDICT_OVER, "") if self.decisive else (1.0, " (--quantize probes it)")
+            if model is not None and model.predict(self.mbs[i], t) > self.limits.limit * over:
                 so.fail_min, so.predicted_fail = self.mbs[i], True
-                so.fail_status = f"predicted {model.predict(self.mbs[i], t) / 2**30:.1f} GiB > limit"
-                self.log(f"{s.key()}: mb={self.mbs[i]} predicted over the limit; wall taken without probing it")
-                return so
-            if self._reported_wall(s, so, self.mbs[i], t):
+                so.fail_status = f"predicted {model.predict(self.mbs[i], t) / 2**30:.1f} GiB > limit{why}"
+                self.log(f"{s.key()}: mb={self.mbs[i]} predicted over the limit; wall taken without probing it{why}")
                 return so
             r = self.measure(s, self.mbs[i], t)
             if not self.limits.fits(r):
@@ -458,20 +460,6 @@ class Planner:
                 return so
             i += 1
         return so
-
-    def _reported_wall(self, s: Strategy, so: StrategyOutcome, mb: int, t: int) -> bool:
-        """In a family that is only reported (4/8-bit without --quantize), the wall is taken where the memory
-        model, fitted to the strategy's measured peaks with the analytic slope, puts it, instead of being
-        confirmed by a probe over the line; a --quantize resume probes it."""
-        if self.decisive or not so.fit_max:
-            return False
-        model = memmodel.fit(self.ok_points(s), self.slope_prior(s, t) if self.slope_prior else None)
-        if model is None or model.predict(mb, t) <= self.limits.limit:
-            return False
-        so.fail_min, so.predicted_fail = mb, True
-        so.fail_status = f"predicted {model.predict(mb, t) / 2**30:.1f} GiB > limit (--quantize probes it)"
-        self.log(f"{s.key()}: mb={mb} predicted over the limit; wall taken without probing it (--quantize probes it)")
-        return True
 
     def _host_killed_sibling(self, s: Strategy) -> str | None:
         """The same ZeRO stage and offload with the other checkpointing setting, if every probe of it was
