@@ -130,7 +130,8 @@ def headline(results: Path, scenarios: dict[str, Scenario] | None = None) -> str
              "|" + "---|" * (8 + len(cols))]
     scenarios = scenarios if scenarios is not None else load_scenarios()
     caveats = {sc.results: sc.grid_caveat for sc in scenarios.values() if sc.results and sc.grid_caveat}
-    for folder in headline_folders(results, scenarios):
+    folders = headline_folders(results, scenarios)
+    for folder in folders:
         s = _summary(folder)
         concurrent = s.get("search_concurrent")
         srch = s.get("search") or concurrent
@@ -162,7 +163,7 @@ def headline(results: Path, scenarios: dict[str, Scenario] | None = None) -> str
             f"([{folder.name}](results/{folder.name})) | {n} x {scenario_table._short_gpu(s.get('gpu'))} | {timing(s, folder)} | "
             f"{srch['wall_s']:.0f} s, {srch['probes']} | {quality(s)} | {'≥ ' if at_least else ''}{gw:.0f} s, {g['probes']}{reps} | "
             f"{frac} | " + " | ".join(cells) + f" | {verified} |")
-    judged = {f.name for f in headline_folders(results, scenarios)}
+    judged = {f.name for f in folders}
     for sc in scenarios.values():
         if not (sc.results and "search" in sc.steps and "grid" in sc.steps) or sc.results in judged:
             continue
