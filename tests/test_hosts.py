@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,38 @@ def test_stopping_a_probe_matches_its_own_processes_only_not_another_search_s_wi
             p.wait()
     with pytest.raises(ValueError, match="absolute"):
         rank_pattern(Path("run/probe_io/w001"))
+
+
+def test_killing_a_worker_kills_its_ranks_that_torchrun_started_in_sessions_of_their_own(tmp_path):
+    """torchrun starts each rank with start_new_session: SIGKILL to torchrun's group once left a rank
+    hanging in a collective under init, holding 142 GB of GPU 1, and every later probe failed to build."""
+    io = tmp_path / "probe_io" / "w009"
+    io.mkdir(parents=True)
+    rank = [sys.executable, "-c", "import time; time.sleep(60)", "-u", "-m", "autofit.probe.worker", str(io)]
+    launcher = ("import subprocess, sys, time\n"
+                f"p = subprocess.Popen({rank!r}, start_new_session=True)\n"
+                f"open({str(io / 'rank.pid')!r}, 'w').write(str(p.pid))\n"
+                "time.sleep(60)\n")
+    session = WorkerSession(Context(model="m", device="cpu", gpus=()), None, None, io)
+    session.proc = subprocess.Popen([sys.executable, "-c", launcher, "-m", "autofit.probe.worker", str(io)],
+                                    start_new_session=True)
+    deadline = time.time() + 20
+    while not (io / "rank.pid").exists() or not (io / "rank.pid").read_text():
+        assert time.time() < deadline, "the fake launcher never started its rank"
+        time.sleep(0.05)
+    pid = int((io / "rank.pid").read_text())
+    assert os.getsid(pid) != os.getsid(session.proc.pid)  # out of reach of the launcher's group kill
+    session.kill()
+    assert session.proc.returncode is not None
+    assert not _running(pid), "the rank outlived its worker"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for init to reap it, its memory already freed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def test_a_worker_s_command_line_names_its_io_dir_absolute(tmp_path, monkeypatch):

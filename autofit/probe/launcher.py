@@ -9,6 +9,7 @@ exit code N` (255: ssh itself failed).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import signal
@@ -84,6 +85,44 @@ def rank_pattern(io_dir: Path) -> str:
         raise ValueError(f"a probe's io dir must be absolute to be matched on every host: {io_dir}")
     literal = re.sub(r"([.$*+?()[\]{}|\\])", r"[\1]", str(io_dir)).replace("^", r"\^")
     return f"autofit[.]probe[.]worker (.* )?{literal}$"
+
+
+def local_ranks(io_dir: Path) -> list[int]:
+    """The pids on this host whose command line matches rank_pattern(io_dir), this process excluded."""
+    pattern = re.compile(rank_pattern(io_dir))
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (entry / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+        if int(entry.name) != os.getpid() and pattern.search(b" ".join(argv).decode(errors="replace")):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_local_ranks(io_dir: Path, wait_s: float = 10.0) -> list[int]:
+    """SIGKILL this probe's processes on this host and wait until they are gone (a dead rank's GPU memory
+    is free only then). torchrun starts each rank in a session of its own, so killing torchrun's process
+    group leaves a rank that hangs in a collective running, with its GPU memory held, under init."""
+    pids = local_ranks(io_dir)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.time() + wait_s
+    while time.time() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"  # a zombie has freed its memory
+    except (OSError, IndexError):
+        return False
 
 
 def stop_ranks(ctx: Context, io_dir: Path, launcher: subprocess.Popen, grace_s: float) -> None:

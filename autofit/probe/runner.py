@@ -22,7 +22,7 @@ from autofit.hardware import device_mask
 from autofit.models import ModelSource
 from autofit.probe import protocol
 from autofit.probe.launcher import (
-    host_failure, is_peer_lost, launcher_command, one_process_world, stop_ranks, write_rank_env,
+    host_failure, is_peer_lost, kill_local_ranks, launcher_command, one_process_world, stop_ranks, write_rank_env,
 )
 from autofit.probe.oom import is_oom_text
 from autofit.spec import Context, ProbeResult, Shape, Status, Strategy, to_jsonable
@@ -150,13 +150,16 @@ class WorkerSession:
             stop_ranks(self.ctx, self.io_dir, self.proc, GRACE_S)
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the whole group: torchrun and its ranks
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the launcher's group
             except ProcessLookupError:
                 pass
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not get ignored
             pass
+        # torchrun's ranks are not in its group: one left hanging in a collective keeps its GPU memory,
+        # and every later probe on that GPU fails to build.
+        kill_local_ranks(self.io_dir)
         self.dead = True
 
     def close(self) -> None:
