@@ -166,3 +166,34 @@ def test_a_reported_family_takes_its_wall_from_the_memory_model(quantize):
     assert probed == ({4, 8} if quantize else {4})
     so = out.strategies[nf4]
     assert (so.fit_max, so.fail_min, so.predicted_fail) == (4, 8, not quantize)
+
+
+def test_zero2_is_probed_at_no_accumulation_past_its_wall():
+    """REPLAY of Qwen2-7B full fine-tuning, space full-zero, on 2 x H200 (results/eval-2xh200-qwen2-7b-full-T2048-
+    full-zero: its grid's cells, and the search's for the strategies that grid has not reached yet). ckpt/z2 is over
+    the line at micro-batch 4 (132.8 GiB, two micro-batches a step) but under it at 8 (128.0 GiB, one): the
+    fastest cell that fits. Peaks taken as monotone, the search answered ckpt/z3 at 8, 11% slower."""
+    from autofit.search.planner import combine, families
+
+    folder = RESULTS / "eval-2xh200-qwen2-7b-full-T2048-full-zero"
+    s = json.loads((folder / "summary.json").read_text())
+    cells = {(r["strategy"], int(r["micro_batch"])): result_from_row(r)
+             for r in read_probes(folder / "search" / "probes.csv") if r["phase"] == "escalate"}
+    cells.update({(r["strategy"], int(r["micro_batch"])): result_from_row(r) for r in read_probes(folder / "grid.csv")})
+    asked = []
+
+    def measure(st, shape: Shape, phase, repeat) -> ProbeResult:
+        asked.append((st.key(), shape.micro_batch, phase))
+        return cells[(st.key(), shape.micro_batch)]
+
+    source = resolve_model(s["model"])
+    prior = AnalyticPrior(source, Context(model=s["model"], device="cuda", gpus=(0, 1), global_batch=s["global_batch"]))
+    space, planners, outs = load_space(s["space"]), {}, {}
+    for name, family in families(space.strategies(2)).items():
+        planners[name] = Planner(family, space.micro_batches, (2048,), 2048, s["global_batch"] // 2,
+                                 Limits(int(s["budget_gib"] * 2**30), s["headroom"]), measure, slope_prior=prior.slope,
+                                 estimate=prior.peak, exact=planners.get("exact"), decisive=name == "exact")
+        outs[name] = planners[name].run()
+    out = combine(outs.get("exact"), outs.get("quantized"), False)
+    assert (out.winner[0].key(), out.winner[1]) == ("full/bf16/ckpt/z2", 8)
+    assert ("full/bf16/ckpt/z2", 8, "escalate") in asked and len({a[:2] for a in asked}) <= 9, asked
