@@ -317,8 +317,9 @@ class StandbyFactory:
 
     Starting a worker costs the imports (torch, transformers, peft and on a GPU the techniques' libraries:
     about 10 s on the H200 machine); a standby pays them while the current worker probes. On a GPU a
-    second standby is started once the first is ready (tick, between probes): a fresh check takes one and
-    the next family's first strategy follows within seconds, too soon for a worker spawned then. A standby
+    second standby is started once the first is ready (tick, between probes), and a ready one taken is
+    replaced at once: a fresh check takes one and the next family's first strategy follows within seconds,
+    too soon for a worker spawned then. A standby
     touches no GPU until its strategy arrives, which happens only after the previous worker has exited.
     """
 
@@ -362,7 +363,9 @@ class StandbyFactory:
         session.assign(strategy)
         if not standby:
             self.close()  # nothing follows: the standbys left would only cost their imports
-        elif not self.standbys:
+        elif not self.standbys or (session.ready() and len(self.standbys) < self.depth):
+            # A ready worker taken is replaced at once: a fresh check and the next family's first strategy
+            # take two standbys within seconds, and one spawned at the next tick was still importing.
             self._spawn_standby()
         return session
 
