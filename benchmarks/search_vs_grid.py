@@ -5,7 +5,8 @@
 
 Like for like by default: the grid covers the space at the max_token the search answers, with one
 measured step per probe as the search's probes have (its fresh check of the winner has two), and both
-are timed after the same warm-up (see warm_up; --no-warm-up times both cold). `--repeats N` measures
+are timed after the same warm-up (see warm_up; --no-warm-up times both cold), each with empty Triton and
+Inductor caches of its own (own_jit_caches). `--repeats N` measures
 every cell N times, each pass in new workers: summary.json gives each pass's wall time, the best cell's
 and the search winner's readings, and whether the winner is within the spread of the grid's best. With
 `--repeat-near F` (a large space) the later passes re-measure only the cells within F of the first
@@ -18,11 +19,14 @@ including each first OOM; cells above a wall are OOM by monotonicity and are not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -105,6 +109,28 @@ def within_spread(winner: CellRuns | None, best: CellRuns | None) -> bool | None
     return max(winner.tokens_per_s) >= min(best.tokens_per_s)
 
 
+JIT_CACHES = ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR")
+
+
+@contextlib.contextmanager
+def own_jit_caches():
+    """Triton's and Inductor's on-disk caches, empty and this side's own while it runs. Liger's kernels and
+    bitsandbytes' compiled functions are built on first use and read from disk after: a grid run after its
+    search found them built, 3-4 s less on its first fused probe (r7 on the H200). Each side pays them once."""
+    root = tempfile.mkdtemp(prefix="autofit-jit-")
+    saved = {k: os.environ.get(k) for k in JIT_CACHES}
+    os.environ.update({k: os.path.join(root, k.lower()) for k in JIT_CACHES})
+    try:
+        yield root
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _finished_escalations(out: Path) -> tuple[dict[tuple[int, str, int], list[ProbeResult]], list[dict]]:
     """What an earlier, cut-short run of this grid finished (the machine's time ran out, a later lease goes
     on): each (pass, strategy, max_token) escalation that ended, with its probes. grid.csv keeps only
@@ -138,47 +164,48 @@ def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Pa
     mbs = [m for m in space.micro_batches if m <= cap]
     walls, probes, passes, planned = [], [], [], []
     # The grid gets the same warm workers and standby as the search: only the choice of probes differs.
-    factory = StandbyFactory(ctx, source, out / "grid_io")
-    try:
-        for rep in range(repeats):
-            n, cells = 0, {}
-            # A repeat's rows are phase "repeat": tables that read one measurement per cell read the first pass.
-            phase = "grid" if rep == 0 else "repeat"
-            plan = near(passes[0]) if rep and near is not None else None
-            planned.append(plan)
-            # What the search leaves out as unavailable here, the grid leaves out too: the same space.
-            for s in runnable_strategies(space, ctx)[0]:
-                for t in tokens:
-                    shapes = [Shape(m, t) for m in mbs if plan is None or (s.key(), m, t) in plan]
-                    if not shapes:
-                        continue
-                    if (rep, s.key(), t) in done:  # finished in an earlier lease
-                        for r in done[(rep, s.key(), t)]:
-                            n += 1
-                            cells[(s.key(), r.micro_batch, t)] = r
-                        continue
-                    progress.log(f"grid pass {rep + 1}/{repeats}: {s.key()} T={t} over micro-batch "
-                                 f"{[sh.micro_batch for sh in shapes]}")
-                    start = time.time()
-                    with factory(s) as session:
-                        for r in escalate(session, shapes):
-                            factory.tick()  # as the search's pool does between probes
-                            n += 1
-                            fits = limits.fits(r)
-                            append_probe(csv_path, r, s, fits=fits, phase=phase, repeat=rep, peak=peak_of(r),
-                                         finished_at=time.time())
-                            progress.done(r, fits, peak_of(r))
-                            cells[(s.key(), r.micro_batch, t)] = r
-                    span = {"pass": rep, "strategy": s.key(), "max_token": t, "start": round(start, 3),
-                            "end": round(time.time(), 3)}
-                    append_text(spans_path, json.dumps(span) + "\n")
-                    spans.append(span)
-            walls.append(round(sum(sp["end"] - sp["start"] for sp in spans if sp["pass"] == rep), 1))
-            probes.append(n)
-            passes.append(cells)
-        append_text(spans_path, json.dumps({"done": True}) + "\n")  # the same command again measures anew
-    finally:
-        factory.close()
+    with own_jit_caches():  # before the factory: its standbys inherit the environment as they spawn
+        factory = StandbyFactory(ctx, source, out / "grid_io")
+        try:
+            for rep in range(repeats):
+                n, cells = 0, {}
+                # A repeat's rows are phase "repeat": tables that read one measurement per cell read the first pass.
+                phase = "grid" if rep == 0 else "repeat"
+                plan = near(passes[0]) if rep and near is not None else None
+                planned.append(plan)
+                # What the search leaves out as unavailable here, the grid leaves out too: the same space.
+                for s in runnable_strategies(space, ctx)[0]:
+                    for t in tokens:
+                        shapes = [Shape(m, t) for m in mbs if plan is None or (s.key(), m, t) in plan]
+                        if not shapes:
+                            continue
+                        if (rep, s.key(), t) in done:  # finished in an earlier lease
+                            for r in done[(rep, s.key(), t)]:
+                                n += 1
+                                cells[(s.key(), r.micro_batch, t)] = r
+                            continue
+                        progress.log(f"grid pass {rep + 1}/{repeats}: {s.key()} T={t} over micro-batch "
+                                     f"{[sh.micro_batch for sh in shapes]}")
+                        start = time.time()
+                        with factory(s) as session:
+                            for r in escalate(session, shapes):
+                                factory.tick()  # as the search's pool does between probes
+                                n += 1
+                                fits = limits.fits(r)
+                                append_probe(csv_path, r, s, fits=fits, phase=phase, repeat=rep, peak=peak_of(r),
+                                             finished_at=time.time())
+                                progress.done(r, fits, peak_of(r))
+                                cells[(s.key(), r.micro_batch, t)] = r
+                        span = {"pass": rep, "strategy": s.key(), "max_token": t, "start": round(start, 3),
+                                "end": round(time.time(), 3)}
+                        append_text(spans_path, json.dumps(span) + "\n")
+                        spans.append(span)
+                walls.append(round(sum(sp["end"] - sp["start"] for sp in spans if sp["pass"] == rep), 1))
+                probes.append(n)
+                passes.append(cells)
+            append_text(spans_path, json.dumps({"done": True}) + "\n")  # the same command again measures anew
+        finally:
+            factory.close()
     shutil.rmtree(out / "grid_io", ignore_errors=True)
     # The leases a pass ran in: a gap longer than any escalation is a new machine.
     leases = 1 + sum(1 for a, b in zip(spans, spans[1:]) if b["start"] - a["end"] > LEASE_GAP_S)
@@ -448,9 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     # The search measures one step per probe (close candidates are re-measured, its winner measured again
     # with two in a fresh worker); the grid by default one per cell, in each of --repeats passes.
-    res = run_search(SearchRequest(ctx=replace(ctx, measure_steps=1), source=source, space=space, max_token=a.max_token, limits=limits,
-                                   run_dir=a.out / "search", budget_s=parse_duration(a.budget), quantize=a.quantize),
-                     progress=progress)
+    with own_jit_caches():
+        res = run_search(SearchRequest(ctx=replace(ctx, measure_steps=1), source=source, space=space, max_token=a.max_token,
+                                       limits=limits, run_dir=a.out / "search", budget_s=parse_duration(a.budget),
+                                       quantize=a.quantize), progress=progress)
     search_wall = time.time() - t0
     shutil.rmtree(a.out / "search" / "probe_io", ignore_errors=True)
     print(res.summary, flush=True)
