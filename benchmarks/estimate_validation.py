@@ -77,6 +77,10 @@ VALIDATION_SETS: ValidationSets = (
     ("results/bench-h200-glm4-lora-T2048-24GiB-auto/grid.csv", {"lora": "THUDM/glm-4-9b-chat"}),
     ("results/bench-h200-qwen2-7b-lora-T4096-24GiB-auto/search/probes.csv", {"lora": "Qwen/Qwen2-7B"}),
     ("results/bench-h200-glm4-lora-T1024-auto/search/probes.csv", {"lora": "THUDM/glm-4-9b-chat"}),
+    # Two H200s: the auto space for LoRA (ZeRO-2), and Qwen2-7B fully fine-tuned (auto and full-zero grids).
+    ("results/eval-2xh200-glm4-lora-T2048-auto/grid.csv", {"lora": "THUDM/glm-4-9b-chat"}),
+    ("results/eval-2xh200-qwen2-7b-full-T2048-auto/grid.csv", {"full": "Qwen/Qwen2-7B"}),
+    ("results/eval-2xh200-qwen2-7b-full-T2048-full-zero/grid.csv", {"full": "Qwen/Qwen2-7B"}),
 )
 # Calibration is validated as a search would use it: a strategy's first, smallest probes calibrate
 # the prediction of its larger micro-batches (micro-batch 1 alone where only 1 and 4 were run).
