@@ -50,10 +50,10 @@ def test_measured_outcomes_and_walls_are_predicted(validation):
     # grid: 60 cells that all fit, all predicted to) and under a 24 GiB
     # cap; six misses, all under the cap and all on the safe side (below). The 2- and 4-GPU full
     # fine-tuning walls (z0/z2/z3, offload; H100 and H200) are all right.
-    assert walls["outcomes"] == 463 and walls["outcomes_predicted_right"] == 438
+    assert walls["outcomes"] == 463 and walls["outcomes_predicted_right"] == 442
     for s in walls["sessions"]:
-        if _auto(s) and ("int8" in s["strategy"] or "adamw8bit" in s["strategy"]):
-            continue  # LLM.int8 under-predicted, 8-bit Adam over-predicted: test_new_dimensions_error_is_shown
+        if _auto(s) and "int8" in s["strategy"]:
+            continue  # LLM.int8 with checkpointing is under-predicted: test_new_dimensions_error_is_shown
         if s["capacity_is"] == "card" and "qwen2-7b-full" not in s["file"]:
             assert s["predicted_largest_fit"] == s["measured_largest_fit"], s
         elif s["capacity_is"] == "card":
@@ -145,10 +145,10 @@ def test_new_dimensions_error_is_shown(validation):
     # the recomputed blocks. int8 never wins (nf4 dominates it), so the planner only spends probes on it.
     low = [r for r in auto if "int8/ckpt" in r["strategy"]]
     assert low and all(r["err_nvml_pct"] < -20 for r in low)
-    # bitsandbytes' 8-bit Adam (Qwen2-7B full fine-tuning on 2 x H200) is predicted 9-29% high, the safe side,
-    # under the 1.3x the search needs to skip a cell unprobed: it probed those cells and found them to fit.
-    high = [r for r in auto if "adamw8bit" in r["strategy"]]
-    assert high and all(5 < r["err_nvml_pct"] < 30 for r in high)
+    # bitsandbytes' 8-bit AdamW (Qwen2-7B full fine-tuning on 2 x H200) was predicted 9-29% high until the step
+    # stopped counting a whole-partition AdamW temporary for it: it updates in place.
+    adamw8bit = [r for r in auto if "adamw8bit" in r["strategy"]]
+    assert adamw8bit and all(abs(r["err_nvml_pct"]) < 10 for r in adamw8bit)
 
 
 # ----------------------------------------------------------------------------- leave one scenario out

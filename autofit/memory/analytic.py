@@ -390,11 +390,13 @@ def _deepspeed_state(arch: Arch, strategy: Strategy, n: int, p: _Precision, trai
     else:
         grads = (0.0 if strategy.offload_optimizer else trainable * p.weight / n) + bucket
     # The step converts this GPU's gradient partition to fp32 and AdamW allocates one temporary of the
-    # same size (ZeRO-3: one sub-group at a time); with offload the step runs on the host.
+    # same size (ZeRO-3: one sub-group at a time; 8-bit AdamW updates in place, no temporary); with
+    # offload the step runs on the host.
     stepped = trainable / shard
     if z == 3:
         stepped = min(stepped, ZERO3_SUB_GROUP_PARAMS + arch.head_params / shard)
-    step_extra = 0.0 if strategy.offload_optimizer else (4 + 4) * stepped
+    temporary = 0 if strategy.optim == "adamw8bit" else 4
+    step_extra = 0.0 if strategy.offload_optimizer else (4 + temporary) * stepped
     return weights, gathered, grads, grads, optimizer, step_extra
 
 
