@@ -319,8 +319,8 @@ class StandbyFactory:
     about 10 s on the H200 machine); a standby pays them while the current worker probes. On a GPU a
     second standby is started once the first is ready (tick, between probes), and a ready one taken is
     replaced at once: a fresh check takes one and the next family's first strategy follows within seconds,
-    too soon for a worker spawned then. A standby
-    touches no GPU until its strategy arrives, which happens only after the previous worker has exited.
+    too soon for a worker spawned then. A standby touches no GPU until its strategy arrives, which happens
+    only after the previous worker has exited.
     """
 
     def __init__(self, ctx: Context, source: ModelSource, io_root: Path, env: dict[str, str] | None = None,
