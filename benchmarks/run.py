@@ -136,6 +136,9 @@ def processes_on(gpu_csv: str, apps_csv: str, mask: str | None) -> list[str]:
     return found
 
 
+OTHERS_WAIT_S = 30.0
+
+
 def _others_on_the_gpus() -> list[str]:
     """Processes on this job's GPUs between steps, when none of its own run: another job's, or one a
     step left behind. Steps measured beside one are not evidence (DeepSpeed's autotuner once ran its
@@ -158,9 +161,15 @@ def run_step(step: Step, out: Path) -> bool | None:
         shutil.rmtree(step.copy_to, ignore_errors=True)  # a copy an interrupted attempt left half-made
         shutil.copytree(step.copy_from, step.copy_to)
     _log(out, f"### {time.strftime('%H:%M:%S')} {step.name}: {step.show()}")
-    others = _others_on_the_gpus()
+    deadline = time.time() + OTHERS_WAIT_S  # the last step's workers may still be exiting
+    while (others := _others_on_the_gpus()) and time.time() < deadline:
+        time.sleep(2)
     if others:
-        _log(out, f"### {step.name} starts beside other processes on its GPUs: {'; '.join(others)}")
+        # Beside a rank another probe left behind, every probe of a full fine-tuning grid failed to build
+        # (results/eval-2xh200-qwen2-7b-full-T2048-full-zero/search-beside-leaked-rank): not evidence.
+        _log(out, f"### {step.name} not started: other processes hold its GPUs ({'; '.join(others)}); no marker, "
+                  "so the same command runs it once they are gone")
+        return False
     # Appended: a step cut short on one machine and run again on the next (a resumed grid) keeps both logs.
     with open(out / f"{step.name}.log", "a") as log:
         stdout = open(step.stdout, "w") if step.stdout else log

@@ -141,3 +141,17 @@ def test_a_step_names_the_processes_already_on_its_gpus():
     assert run.processes_on(gpus, apps, "GPU-bbb") == ["pid 6001 (518 MiB) on GPU 1"]
     assert len(run.processes_on(gpus, apps, None)) == 2
     assert run.processes_on(gpus, "", "1") == []
+
+
+def test_a_step_does_not_start_while_other_processes_hold_its_gpus(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    step = run.Step("a", (f"echo ran >> {out}/a.count",), shell=True)
+    held = ["pid 5627 (142904 MiB) on GPU 1"]
+    monkeypatch.setattr(run, "_others_on_the_gpus", lambda: list(held))
+    monkeypatch.setattr(run, "OTHERS_WAIT_S", 0.0)
+    assert run.run_step(step, out) is False
+    assert not (out / "a.count").exists() and not (out / "a.done").exists() and not (out / "a.failed").exists()
+    assert "not started: other processes hold its GPUs (pid 5627" in (out / "steps.log").read_text()
+    held.clear()  # gone: the same command runs it
+    assert run.run_step(step, out) is True and (out / "a.count").read_text() == "ran\n"
