@@ -6,22 +6,29 @@ so the quantized build, PEFT's bnb LoRA layers and whole probes run here for rea
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
+import torch
 
-bnb = pytest.importorskip("bitsandbytes")
+from autofit.models import decoder_blocks, resolve_model
+from autofit.probe import quantize
+from autofit.probe.runner import WorkerSession
+from autofit.probe.worker import apply_method, torch_optimizer
+from autofit.spec import Context, Method, Shape, Status, Strategy
 
-import torch  # noqa: E402
-
-from autofit.models import decoder_blocks, resolve_model  # noqa: E402
-from autofit.probe import quantize  # noqa: E402
-from autofit.probe.runner import WorkerSession  # noqa: E402
-from autofit.probe.worker import apply_method, torch_optimizer  # noqa: E402
-from autofit.spec import Context, Method, Shape, Status, Strategy  # noqa: E402
-
+# Found, not imported: importing bitsandbytes costs seconds (it torch.compiles its kernels), and every
+# pytest-xdist worker collects this module, most of them to run none of it.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
 CPU = torch.device("cpu")
-BNB_LAYER = {"nf4": bnb.nn.Linear4bit, "int8": bnb.nn.Linear8bitLt}
+
+
+@pytest.fixture(scope="module")
+def bnb():
+    import bitsandbytes
+
+    return bitsandbytes
 
 
 def _ctx(model_dir, **kw) -> Context:
@@ -42,13 +49,13 @@ def tied_model_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("quant", ["nf4", "int8"])
-def test_every_decoder_linear_is_quantized_and_the_rest_stays_bf16(tiny_model_dir, quant):
+def test_every_decoder_linear_is_quantized_and_the_rest_stays_bf16(tiny_model_dir, quant, bnb):
     source = resolve_model(str(tiny_model_dir))
     model = quantize.build_random(torch, source, _ctx(tiny_model_dir), Strategy(quant=quant), CPU)
     blocks = decoder_blocks(model, source)
     linears = [m for b in blocks for m in b.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 7 * len(blocks)  # q k v o, gate up down
-    assert all(type(m) is BNB_LAYER[quant] for m in linears)
+    assert all(type(m) is {"nf4": bnb.nn.Linear4bit, "int8": bnb.nn.Linear8bitLt}[quant] for m in linears)
     assert {m.weight.dtype for m in linears} == {torch.uint8 if quant == "nf4" else torch.int8}
     # as the exported BitsAndBytesConfig sets them up: NF4 with double quantization and bf16 compute; int8 at 6.0
     if quant == "nf4":
@@ -101,7 +108,7 @@ def test_an_unquantized_lora_does_not_import_peft_s_bnb_layers(tiny_model_dir, m
     assert len([m for m in model.modules() if isinstance(m, LoraLayer)]) == 4 * 2
 
 
-def test_the_8bit_optimizer_keeps_its_state_in_8_bits():
+def test_the_8bit_optimizer_keeps_its_state_in_8_bits(bnb):
     params = [torch.nn.Parameter(torch.randn(128, 64))]
     opt = torch_optimizer(torch, Strategy(method=Method(kind="full"), optim="adamw8bit"), params)
     assert isinstance(opt, bnb.optim.AdamW8bit) and opt.param_groups[0]["weight_decay"] == 0.0
