@@ -163,49 +163,46 @@ def grid(ctx: Context, source, space, tokens: list[int], limits: Limits, out: Pa
     cap = max(1, ctx.global_batch // ctx.num_gpus)
     mbs = [m for m in space.micro_batches if m <= cap]
     walls, probes, passes, planned = [], [], [], []
-    # The grid gets the same warm workers and standby as the search: only the choice of probes differs.
-    with own_jit_caches():  # before the factory: its standbys inherit the environment as they spawn
-        factory = StandbyFactory(ctx, source, out / "grid_io")
-        try:
-            for rep in range(repeats):
-                n, cells = 0, {}
-                # A repeat's rows are phase "repeat": tables that read one measurement per cell read the first pass.
-                phase = "grid" if rep == 0 else "repeat"
-                plan = near(passes[0]) if rep and near is not None else None
-                planned.append(plan)
-                # What the search leaves out as unavailable here, the grid leaves out too: the same space.
-                for s in runnable_strategies(space, ctx)[0]:
-                    for t in tokens:
-                        shapes = [Shape(m, t) for m in mbs if plan is None or (s.key(), m, t) in plan]
-                        if not shapes:
-                            continue
-                        if (rep, s.key(), t) in done:  # finished in an earlier lease
-                            for r in done[(rep, s.key(), t)]:
-                                n += 1
-                                cells[(s.key(), r.micro_batch, t)] = r
-                            continue
-                        progress.log(f"grid pass {rep + 1}/{repeats}: {s.key()} T={t} over micro-batch "
-                                     f"{[sh.micro_batch for sh in shapes]}")
-                        start = time.time()
-                        with factory(s) as session:
-                            for r in escalate(session, shapes):
-                                factory.tick()  # as the search's pool does between probes
-                                n += 1
-                                fits = limits.fits(r)
-                                append_probe(csv_path, r, s, fits=fits, phase=phase, repeat=rep, peak=peak_of(r),
-                                             finished_at=time.time())
-                                progress.done(r, fits, peak_of(r))
-                                cells[(s.key(), r.micro_batch, t)] = r
-                        span = {"pass": rep, "strategy": s.key(), "max_token": t, "start": round(start, 3),
-                                "end": round(time.time(), 3)}
-                        append_text(spans_path, json.dumps(span) + "\n")
-                        spans.append(span)
-                walls.append(round(sum(sp["end"] - sp["start"] for sp in spans if sp["pass"] == rep), 1))
-                probes.append(n)
-                passes.append(cells)
-            append_text(spans_path, json.dumps({"done": True}) + "\n")  # the same command again measures anew
-        finally:
-            factory.close()
+    # The grid gets the same warm workers and standbys as the search: only the choice of probes differs. The
+    # caches come first: the factory's standbys inherit the environment as they spawn.
+    with own_jit_caches(), contextlib.closing(StandbyFactory(ctx, source, out / "grid_io")) as factory:
+        for rep in range(repeats):
+            n, cells = 0, {}
+            # A repeat's rows are phase "repeat": tables that read one measurement per cell read the first pass.
+            phase = "grid" if rep == 0 else "repeat"
+            plan = near(passes[0]) if rep and near is not None else None
+            planned.append(plan)
+            # What the search leaves out as unavailable here, the grid leaves out too: the same space.
+            for s in runnable_strategies(space, ctx)[0]:
+                for t in tokens:
+                    shapes = [Shape(m, t) for m in mbs if plan is None or (s.key(), m, t) in plan]
+                    if not shapes:
+                        continue
+                    if (rep, s.key(), t) in done:  # finished in an earlier lease
+                        for r in done[(rep, s.key(), t)]:
+                            n += 1
+                            cells[(s.key(), r.micro_batch, t)] = r
+                        continue
+                    progress.log(f"grid pass {rep + 1}/{repeats}: {s.key()} T={t} over micro-batch "
+                                 f"{[sh.micro_batch for sh in shapes]}")
+                    start = time.time()
+                    with factory(s) as session:
+                        for r in escalate(session, shapes):
+                            factory.tick()  # as the search's pool does between probes
+                            n += 1
+                            fits = limits.fits(r)
+                            append_probe(csv_path, r, s, fits=fits, phase=phase, repeat=rep, peak=peak_of(r),
+                                         finished_at=time.time())
+                            progress.done(r, fits, peak_of(r))
+                            cells[(s.key(), r.micro_batch, t)] = r
+                    span = {"pass": rep, "strategy": s.key(), "max_token": t, "start": round(start, 3),
+                            "end": round(time.time(), 3)}
+                    append_text(spans_path, json.dumps(span) + "\n")
+                    spans.append(span)
+            walls.append(round(sum(sp["end"] - sp["start"] for sp in spans if sp["pass"] == rep), 1))
+            probes.append(n)
+            passes.append(cells)
+        append_text(spans_path, json.dumps({"done": True}) + "\n")  # the same command again measures anew
     shutil.rmtree(out / "grid_io", ignore_errors=True)
     # The leases a pass ran in: a gap longer than any escalation is a new machine.
     leases = 1 + sum(1 for a, b in zip(spans, spans[1:]) if b["start"] - a["end"] > LEASE_GAP_S)
