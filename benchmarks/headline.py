@@ -165,7 +165,7 @@ def headline(results: Path, scenarios: dict[str, Scenario] | None = None) -> str
             f"{frac} | " + " | ".join(cells) + f" | {verified} |")
     judged = {f.name for f in folders}
     for sc in scenarios.values():
-        if not (sc.results and "search" in sc.steps and "grid" in sc.steps) or sc.results in judged:
+        if not (sc.results and "search" in sc.steps and "grid" in sc.steps) or sc.results in judged or sc.superseded_by:
             continue
         cap = f", {sc.gpu_memory} cap" if sc.gpu_memory else ""
         method = "full FT" if sc.method == "full" else "LoRA"
