@@ -14,9 +14,18 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 # Two pytest-xdist workers, each with its probe workers, share a few cores: one OpenMP thread per process
 # keeps them from spin-waiting on each other (a tiny model gains nothing from more; 3x slower probes without).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# CPU probe workers fork from one process that imported the stack (autofit/probe/forked.py), instead of
+# each importing it (4-5 s of CPU a worker); tests of the spawned worker itself ask for exec_workers.
+os.environ.setdefault("AUTOFIT_FORK_WORKERS", "1")
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=512, max_position_embeddings=512, tie_word_embeddings=False)
+
+
+@pytest.fixture
+def exec_workers(monkeypatch):
+    """Probe workers started as fresh interpreters, as outside the test suite."""
+    monkeypatch.delenv("AUTOFIT_FORK_WORKERS", raising=False)
 
 
 @pytest.fixture(scope="session")

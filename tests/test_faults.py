@@ -54,12 +54,16 @@ def _keys(rows):
 
 
 def _workers_of(run: Path) -> list[psutil.Process]:
+    """The search's live workers: by command line (spawned) or by the pid each wrote when ready (forked from
+    the template process, whose command line it keeps)."""
+    forked = {json.loads(p.read_text())["pid"] for p in run.glob("probe_io/*/ready.json") if p.stat().st_size}
     out = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if any(str(run) in part for part in (p.info["cmdline"] or [])) and "autofit.probe.worker" in " ".join(p.info["cmdline"]):
-                if p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(p)
+            cmd = p.info["cmdline"] or []
+            spawned = any(str(run) in part for part in cmd) and "autofit.probe.worker" in " ".join(cmd)
+            if (spawned or p.pid in forked) and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
         except psutil.Error:
             pass
     return out

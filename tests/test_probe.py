@@ -1,7 +1,8 @@
 """Real probes on the CPU: a tiny Qwen2 the test builds, trained by real worker processes.
 
 Also the failure paths with workers that really hang, really segfault, really get SIGKILLed, really
-raise and really fail to allocate. These are not fakes: each test starts `python -m autofit.probe.worker`.
+raise and really fail to allocate. These are not fakes: each test starts a worker process, forked from one
+that imported the stack (tests/conftest.py) or, where a test asks, `python -m autofit.probe.worker`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def escalated(tmp_path_factory, tiny_model_dir):
     from autofit.probe import protocol
 
     env = {"AUTOFIT_TEST_HOST_LIMIT": str(300 * 2**20)}
-    with _session(tmp_path_factory.mktemp("warm"), tiny_model_dir, env=env) as s:
+    # A fresh interpreter, as outside the test suite: its imports are timed (tests/conftest.py exec_workers).
+    with pytest.MonkeyPatch.context() as mp, _session(tmp_path_factory.mktemp("warm"), tiny_model_dir, env=env) as s:
+        mp.delenv("AUTOFIT_FORK_WORKERS", raising=False)
         results = list(escalate(s, [Shape(1, 64), Shape(2, 64), Shape(4, 64), Shape(64, 512), Shape(128, 512)]))
         # What the worker said once its imports were done, before its plan: what a standby is judged by.
         ready = protocol.read_json(protocol.ready_path(s.io_dir))
@@ -113,12 +116,31 @@ def test_hang_while_building_is_a_timeout(tmp_path, tiny_model_dir):
     assert r.status is Status.TIMEOUT
 
 
+@pytest.mark.parametrize("forked", [False, True], ids=["spawned", "forked"])
 @pytest.mark.parametrize("fault,fragment", [("segv", "SIGSEGV"), ("sigkill", "SIGKILL (host out of memory?")])
-def test_worker_that_dies_on_a_signal_is_a_crash(tmp_path, tiny_model_dir, fault, fragment):
+def test_worker_that_dies_on_a_signal_is_a_crash(tmp_path, tiny_model_dir, monkeypatch, fault, fragment, forked):
+    if not forked:
+        monkeypatch.delenv("AUTOFIT_FORK_WORKERS", raising=False)
     with _session(tmp_path, tiny_model_dir, env={"AUTOFIT_TEST_FAULT": f"{fault}@probe"}) as s:
         r = s.probe(Shape(1, 32))
+        pid = s.proc.pid
     assert r.status is Status.CRASH
     assert fragment in r.error
+    assert _gone(pid)
+
+
+def test_a_forked_worker_skips_the_imports_and_probes_like_a_spawned_one(tmp_path, tiny_model_dir, escalated, monkeypatch):
+    """AUTOFIT_FORK_WORKERS=1 (autofit/probe/forked.py): the worker forks from a process that imported the stack,
+    so it reports the imports as (nearly) free where a spawned worker paid them, and measures the same way."""
+    spawned, ready = escalated
+    monkeypatch.setenv("AUTOFIT_FORK_WORKERS", "1")
+    with _session(tmp_path, tiny_model_dir) as s:
+        r = s.probe(Shape(1, 64))
+        pid = s.proc.pid
+    assert r.status is Status.OK and r.worker_pid == pid != os.getpid()
+    assert r.time_import_s < 0.1 < ready["import_s"] and r.time_import_s < spawned[0].time_import_s
+    assert r.grad_accum == spawned[0].grad_accum and r.time_build_s > 0 and r.host_peak > 50 * 2**20
+    assert _gone(pid)
 
 
 def test_unknown_exception_is_an_error_with_its_last_line(tmp_path, tiny_model_dir):

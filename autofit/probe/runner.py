@@ -20,7 +20,7 @@ import autofit
 from autofit.errors import ProbeError
 from autofit.hardware import device_mask
 from autofit.models import ModelSource
-from autofit.probe import protocol
+from autofit.probe import forked, protocol
 from autofit.probe.launcher import (
     host_failure, is_peer_lost, kill_local_ranks, launcher_command, one_process_world, stop_ranks, write_rank_env,
 )
@@ -68,7 +68,7 @@ class WorkerSession:
         self.ctx, self.strategy, self.source = ctx, strategy, source
         self.io_dir = Path(io_dir).absolute()  # in the command line: stop_ranks matches it there
         self.extra_env = env or {}
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | forked.ForkedProcess | None = None
         self.planned = False
         self.k = 0
         self.dead = False
@@ -123,6 +123,9 @@ class WorkerSession:
         self.io_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.io_dir.glob("*.json"):
             stale.unlink()
+        if forked.enabled(os.environ) and self.ctx.device == "cpu" and not self.ctx.hostfile and not self.under_torchrun:
+            self.proc = forked.start([str(self.io_dir)], self._env(), str(self.io_dir / "worker.log"))
+            return
         log = open(self.io_dir / "worker.log", "ab")
         try:
             self.proc = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -467,7 +467,7 @@ def main(argv: list[str]) -> int:
     rank, _, _ = dist_env()
     import_s = _preimport(io_dir)
     if rank == 0:
-        protocol.write_json(protocol.ready_path(io_dir), {"t": time.time(), "import_s": round(import_s, 3)})
+        protocol.write_json(protocol.ready_path(io_dir), {"t": time.time(), "import_s": round(import_s, 3), "pid": os.getpid()})
     plan = _wait_plan(io_dir)
     req = _wait_request(io_dir, 0)
     if req.get("stop"):
