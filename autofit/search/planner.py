@@ -535,8 +535,11 @@ class Planner:
                 out.note = f"no configuration fits at max_token {t} within the budget and headroom"
             return
         fitting.sort(key=lambda x: -x[2].tokens_per_s)
-        best = fitting[0][2].tokens_per_s
-        close = [x for x in fitting if x[2].tokens_per_s >= best * (1 - NOISE)][: self.confirm_top]
+        lead, best = fitting[0][:2], fitting[0][2].tokens_per_s
+        # Not a contender: the leader's own strategy at a smaller micro-batch within noise of it. Throughput does
+        # not fall as the micro-batch grows until memory runs short, and the fresh check re-measures the leader.
+        close = [x for x in fitting if x[2].tokens_per_s >= best * (1 - NOISE)
+                 and not (x[0] == lead[0] and x[1] < lead[1])][: self.confirm_top]
         scored = []
         for k, mb, r0 in close:
             runs = [r0]
@@ -548,7 +551,8 @@ class Planner:
                 self.log(f"{k} mb={mb} failed its re-measurement or crossed the headroom: not a candidate")
                 continue
             scored.append(Candidate(k, mb, statistics.median(r.tokens_per_s for r in ok_runs), peak))
-        scored += [Candidate(k, mb, r.tokens_per_s, peak_of(r)) for k, mb, r in fitting[len(close):]]
+        scored += [Candidate(k, mb, r.tokens_per_s, peak_of(r)) for k, mb, r in fitting if (k, mb) not in
+                   {(c[0], c[1]) for c in close}]
         scored.sort(key=lambda x: -x[2])
         if self.decisive:
             scored = self._fresh_check(scored, t)
