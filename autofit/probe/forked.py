@@ -2,10 +2,10 @@
 starting a fresh interpreter that imports torch, transformers and peft (4-5 s of CPU on a 2-core machine).
 
 The template is multiprocessing's forkserver with that stack preloaded: one per process that starts
-workers, gone after that process and its workers are. Opt in with AUTOFIT_FORK_WORKERS=1 (the test suite does: its ~50
-CPU workers' imports were a third of its time). CPU only: on a GPU, standbys already hide the imports,
-and a process that may have touched CUDA must not be forked. Plain one-process workers only: torchrun and
-DeepSpeed's launcher start their ranks themselves.
+workers, gone after that process and its workers are. Opt in with AUTOFIT_FORK_WORKERS=1 (the test suite
+does: its ~50 CPU workers' imports were a third of its time). CPU only: on a GPU, standbys already hide
+the imports, and a process that may have touched CUDA must not be forked. Plain one-process workers only:
+torchrun and DeepSpeed's launcher start their ranks themselves.
 """
 
 from __future__ import annotations
