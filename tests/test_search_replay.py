@@ -91,24 +91,27 @@ def test_prior_is_only_for_gpu_searches():
 def _replay_families(folder: str, quantize: bool):
     """Both families planned against the grid of the auto space (one H200 under 24 GiB), as the driver
     plans them; the grid answers the fresh-worker check with the cell it measured."""
+    summary, measure, asked = _grid_answers(folder)
+    return summary, _plan_families(summary, measure, (0,), capped=True, quantize=quantize), asked
+
+
+def _plan_families(s: dict, measure, gpus: tuple[int, ...], capped: bool, quantize: bool = False):
+    """The exact and the 4/8-bit families planned as the driver plans them for the scenario summary.json `s`
+    describes (its model, space, max_token and budget), each probe answered by `measure`; their outcome combined.
+    `capped`: the budget was a --gpu-memory cap, which the memory model's prior is told about."""
     from autofit.search.planner import combine, families
 
-    summary, measure, asked = _grid_answers(folder)
-    source = resolve_model(summary["model"])
-    ctx = Context(model=summary["model"], device="cuda", gpus=(0,), global_batch=summary["global_batch"],
-                  gpu_memory=int(summary["budget_gib"] * 2**30))
-    prior = AnalyticPrior(source, ctx)
-    space = load_space("auto")
-    limits = Limits(int(summary["budget_gib"] * 2**30), summary["headroom"])
-    cap = summary["global_batch"]
-    outs, planners = {}, {}
-    for name, family in families(space.strategies(1)).items():
-        planners[name] = Planner(family, space.micro_batches, (summary["max_token"],), summary["max_token"], cap, limits,
-                                 measure, slope_prior=prior.slope, estimate=prior.peak,
-                                 exact=planners.get("exact") if name == "quantized" else None,
-                                 decisive=name == "exact" or quantize)
+    budget = int(s["budget_gib"] * 2**30)
+    ctx = Context(model=s["model"], device="cuda", gpus=gpus, global_batch=s["global_batch"],
+                  gpu_memory=budget if capped else None)
+    prior = AnalyticPrior(resolve_model(s["model"]), ctx)
+    space, t, planners, outs = load_space(s["space"]), s["max_token"], {}, {}
+    for name, family in families(space.strategies(len(gpus))).items():
+        planners[name] = Planner(family, space.micro_batches, (t,), t, s["global_batch"] // len(gpus),
+                                 Limits(budget, s["headroom"]), measure, slope_prior=prior.slope, estimate=prior.peak,
+                                 exact=planners.get("exact"), decisive=name == "exact" or quantize)
         outs[name] = planners[name].run()
-    return summary, combine(outs.get("exact"), outs.get("quantized"), quantize), asked
+    return combine(outs.get("exact"), outs.get("quantized"), quantize)
 
 
 @pytest.mark.parametrize("folder", ["bench-h200-glm4-lora-T2048-24GiB-auto", "bench-h200-qwen2-7b-lora-T4096-24GiB-auto"])
@@ -131,8 +134,6 @@ def test_a_one_doubling_flat_reading_does_not_hide_the_4bit_family():
     """REPLAY of the Qwen2-7B T=4096 24 GiB grid's second pass (results/eval-h200-qwen2-7b-lora-T4096-24GiB-auto),
     both families as the driver plans them: micro-batch 1 -> 2 read +1.8% there, which once counted as flat
     and skipped NF4, whose micro-batch 4 is the grid's fastest 4-bit cell."""
-    from autofit.search.planner import combine, families
-
     folder = RESULTS / "eval-h200-qwen2-7b-lora-T4096-24GiB-auto"
     s = json.loads((folder / "summary.json").read_text())
     cells = {(r["strategy"], int(r["micro_batch"])): result_from_row(r)
@@ -142,15 +143,7 @@ def test_a_one_doubling_flat_reading_does_not_hide_the_4bit_family():
         return cells.get((st.key(), shape.micro_batch)) or ProbeResult(
             strategy=st.key(), micro_batch=shape.micro_batch, max_token=shape.max_token, status=Status.OOM)
 
-    source = resolve_model(s["model"])
-    prior = AnalyticPrior(source, Context(model=s["model"], device="cuda", gpus=(0,), global_batch=s["global_batch"]))
-    space, planners, outs = load_space(s["space"]), {}, {}
-    for name, family in families(space.strategies(1)).items():
-        planners[name] = Planner(family, space.micro_batches, (4096,), 4096, s["global_batch"],
-                                 Limits(int(s["budget_gib"] * 2**30), s["headroom"]), measure, slope_prior=prior.slope,
-                                 estimate=prior.peak, exact=planners.get("exact"), decisive=name == "exact")
-        outs[name] = planners[name].run()
-    out = combine(outs["exact"], outs["quantized"], False)
+    out = _plan_families(s, measure, (0,), capped=False)
     assert out.winner[0].key() == "lora-r8/bf16-pure/ckpt/z0/fused" and out.winner[1] == 2
     assert out.alternative is not None and out.alternative[:2] == ("lora-r8/bf16-pure/nf4/ckpt/z0/fused", 4)
 
@@ -173,8 +166,6 @@ def test_zero2_is_probed_at_no_accumulation_past_its_wall():
     full-zero: its grid's cells, and the search's for the strategies that grid has not reached yet). ckpt/z2 is over
     the line at micro-batch 4 (132.8 GiB, two micro-batches a step) but under it at 8 (128.0 GiB, one): the
     fastest cell that fits. Peaks taken as monotone, the search answered ckpt/z3 at 8, 11% slower."""
-    from autofit.search.planner import combine, families
-
     folder = RESULTS / "eval-2xh200-qwen2-7b-full-T2048-full-zero"
     s = json.loads((folder / "summary.json").read_text())
     cells = {(r["strategy"], int(r["micro_batch"])): result_from_row(r)
@@ -186,15 +177,7 @@ def test_zero2_is_probed_at_no_accumulation_past_its_wall():
         asked.append((st.key(), shape.micro_batch, phase))
         return cells[(st.key(), shape.micro_batch)]
 
-    source = resolve_model(s["model"])
-    prior = AnalyticPrior(source, Context(model=s["model"], device="cuda", gpus=(0, 1), global_batch=s["global_batch"]))
-    space, planners, outs = load_space(s["space"]), {}, {}
-    for name, family in families(space.strategies(2)).items():
-        planners[name] = Planner(family, space.micro_batches, (2048,), 2048, s["global_batch"] // 2,
-                                 Limits(int(s["budget_gib"] * 2**30), s["headroom"]), measure, slope_prior=prior.slope,
-                                 estimate=prior.peak, exact=planners.get("exact"), decisive=name == "exact")
-        outs[name] = planners[name].run()
-    out = combine(outs.get("exact"), outs.get("quantized"), False)
+    out = _plan_families(s, measure, (0, 1), capped=False)
     assert (out.winner[0].key(), out.winner[1]) == ("full/bf16/ckpt/z2", 8)
     assert ("full/bf16/ckpt/z2", 8, "escalate") in asked and len({a[:2] for a in asked}) <= 9, asked
 
@@ -204,8 +187,6 @@ def test_a_smaller_micro_batch_of_the_leader_is_not_re_measured():
     readings; its grid's first pass for any other cell): ckpt/z0/fused read 8676 tok/s at micro-batch 1 and 8873 at 2,
     within noise. The search re-measured both in their worker (6 s of its 52) before the fresh check re-measured 2
     once more. The grid's best is 2 in both its passes: only the fresh check is needed."""
-    from autofit.search.planner import combine, families
-
     folder = RESULTS / "eval-h200-qwen2-7b-lora-T4096-24GiB-auto-r8"
     s = json.loads((folder / "summary.json").read_text())
     cells = {(r["strategy"], int(r["micro_batch"])): result_from_row(r)
@@ -219,17 +200,7 @@ def test_a_smaller_micro_batch_of_the_leader_is_not_re_measured():
         return cells.get((st.key(), shape.micro_batch)) or ProbeResult(
             strategy=st.key(), micro_batch=shape.micro_batch, max_token=shape.max_token, status=Status.OOM)
 
-    source = resolve_model(s["model"])
-    ctx = Context(model=s["model"], device="cuda", gpus=(0,), global_batch=s["global_batch"],
-                  gpu_memory=int(s["budget_gib"] * 2**30))
-    prior = AnalyticPrior(source, ctx)
-    space, planners, outs = load_space(s["space"]), {}, {}
-    for name, family in families(space.strategies(1)).items():
-        planners[name] = Planner(family, space.micro_batches, (4096,), 4096, s["global_batch"],
-                                 Limits(int(s["budget_gib"] * 2**30), s["headroom"]), measure, slope_prior=prior.slope,
-                                 estimate=prior.peak, exact=planners.get("exact"), decisive=name == "exact")
-        outs[name] = planners[name].run()
-    out = combine(outs["exact"], outs["quantized"], False)
+    out = _plan_families(s, measure, (0,), capped=True)
     fused = "lora-r8/bf16-pure/ckpt/z0/fused"
     assert (out.winner[0].key(), out.winner[1]) == (fused, 2) == (s["grid"]["best"]["strategy"], s["grid"]["best"]["micro_batch"])
     assert [a for a in asked if a[2] in ("confirm", "fresh")] == [(fused, 2, "fresh")]
