@@ -18,7 +18,6 @@ import sys
 import threading
 
 ENV = "AUTOFIT_FORK_WORKERS"
-PRELOAD = ["torch", "transformers", "peft"]
 
 
 def enabled(environ: dict[str, str]) -> bool:
@@ -49,8 +48,10 @@ class ForkedProcess:
 def start(argv: list[str], env: dict[str, str], log_path: str) -> ForkedProcess:
     """Fork a worker running autofit.probe.worker.main(argv) with `env` as its whole environment and its
     output appended to log_path."""
+    from autofit.probe.worker import STACK
+
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    ctx.set_forkserver_preload(list(STACK))
     # daemon: the parent's exit terminates a worker it left running, instead of waiting for it
     process = ctx.Process(target=_run, args=(argv, env, log_path, os.getpid()), daemon=True)
     process.start()

@@ -123,7 +123,7 @@ class WorkerSession:
         self.io_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.io_dir.glob("*.json"):
             stale.unlink()
-        if forked.enabled(os.environ) and self.ctx.device == "cpu" and not self.ctx.hostfile and not self.under_torchrun:
+        if forked.enabled(os.environ) and self.ctx.device == "cpu" and not self.ctx.hostfile:  # one plain process
             self.proc = forked.start([str(self.io_dir)], self._env(), str(self.io_dir / "worker.log"))
             return
         log = open(self.io_dir / "worker.log", "ab")

@@ -430,6 +430,8 @@ def limit_host_memory() -> None:
 # ZeRO's offload ones uses liger's fused loss (3.7 s to import on the H200 machine), the 4/8-bit family
 # bitsandbytes (2.6 s), DeepSpeed 0.3 s. None takes GPU memory (results/worker-startup-h200).
 SPECULATIVE = ("liger_kernel.transformers", "deepspeed", "bitsandbytes")
+# What every probe needs, imported before the plan (and preloaded by the template forked workers come from).
+STACK = ("torch", "transformers", "peft")
 
 
 def _preimport(io_dir: Path) -> float:
@@ -437,10 +439,8 @@ def _preimport(io_dir: Path) -> float:
     worker is still probing. Once the plan is here, the rest is left to setup, which imports only what the
     plan's strategy uses. No CUDA call happens here, so no GPU memory is taken."""
     t = time.time()
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
-    import peft  # noqa: F401
-
+    for name in STACK:
+        importlib.import_module(name)
     if os.environ.get("CUDA_VISIBLE_DEVICES"):
         for name in SPECULATIVE:
             if protocol.plan_path(io_dir).exists():

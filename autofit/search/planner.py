@@ -551,8 +551,8 @@ class Planner:
                 self.log(f"{k} mb={mb} failed its re-measurement or crossed the headroom: not a candidate")
                 continue
             scored.append(Candidate(k, mb, statistics.median(r.tokens_per_s for r in ok_runs), peak))
-        scored += [Candidate(k, mb, r.tokens_per_s, peak_of(r)) for k, mb, r in fitting if (k, mb) not in
-                   {(c[0], c[1]) for c in close}]
+        confirmed = {(k, mb) for k, mb, _ in close}
+        scored += [Candidate(k, mb, r.tokens_per_s, peak_of(r)) for k, mb, r in fitting if (k, mb) not in confirmed]
         scored.sort(key=lambda x: -x[2])
         if self.decisive:
             scored = self._fresh_check(scored, t)
