@@ -143,6 +143,13 @@ def test_a_forked_worker_skips_the_imports_and_probes_like_a_spawned_one(tmp_pat
     assert _gone(pid)
 
 
+def test_a_worker_that_died_of_an_oom_reports_the_oom_not_the_launcher_s_last_line(tmp_path, tiny_model_dir):
+    with _session(tmp_path, tiny_model_dir, env={"AUTOFIT_TEST_FAULT": "rank-oom@probe"}) as s:
+        r = s.probe(Shape(1, 32))
+    assert r.status is Status.OOM
+    assert r.error.startswith("torch.OutOfMemoryError: CUDA out of memory")
+
+
 def test_unknown_exception_is_an_error_with_its_last_line(tmp_path, tiny_model_dir):
     with _session(tmp_path, tiny_model_dir, env={"AUTOFIT_TEST_FAULT": "raise@probe"}) as s:
         r = s.probe(Shape(1, 32))

@@ -31,10 +31,13 @@ def is_oom(exc: BaseException) -> bool:
     return any(f in text for f in _OOM_FRAGMENTS)
 
 
-def is_oom_text(text: str) -> bool:
-    """Same test on a worker's stderr tail, for a worker that died before reporting."""
-    low = text.lower()
-    return any(f in low for f in _OOM_FRAGMENTS)
+def oom_line(text: str) -> str | None:
+    """Same test on a worker's log tail, for a worker that died before reporting: the last line that names
+    the OOM, or None. Under torchrun the log ends in the launcher's ChildFailedError, not in the rank's cause."""
+    for line in reversed(text.splitlines()):
+        if any(f in line.lower() for f in _OOM_FRAGMENTS):
+            return line.strip()
+    return None
 
 
 def last_line(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ from autofit.probe import forked, protocol
 from autofit.probe.launcher import (
     host_failure, is_peer_lost, kill_local_ranks, launcher_command, one_process_world, stop_ranks, write_rank_env,
 )
-from autofit.probe.oom import is_oom_text
+from autofit.probe.oom import oom_line
 from autofit.spec import Context, ProbeResult, Shape, Status, Strategy, to_jsonable
 
 _PROJECT_ROOT = str(Path(autofit.__file__).resolve().parent.parent)
@@ -278,8 +278,8 @@ class WorkerSession:
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
             hint = " (host out of memory? the kernel's OOM killer sends SIGKILL)" if sig == signal.SIGKILL else ""
             return ProbeResult(**base, status=Status.CRASH, error=f"worker killed by {name}{hint}")
-        if is_oom_text(tail):
-            return ProbeResult(**base, status=Status.OOM, error=_last_error_line(tail))
+        if line := oom_line(tail):
+            return ProbeResult(**base, status=Status.OOM, error=line[:500])
         return ProbeResult(**base, status=Status.ERROR, error=f"worker exited with code {rc}: {_last_error_line(tail)}")
 
     def _finish_after_failure(self) -> None:

@@ -79,6 +79,11 @@ def _fault(where: str, strategy_key: str = "") -> None:
         raise ValueError("injected test failure")
     if kind == "exit":
         os._exit(3)
+    if kind == "rank-oom":  # a rank that dies of an OOM under torchrun: the launcher's error is the log's last line
+        sys.stderr.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 112.00 MiB.\n"
+                         "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n")
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def dist_env() -> tuple[int, int, int]:
