@@ -173,10 +173,11 @@ def headline(results: Path, scenarios: dict[str, Scenario] | None = None) -> str
         folder = results / sc.results
         s = _summary(folder) if (folder / "summary.json").exists() else {}
         searched = s.get("search")
-        if searched:  # the search ran, its grid not yet: shown, not judged
+        if searched:  # the search ran, its grid not (or not to the end) yet: shown, not judged
+            grid = "grid cut short (resumable)" if (folder / "grid.csv").exists() else "grid not run"
             lines.append(f"| {sc.model.split('/')[-1]} {method}, T={sc.max_token}{cap} ([{sc.results}](results/{sc.results})) "
                          f"| {gpus} | {timing(s, folder)} | {searched['wall_s']:.0f} s, {searched['probes']} | "
-                         + " | ".join(["grid not run"] * 3 + [NOT_RUN] * len(cols)) + " | - |")
+                         + " | ".join([grid] * 3 + [NOT_RUN] * len(cols)) + " | - |")
             continue
         lines.append(f"| {sc.model.split('/')[-1]} {method}, T={sc.max_token}{cap} (`{sc.name}`: "
                      f"`python -m benchmarks.run {sc.name}`) | {gpus} | " + " | ".join([NOT_RUN] * (6 + len(cols))) + " |")

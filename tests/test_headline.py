@@ -87,6 +87,10 @@ def test_a_scenario_without_its_folder_is_not_run(tmp_path):
         {"model": "org/M", "max_token": 2048, "warm_up_s": 12.0, "search": {"wall_s": 186.0, "probes": 11}}))
     cells = _row(headline.headline(tmp_path, scenarios={"h200-new": sc}), "eval-h200-new")
     assert cells[2:5] == ["warm (12 s warm-up excluded)", "186 s, 11", "grid not run"] and cells[-1] == "-"
+    # A grid that started and stopped before its end says so: the same command resumes it.
+    (tmp_path / "eval-h200-new" / "grid.csv").write_text("strategy\n")
+    cells = _row(headline.headline(tmp_path, scenarios={"h200-new": sc}), "eval-h200-new")
+    assert cells[4] == "grid cut short (resumable)"
 
 
 def test_committed_headline_has_every_judged_search_and_today_s_scenarios():
