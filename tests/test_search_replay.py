@@ -95,7 +95,7 @@ def _replay_families(folder: str, quantize: bool):
     return summary, _plan_families(summary, measure, (0,), capped=True, quantize=quantize), asked
 
 
-def _plan_families(s: dict, measure, gpus: tuple[int, ...], capped: bool, quantize: bool = False):
+def _plan_families(s: dict, measure, gpus: tuple[int, ...], capped: bool, quantize: bool = False, method: str | None = None):
     """The exact and the 4/8-bit families planned as the driver plans them for the scenario summary.json `s`
     describes (its model, space, max_token and budget), each probe answered by `measure`; their outcome combined.
     `capped`: the budget was a --gpu-memory cap, which the memory model's prior is told about."""
@@ -105,7 +105,7 @@ def _plan_families(s: dict, measure, gpus: tuple[int, ...], capped: bool, quanti
     ctx = Context(model=s["model"], device="cuda", gpus=gpus, global_batch=s["global_batch"],
                   gpu_memory=budget if capped else None)
     prior = AnalyticPrior(resolve_model(s["model"]), ctx)
-    space, t, planners, outs = load_space(s["space"]), s["max_token"], {}, {}
+    space, t, planners, outs = load_space(s["space"], method, len(gpus)), s["max_token"], {}, {}
     for name, family in families(space.strategies(len(gpus))).items():
         planners[name] = Planner(family, space.micro_batches, (t,), t, s["global_batch"] // len(gpus),
                                  Limits(budget, s["headroom"]), measure, slope_prior=prior.slope, estimate=prior.peak,
@@ -204,3 +204,30 @@ def test_a_smaller_micro_batch_of_the_leader_is_not_re_measured():
     fused = "lora-r8/bf16-pure/ckpt/z0/fused"
     assert (out.winner[0].key(), out.winner[1]) == (fused, 2) == (s["grid"]["best"]["strategy"], s["grid"]["best"]["micro_batch"])
     assert [a for a in asked if a[2] in ("confirm", "fresh")] == [(fused, 2, "fresh")]
+
+
+def test_a_leader_that_runs_out_of_memory_in_a_fresh_worker_loses_to_the_runner_up():
+    """REPLAY of Qwen2-7B full fine-tuning, auto space, on 2 x H200 (results/eval-2xh200-qwen2-7b-full-T2048-auto):
+    every probe answered by the grid's first pass, the fresh-worker check by its second (new workers, as a fresh
+    check's). nockpt/z2/fused at micro-batch 2 fitted in pass 1 (17040 tok/s, 126.4 GiB under the 129.2 line) and
+    ran out of memory in pass 2. Today's planner leads with it, drops it at the fresh check, and answers the grid's
+    best cell, ckpt/z2/fused at 8, as the search did on its own readings."""
+    folder = RESULTS / "eval-2xh200-qwen2-7b-full-T2048-auto"
+    s = json.loads((folder / "summary.json").read_text())
+    rows = read_probes(folder / "grid.csv")
+    passes = [{(r["strategy"], int(r["micro_batch"])): result_from_row(r) for r in rows if int(r["repeat"] or 0) == p}
+              for p in (0, 1)]
+    asked = []
+
+    def measure(st, shape: Shape, phase, repeat) -> ProbeResult:
+        asked.append((st.key(), shape.micro_batch, phase))
+        k = (st.key(), shape.micro_batch)
+        r = passes[1].get(k) if phase == "fresh" else None
+        return r or passes[0].get(k) or ProbeResult(strategy=k[0], micro_batch=k[1], max_token=shape.max_token,
+                                                    status=Status.OOM)
+
+    out = _plan_families(s, measure, (0, 1), capped=False, method="full")
+    lead, best = ("full/bf16/nockpt/z2/fused", 2), ("full/bf16/ckpt/z2/fused", 8)
+    assert passes[0][lead].ok and passes[1][lead].status is Status.OOM
+    assert [a[:2] for a in asked if a[2] == "fresh"] == [lead, best]
+    assert (out.winner[0].key(), out.winner[1]) == best == (s["grid"]["best"]["strategy"], s["grid"]["best"]["micro_batch"])
