@@ -92,8 +92,8 @@ def _why(c: Cell, limit: float | None) -> str:
 def _why_predicted(w: Wall, limit: float | None) -> str:
     lim = f" {limit:.2f} GiB" if limit is not None else ""
     if w.predicted_gib is not None and w.reason.startswith("estimated"):
-        return (f"not run: autofit estimate puts it at {w.predicted_gib:.1f} GiB, over the{lim} limit "
-                "by more than the estimate's measured error")
+        margin = " by more than the estimate's measured error" if "by more than" in w.reason else ""
+        return f"not run: autofit estimate puts it at {w.predicted_gib:.1f} GiB, over the{lim} limit{margin}"
     if w.predicted_gib is not None:
         return f"not run: the memory model predicts {w.predicted_gib:.1f} GiB, over the{lim} limit"
     return f"not run: {w.reason}"

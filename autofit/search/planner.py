@@ -13,7 +13,7 @@ Rules, each one a saving:
   largest micro-batch predicted to fit, then confirms the wall one step above. An analytic slope
   (autofit.memory.analytic) stands in for the second point; a wall is only predicted from measured points.
 - A strategy whose analytic peak at its first micro-batch is over the limit by more than the
-  estimate's largest error is a wall without probing it. The most frugal strategy is never ruled out
+  estimate's largest error (in a family that is only reported: over the limit) is a wall without probing it. The most frugal strategy is never ruled out
   this way, so a search never ends on estimates alone.
 - The first strategy escalated is the fastest one the estimate predicts to fit (then the next, up to
   MAX_ESTIMATED_STARTS), else the most frugal one: the fast walls are in place at once.
@@ -490,16 +490,19 @@ class Planner:
         return None
 
     def _estimated_out(self, s: Strategy, so: StrategyOutcome, mb: int, t: int) -> bool:
-        """The estimate rules the strategy out from micro-batch mb up (monotone shapes), by a margin."""
+        """The estimate rules the strategy out from micro-batch mb up (monotone shapes), by a margin; a family
+        that is only reported takes the estimate as it is, as it takes the memory model's walls."""
         if self.estimate is None or s == self.frugal:
             return False
         est = self.estimate(s, mb, t)
-        if est is None or est <= self.limits.limit * ESTIMATE_OVER:
+        over, why = (ESTIMATE_OVER, " by more than the estimate's error") if self.decisive else (1.0, "")
+        if est is None or est <= self.limits.limit * over:
             return False
         so.fail_min, so.predicted_fail = mb, True
         so.fail_status = (f"estimated {est / 2**30:.1f} GiB at micro-batch {mb}, "
-                          f"over the {self.limits.limit / 2**30:.1f} GiB limit by more than the estimate's error")
-        self.log(f"skip {s.key()}: {so.fail_status} (autofit estimate); wall taken without probing it")
+                          f"over the {self.limits.limit / 2**30:.1f} GiB limit{why}")
+        self.log(f"skip {s.key()}: {so.fail_status} (autofit estimate); wall taken without probing it"
+                 + ("" if self.decisive else " (--quantize probes it)"))
         return True
 
     def _jump_target(self, s: Strategy, i: int, t: int, ceiling: int | None = None) -> int | None:
