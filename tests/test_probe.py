@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import psutil
 import pytest
 
 from autofit.models import resolve_model
 from autofit.probe.runner import WorkerSession, escalate
 from autofit.spec import Context, Method, Shape, Status, Strategy
+from tests.procs import alive
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +30,6 @@ def _ctx(tiny_model_dir: Path, **kw) -> Context:
 def _session(tmp_path, tiny_model_dir, strategy=Strategy(precision="fp32"), env=None, **ctx_kw) -> WorkerSession:
     ctx = _ctx(tiny_model_dir, **ctx_kw)
     return WorkerSession(ctx, strategy, resolve_model(str(tiny_model_dir)), tmp_path / "io", env=env)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        p = psutil.Process(pid)
-        return p.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +65,7 @@ def test_ok_path_fills_every_field_and_reuses_the_worker(escalated):
         assert r.weights == "random"
     # one warm worker served every shape: imports and build were paid once
     assert len({r.worker_pid for r in escalated}) == 1
-    assert _gone(results[0].worker_pid)
+    assert not alive(results[0].worker_pid)
     assert ready["import_s"] > 0.1
 
 
@@ -107,7 +99,7 @@ def test_hang_is_a_timeout_and_leaves_no_process(tmp_path, tiny_model_dir):
         r = s.probe(Shape(1, 32))
         pid = s.proc.pid
     assert r.status is Status.TIMEOUT and "3s" in r.error
-    assert _gone(pid)
+    assert not alive(pid)
 
 
 def test_hang_while_building_is_a_timeout(tmp_path, tiny_model_dir):
@@ -126,7 +118,7 @@ def test_worker_that_dies_on_a_signal_is_a_crash(tmp_path, tiny_model_dir, monke
         pid = s.proc.pid
     assert r.status is Status.CRASH
     assert fragment in r.error
-    assert _gone(pid)
+    assert not alive(pid)
 
 
 def test_a_forked_worker_skips_the_imports_and_probes_like_a_spawned_one(tmp_path, tiny_model_dir, escalated, monkeypatch):
@@ -140,7 +132,7 @@ def test_a_forked_worker_skips_the_imports_and_probes_like_a_spawned_one(tmp_pat
     assert r.status is Status.OK and r.worker_pid == pid != os.getpid()
     assert r.time_import_s < 0.1 < ready["import_s"] and r.time_import_s < spawned[0].time_import_s
     assert r.grad_accum == spawned[0].grad_accum and r.time_build_s > 0 and r.host_peak > 50 * 2**20
-    assert _gone(pid)
+    assert not alive(pid)
 
 
 def test_a_worker_that_died_of_an_oom_reports_the_oom_not_the_launcher_s_last_line(tmp_path, tiny_model_dir):

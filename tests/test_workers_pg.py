@@ -30,6 +30,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.procs import alive
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,15 +243,6 @@ def test_two_cpu_workers_share_one_study(tmp_path, pg_url):
     assert sum(ran) == len(per_key)  # each finished probe was run by exactly one of them
 
 
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def test_a_killed_worker_s_probe_runs_again_elsewhere(tmp_path, pg_url):
     a, b = tmp_path / "a", tmp_path / "b"
     # Worker A finishes the checkpointed probes, then hangs in its first nockpt probe: SIGKILL it there.
@@ -270,9 +263,9 @@ def test_a_killed_worker_s_probe_runs_again_elsewhere(tmp_path, pg_url):
     # A's probe workers went with it, the hung one too (each wrote its pid when ready).
     pids = [json.loads(p.read_text())["pid"] for p in a.glob("probe_io/*/ready.json") if p.stat().st_size]
     deadline = time.time() + 15
-    while [pid for pid in pids if _alive(pid)] and time.time() < deadline:
+    while [pid for pid in pids if alive(pid)] and time.time() < deadline:
         time.sleep(0.2)
-    assert pids and not [pid for pid in pids if _alive(pid)]
+    assert pids and not [pid for pid in pids if alive(pid)]
 
     # Worker B, started after the kill: reuses what A finished and, once A's heartbeat is stale,
     # runs A's in-flight probe itself.
