@@ -182,25 +182,37 @@ def test_zero2_is_probed_at_no_accumulation_past_its_wall():
     assert ("full/bf16/ckpt/z2", 8, "escalate") in asked and len({a[:2] for a in asked}) <= 9, asked
 
 
+def _readings(folder: Path, search: bool = True, repeat: int = 0) -> dict:
+    """(strategy, micro-batch) -> result: one pass of the folder's grid, overridden by its search's own escalation
+    readings (`search`), as that search saw them."""
+    cells = {(r["strategy"], int(r["micro_batch"])): result_from_row(r)
+             for r in read_probes(folder / "grid.csv") if int(r["repeat"] or 0) == repeat}
+    if search:
+        cells.update({(r["strategy"], int(r["micro_batch"])): result_from_row(r)
+                      for r in read_probes(folder / "search" / "probes.csv") if r["phase"] == "escalate"})
+    return cells
+
+
+def _answering(cells: dict, asked: list, fresh: dict | None = None):
+    """A measure() answering from `cells` (the fresh-worker check from `fresh` where it has the cell) and noting
+    (strategy, micro-batch, phase) in `asked`; a cell no reading has is past a wall the grid found (monotone)."""
+    def measure(st, shape: Shape, phase, repeat) -> ProbeResult:
+        k = (st.key(), shape.micro_batch)
+        asked.append((*k, phase))
+        r = (fresh or {}).get(k) if phase == "fresh" else None
+        return r or cells.get(k) or ProbeResult(strategy=k[0], micro_batch=k[1], max_token=shape.max_token,
+                                                status=Status.OOM)
+    return measure
+
+
 def test_a_smaller_micro_batch_of_the_leader_is_not_re_measured():
     """REPLAY of the Qwen2-7B T=4096 24 GiB r8 search (results/eval-h200-qwen2-7b-lora-T4096-24GiB-auto-r8, its own
     readings; its grid's first pass for any other cell): ckpt/z0/fused read 8676 tok/s at micro-batch 1 and 8873 at 2,
     within noise. The search re-measured both in their worker (6 s of its 52) before the fresh check re-measured 2
     once more. The grid's best is 2 in both its passes: only the fresh check is needed."""
     folder = RESULTS / "eval-h200-qwen2-7b-lora-T4096-24GiB-auto-r8"
-    s = json.loads((folder / "summary.json").read_text())
-    cells = {(r["strategy"], int(r["micro_batch"])): result_from_row(r)
-             for r in read_probes(folder / "grid.csv") if int(r["repeat"] or 0) == 0}
-    cells.update({(r["strategy"], int(r["micro_batch"])): result_from_row(r)
-                  for r in read_probes(folder / "search" / "probes.csv") if r["phase"] == "escalate"})
-    asked = []
-
-    def measure(st, shape: Shape, phase, repeat) -> ProbeResult:
-        asked.append((st.key(), shape.micro_batch, phase))
-        return cells.get((st.key(), shape.micro_batch)) or ProbeResult(
-            strategy=st.key(), micro_batch=shape.micro_batch, max_token=shape.max_token, status=Status.OOM)
-
-    out = _plan_families(s, measure, (0,), capped=True)
+    s, asked = json.loads((folder / "summary.json").read_text()), []
+    out = _plan_families(s, _answering(_readings(folder), asked), (0,), capped=True)
     fused = "lora-r8/bf16-pure/ckpt/z0/fused"
     assert (out.winner[0].key(), out.winner[1]) == (fused, 2) == (s["grid"]["best"]["strategy"], s["grid"]["best"]["micro_batch"])
     assert [a for a in asked if a[2] in ("confirm", "fresh")] == [(fused, 2, "fresh")]
@@ -213,20 +225,9 @@ def test_a_leader_that_runs_out_of_memory_in_a_fresh_worker_loses_to_the_runner_
     ran out of memory in pass 2. Today's planner leads with it, drops it at the fresh check, and answers the grid's
     best cell, ckpt/z2/fused at 8, as the search did on its own readings."""
     folder = RESULTS / "eval-2xh200-qwen2-7b-full-T2048-auto"
-    s = json.loads((folder / "summary.json").read_text())
-    rows = read_probes(folder / "grid.csv")
-    passes = [{(r["strategy"], int(r["micro_batch"])): result_from_row(r) for r in rows if int(r["repeat"] or 0) == p}
-              for p in (0, 1)]
-    asked = []
-
-    def measure(st, shape: Shape, phase, repeat) -> ProbeResult:
-        asked.append((st.key(), shape.micro_batch, phase))
-        k = (st.key(), shape.micro_batch)
-        r = passes[1].get(k) if phase == "fresh" else None
-        return r or passes[0].get(k) or ProbeResult(strategy=k[0], micro_batch=k[1], max_token=shape.max_token,
-                                                    status=Status.OOM)
-
-    out = _plan_families(s, measure, (0, 1), capped=False, method="full")
+    s, asked = json.loads((folder / "summary.json").read_text()), []
+    passes = [_readings(folder, search=False, repeat=p) for p in (0, 1)]
+    out = _plan_families(s, _answering(passes[0], asked, fresh=passes[1]), (0, 1), capped=False, method="full")
     lead, best = ("full/bf16/nockpt/z2/fused", 2), ("full/bf16/ckpt/z2/fused", 8)
     assert passes[0][lead].ok and passes[1][lead].status is Status.OOM
     assert [a[:2] for a in asked if a[2] == "fresh"] == [lead, best]
@@ -241,20 +242,9 @@ def test_a_reported_family_takes_the_estimate_as_it_is(quantize):
     with checkpointing). Only reported, that family now skips it on the estimate, as it takes the memory model's
     walls; --quantize, where it may win, still probes it. The answers stay the grid's best cells."""
     folder = RESULTS / "eval-h200-glm4-lora-T2048-24GiB-auto-r9"
-    s = json.loads((folder / "summary.json").read_text())
-    cells = {(r["strategy"], int(r["micro_batch"])): result_from_row(r)
-             for r in read_probes(folder / "grid.csv") if int(r["repeat"] or 0) == 0}
-    cells.update({(r["strategy"], int(r["micro_batch"])): result_from_row(r)
-                  for r in read_probes(folder / "search" / "probes.csv") if r["phase"] == "escalate"})
-    asked = []
-
-    def measure(st, shape: Shape, phase, repeat) -> ProbeResult:
-        asked.append((st.key(), shape.micro_batch))
-        return cells.get((st.key(), shape.micro_batch)) or ProbeResult(
-            strategy=st.key(), micro_batch=shape.micro_batch, max_token=shape.max_token, status=Status.OOM)
-
-    out = _plan_families(s, measure, (0,), capped=True, quantize=quantize)
-    assert (("lora-r8/bf16-pure/nf4/nockpt/z0/fused", 1) in asked) is quantize
+    s, asked = json.loads((folder / "summary.json").read_text()), []
+    out = _plan_families(s, _answering(_readings(folder), asked), (0,), capped=True, quantize=quantize)
+    assert (("lora-r8/bf16-pure/nf4/nockpt/z0/fused", 1) in {a[:2] for a in asked}) is quantize
     exact, quant = s["grid"]["best"], s["grid"]["best_quantized"]
     want, other = (quant, exact) if quantize else (exact, quant)
     assert (out.winner[0].key(), out.winner[1]) == (want["strategy"], want["micro_batch"])
