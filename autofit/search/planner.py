@@ -13,8 +13,9 @@ Rules, each one a saving:
   largest micro-batch predicted to fit, then confirms the wall one step above. An analytic slope
   (autofit.memory.analytic) stands in for the second point; a wall is only predicted from measured points.
 - A strategy whose analytic peak at its first micro-batch is over the limit by more than the
-  estimate's largest error (in a family that is only reported: over the limit) is a wall without probing it. The most frugal strategy is never ruled out
-  this way, so a search never ends on estimates alone.
+  estimate's largest error (in a family that is only reported: over the limit) is a wall without
+  probing it. The most frugal strategy is never ruled out this way, so a search never ends on
+  estimates alone.
 - The first strategy escalated is the fastest one the estimate predicts to fit (then the next, up to
   MAX_ESTIMATED_STARTS), else the most frugal one: the fast walls are in place at once.
 - A strategy whose twin differs only in a technique that saves memory at no cost in speed (the fused
