@@ -66,8 +66,8 @@ def like_for_like(s: dict) -> str:
         parts.append(f"{steps} steps/probe")
     if g.get("complete") is False:
         parts.append("cut short")
-    # A reused grid did the same work in an earlier lease: like for like in work, not in conditions.
-    lease = "; grid from an earlier lease" if g.get("reused_from") else ""
+    # A reused grid did the same work in another lease: like for like in work, not in conditions.
+    lease = "; grid from another lease" if g.get("reused_from") else ""
     if g.get("leases", 1) > 1:  # resumed on other machines: its wall time is the sum of its escalations
         lease += f"; grid over {g['leases']} leases"
     return ("like for like" if not parts else "unlike: " + ", ".join(parts)) + lease
