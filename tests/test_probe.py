@@ -8,6 +8,7 @@ that imported the stack (tests/conftest.py) or, where a test asks, `python -m au
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -247,6 +248,7 @@ def test_a_second_standby_starts_once_the_first_is_ready_and_none_after_the_last
     f.prepare()
     first = f(Strategy())
     assert first is _FakeWorker.made[0] and len(f.standbys) == 1  # the next one spawned as the first is taken
+    assert first.while_waiting == f.tick  # the second standby may start while the first probe runs
     f.tick()
     assert len(f.standbys) == 1  # not ready yet: the first worker's imports come first
     f.standbys[0].is_ready = True
@@ -268,3 +270,31 @@ def test_a_second_standby_starts_once_the_first_is_ready_and_none_after_the_last
     cpu.standbys[0].is_ready = True
     cpu.tick()
     assert len(cpu.standbys) == 1  # on the CPU one standby: its imports compete with the probe for the cores
+
+
+class _Running:
+    """A FAKE process that is still running: the session waits on its answer file."""
+    pid = 0
+
+    def poll(self):
+        return None
+
+
+def test_a_session_waiting_on_its_probe_lets_the_factory_start_a_standby(tmp_path):
+    """The hook runs while the probe runs, not only between probes: here the answer arrives only after it ran."""
+    from autofit.probe import protocol
+
+    s = WorkerSession(Context(model="m"), Strategy(), None, tmp_path)
+    s.proc, s.planned = _Running(), True
+    calls = []
+
+    def tick():
+        calls.append(1)
+        if len(calls) == 3:  # the probe ends after a few polls
+            protocol.write_json(protocol.res_path(s.io_dir, 0, 0), {
+                "strategy": "x", "micro_batch": 1, "max_token": 8, "status": "ok", "tokens_per_s": 1.0})
+
+    s.while_waiting = tick
+    got = s._await(Shape(1, 8), deadline=time.time() + 5, limit=5)
+    assert got.status is Status.OK and len(calls) == 3
+

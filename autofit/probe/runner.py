@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import autofit
 from autofit.errors import ProbeError
@@ -75,6 +75,9 @@ class WorkerSession:
         # Set when a probe failed because of one host (unreachable, or a rank there died without a
         # report): the one line naming it, which `autofit probe` ends with.
         self.host_error: str | None = None
+        # Called while a probe runs (StandbyFactory.tick): a standby spawned as soon as it may be, not at
+        # the next probe, is ready sooner for the strategy that follows.
+        self.while_waiting: Callable[[], None] | None = None
 
     @property
     def multi_host(self) -> bool:
@@ -249,6 +252,8 @@ class WorkerSession:
                 self.kill()
                 return self._host_result(base) or ProbeResult(
                     **base, status=Status.TIMEOUT, error=f"no result within {limit:.0f}s; worker killed")
+            if self.while_waiting is not None:
+                self.while_waiting()
             time.sleep(POLL_S)
 
     def _blame_host(self, result: ProbeResult, base: dict) -> ProbeResult:
@@ -320,7 +325,7 @@ class StandbyFactory:
 
     Starting a worker costs the imports (torch, transformers, peft and on a GPU the techniques' libraries:
     about 10 s on the H200 machine); a standby pays them while the current worker probes. On a GPU a
-    second standby is started once the first is ready (tick, between probes), and a ready one taken is
+    second standby is started once the first is ready (tick, while a probe runs), and a ready one taken is
     replaced at once: a fresh check takes one and the next family's first strategy follows within seconds,
     too soon for a worker spawned then. A standby touches no GPU until its strategy arrives, which happens
     only after the previous worker has exited.
@@ -350,8 +355,8 @@ class StandbyFactory:
             self.standbys.append(session)
 
     def tick(self) -> None:
-        """Called between probes: the second standby, once every standby is ready (not sooner: the first
-        worker's own imports are the first probe's wait)."""
+        """Called between probes and while one runs: the second standby, once every standby is ready (not
+        sooner: the first worker's own imports are the first probe's wait)."""
         if 0 < len(self.standbys) < self.depth and all(s.ready() for s in self.standbys):
             self._spawn_standby()
 
@@ -361,6 +366,7 @@ class StandbyFactory:
     def _take(self, strategy: Strategy, ctx: Context, standby: bool = True) -> WorkerSession:
         session = self.standbys.pop(0) if self.standbys else self._new()
         session.ctx = ctx  # read only when the plan is written (assign): the standby may take another
+        session.while_waiting = self.tick
         if session.proc is None:
             session.spawn()
         session.assign(strategy)
