@@ -297,4 +297,3 @@ def test_a_session_waiting_on_its_probe_lets_the_factory_start_a_standby(tmp_pat
     s.while_waiting = tick
     got = s._await(Shape(1, 8), deadline=time.time() + 5, limit=5)
     assert got.status is Status.OK and len(calls) == 3
-

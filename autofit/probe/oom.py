@@ -35,7 +35,8 @@ def oom_line(text: str) -> str | None:
     """Same test on a worker's log tail, for a worker that died before reporting: the last line that names
     the OOM, or None. Under torchrun the log ends in the launcher's ChildFailedError, not in the rank's cause."""
     for line in reversed(text.splitlines()):
-        if any(f in line.lower() for f in _OOM_FRAGMENTS):
+        low = line.lower()
+        if any(f in low for f in _OOM_FRAGMENTS):
             return line.strip()
     return None
 
